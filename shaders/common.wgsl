@@ -1,0 +1,88 @@
+// Shared by every kernel family: Welford statistics, Chan's merge, and the deterministic group
+// reduction. Prepended after `lanes_*.wgsl`.
+
+// Threads per workgroup, and threads that cooperate on one reduction (a power of two dividing WG).
+override WG: u32 = 64u;
+override TPR: u32 = 64u;
+
+// Largest workgroup any pipeline of this crate is created with.
+const MAX_WG: u32 = 256u;
+
+// `n` values with mean `mean` and sum of squared deviations from it `m2`. Means are of values
+// shifted by a per-row (per-channel) pivot, so they stay small and `x - mean` stays exact.
+struct Welford {
+    n: f32,
+    mean: f32,
+    m2: f32,
+}
+
+fn welford_empty() -> Welford {
+    return Welford(0.0, 0.0, 0.0);
+}
+
+// Chan et al.'s pairwise merge. Exact in the sense that merging partials of any split gives the
+// statistics of the whole up to rounding, so threads, workgroups and chunks combine freely.
+fn welford_merge(a: Welford, b: Welford) -> Welford {
+    if (b.n == 0.0) {
+        return a;
+    }
+    if (a.n == 0.0) {
+        return b;
+    }
+    let n = a.n + b.n;
+    let delta = b.mean - a.mean;
+    let wb = b.n / n;
+    return Welford(n, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.n * wb);
+}
+
+// Four values at once: an exact two-pass over a vec4, one division per four elements when merged.
+fn welford_vec4(v: vec4<f32>) -> Welford {
+    let m = (v.x + v.y + v.z + v.w) * 0.25;
+    let d = v - vec4<f32>(m);
+    return Welford(4.0, m, dot(d, d));
+}
+
+var<workgroup> red_a: array<Welford, MAX_WG>;
+var<workgroup> red_b: array<Welford, MAX_WG>;
+
+// Merges the partials of each aligned block of TPR threads; every thread of the block gets the
+// block's total. The merge order is fixed (lower block first), so results are bit-identical
+// run to run. Radix 8 keeps the barrier count at ceil(log8(TPR / INNER_SPAN)), since barriers
+// dominate on CPU adapters. Must be called in uniform control flow by the whole workgroup.
+fn reduce_group(w: Welford, l: Lane) -> Welford {
+    var a = group_inner(w, l);
+    let t = thread_index(l);
+    var span = INNER_SPAN;
+    var flip = false;
+    loop {
+        if (span >= TPR) {
+            break;
+        }
+        let fan = min(8u, TPR / span);
+        let blk = span * fan;
+        let base = t - t % blk;
+        // Two buffers alternate, so a level's writes never race the previous level's reads.
+        if (flip) {
+            red_b[t] = a;
+        } else {
+            red_a[t] = a;
+        }
+        workgroupBarrier();
+        var acc: Welford;
+        if (flip) {
+            acc = red_b[base];
+            for (var j = 1u; j < fan; j++) {
+                acc = welford_merge(acc, red_b[base + j * span]);
+            }
+        } else {
+            acc = red_a[base];
+            for (var j = 1u; j < fan; j++) {
+                acc = welford_merge(acc, red_a[base + j * span]);
+            }
+        }
+        a = acc;
+        span = blk;
+        flip = !flip;
+    }
+    return a;
+}

@@ -1,0 +1,225 @@
+// LayerNorm forward: y = (x - mean) * rstd * gamma + beta over rows of length d.
+//
+// Entry points:
+// - layer_norm_rows:    one group of TPR threads per row (several rows per workgroup when
+//                       TPR < WG). Statistics and normalization in one dispatch; the first
+//                       ROW_CACHE vec4s each thread reads are kept in registers, so x is read
+//                       from memory once for rows up to TPR * ROW_CACHE * 4 elements.
+// - layer_norm_partial, layer_norm_merge, layer_norm_apply: the split-row path for long rows
+//                       and few rows: per-segment Welford partials, a per-row Chan merge, then
+//                       an elementwise pass. Every workgroup has work even with one row.
+//
+// Statistics are of x - pivot, with pivot = the row's first element: for rows with a large mean
+// (1e6 with std 1) x - pivot is exact, so the normalized output keeps full precision.
+
+struct LnParams {
+    rows: u32,
+    d: u32,
+    // Element offsets of this chunk's first row inside the x and y bindings.
+    x_off: u32,
+    y_off: u32,
+    // Index of this chunk's first row in mean/rstd (they are bound whole).
+    stat_off: u32,
+    // Workgroups along x; further row groups continue along y (65535 per dimension).
+    grid_x: u32,
+    eps: f32,
+    // Split-row path: segments per row and vec4s per segment.
+    segs: u32,
+    seg_v4: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Rows are vec4-aligned (d % 4 == 0): vector loads. Otherwise scalar indexing into vec4s.
+override VEC: bool = true;
+override HAS_W: bool = false;
+override HAS_B: bool = false;
+
+const ROW_CACHE: u32 = 8u;
+
+@group(0) @binding(0) var<uniform> p: LnParams;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> gamma: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> beta: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;
+// Split-row scratch: per (row, segment) Welford partials, then per row (mean_shifted, rstd).
+@group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>;
+
+fn ld(i: u32) -> f32 {
+    return x[i >> 2u][i & 3u];
+}
+
+fn affine4(t: vec4<f32>, j: u32) -> vec4<f32> {
+    var o = t;
+    if (HAS_W) {
+        o = o * gamma[j];
+    }
+    if (HAS_B) {
+        o = o + beta[j];
+    }
+    return o;
+}
+
+fn affine1(t: f32, i: u32) -> f32 {
+    var o = t;
+    if (HAS_W) {
+        o = o * gamma[i >> 2u][i & 3u];
+    }
+    if (HAS_B) {
+        o = o + beta[i >> 2u][i & 3u];
+    }
+    return o;
+}
+
+fn group_id(wid: vec3<u32>) -> u32 {
+    return wid.x + wid.y * p.grid_x;
+}
+
+@compute @workgroup_size(WG)
+fn layer_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let lane = t % TPR;
+    let row = group_id(wid) * (WG / TPR) + t / TPR;
+    // Threads past the last row still take part in the reduction's barriers.
+    let valid = row < p.rows;
+    let xb = p.x_off + row * p.d;
+    let yb = p.y_off + row * p.d;
+    var pivot = 0.0;
+    if (valid) {
+        pivot = ld(xb);
+    }
+    var acc = welford_empty();
+    var cache: array<vec4<f32>, ROW_CACHE>;
+    let nv = p.d / 4u;
+    if (VEC) {
+        for (var c = 0u; c < ROW_CACHE; c++) {
+            let j = lane + c * TPR;
+            if (valid && j < nv) {
+                let v = x[xb / 4u + j] - vec4<f32>(pivot);
+                cache[c] = v;
+                acc = welford_merge(acc, welford_vec4(v));
+            }
+        }
+        for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
+            acc = welford_merge(acc, welford_vec4(x[xb / 4u + j] - vec4<f32>(pivot)));
+        }
+    } else {
+        for (var i = lane; valid && i < p.d; i += TPR) {
+            acc = welford_merge(acc, Welford(1.0, ld(xb + i) - pivot, 0.0));
+        }
+    }
+    let tot = reduce_group(acc, l);
+    if (!valid) {
+        return;
+    }
+    let m = tot.mean;
+    let rstd = inverseSqrt(tot.m2 / f32(p.d) + p.eps);
+    if (lane == 0u) {
+        mean_out[p.stat_off + row] = pivot + m;
+        rstd_out[p.stat_off + row] = rstd;
+    }
+    if (VEC) {
+        for (var c = 0u; c < ROW_CACHE; c++) {
+            let j = lane + c * TPR;
+            if (j < nv) {
+                y[yb / 4u + j] = affine4((cache[c] - vec4<f32>(m)) * rstd, j);
+            }
+        }
+        for (var j = lane + ROW_CACHE * TPR; j < nv; j += TPR) {
+            let v = x[xb / 4u + j] - vec4<f32>(pivot);
+            y[yb / 4u + j] = affine4((v - vec4<f32>(m)) * rstd, j);
+        }
+    } else {
+        for (var i = lane; i < p.d; i += TPR) {
+            let v = ld(xb + i) - pivot;
+            let o = affine1((v - m) * rstd, i);
+            y[(yb + i) >> 2u][(yb + i) & 3u] = o;
+        }
+    }
+}
+
+// One workgroup per (row, segment). Workgroup ids run over rows * segs.
+@compute @workgroup_size(WG)
+fn layer_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let g = group_id(wid);
+    let valid = g < p.rows * p.segs;
+    let row = g / p.segs;
+    let seg = g % p.segs;
+    let xb = p.x_off + row * p.d;
+    var acc = welford_empty();
+    if (valid) {
+        let pivot = ld(xb);
+        if (VEC) {
+            let j0 = seg * p.seg_v4;
+            let j1 = min(j0 + p.seg_v4, p.d / 4u);
+            for (var j = j0 + t; j < j1; j += WG) {
+                acc = welford_merge(acc, welford_vec4(x[xb / 4u + j] - vec4<f32>(pivot)));
+            }
+        } else {
+            let i0 = seg * p.seg_v4 * 4u;
+            let i1 = min(i0 + p.seg_v4 * 4u, p.d);
+            for (var i = i0 + t; i < i1; i += WG) {
+                acc = welford_merge(acc, Welford(1.0, ld(xb + i) - pivot, 0.0));
+            }
+        }
+    }
+    let tot = reduce_group(acc, l);
+    if (valid && t == 0u) {
+        partials[g] = vec4<f32>(tot.n, tot.mean, tot.m2, 0.0);
+    }
+}
+
+// One thread per row: merges the row's segment partials in segment order.
+@compute @workgroup_size(WG)
+fn layer_norm_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = group_id(wid) * WG + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    var acc = welford_empty();
+    for (var s = 0u; s < p.segs; s++) {
+        let q = partials[row * p.segs + s];
+        acc = welford_merge(acc, Welford(q.x, q.y, q.z));
+    }
+    let rstd = inverseSqrt(acc.m2 / f32(p.d) + p.eps);
+    mean_out[p.stat_off + row] = ld(p.x_off + row * p.d) + acc.mean;
+    rstd_out[p.stat_off + row] = rstd;
+    // Stored after the partials of all rows, read by layer_norm_apply.
+    partials[p.rows * p.segs + row] = vec4<f32>(acc.mean, rstd, 0.0, 0.0);
+}
+
+// One workgroup per (row, segment), elementwise.
+@compute @workgroup_size(WG)
+fn layer_norm_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let g = group_id(wid);
+    if (g >= p.rows * p.segs) {
+        return;
+    }
+    let row = g / p.segs;
+    let seg = g % p.segs;
+    let xb = p.x_off + row * p.d;
+    let yb = p.y_off + row * p.d;
+    let pivot = ld(xb);
+    let st = partials[p.rows * p.segs + row];
+    let m = st.x;
+    let rstd = st.y;
+    if (VEC) {
+        let j0 = seg * p.seg_v4;
+        let j1 = min(j0 + p.seg_v4, p.d / 4u);
+        for (var j = j0 + t; j < j1; j += WG) {
+            let v = x[xb / 4u + j] - vec4<f32>(pivot);
+            y[yb / 4u + j] = affine4((v - vec4<f32>(m)) * rstd, j);
+        }
+    } else {
+        let i0 = seg * p.seg_v4 * 4u;
+        let i1 = min(i0 + p.seg_v4 * 4u, p.d);
+        for (var i = i0 + t; i < i1; i += WG) {
+            let v = ld(xb + i) - pivot;
+            y[(yb + i) >> 2u][(yb + i) & 3u] = affine1((v - m) * rstd, i);
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! Host wrapper for `shaders/layer_norm.wgsl`.
+
+use crate::error::{NormError, Result};
+use crate::gpu::{record_all, units_per_binding, view, Constants, Family, Gpu, Launch};
+use crate::tensor::Tensor;
+
+/// Vec4s each thread keeps in registers in `layer_norm_rows` (the shader's ROW_CACHE).
+const ROW_CACHE: u32 = 8;
+
+/// Which LayerNorm kernel runs. `Auto` lets [`LayerNorm::plan`] choose from the shape and
+/// the adapter; the others force a kernel (tests and benchmarks run each one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LnVariant {
+    /// Chosen by the policy in [`LayerNorm::plan`].
+    #[default]
+    Auto,
+    /// `layer_norm_rows`: `threads_per_row` threads (a power of two, at most the workgroup
+    /// size) reduce one row; statistics and output in one dispatch, x read once for rows that
+    /// fit the threads' registers.
+    Rows {
+        /// Threads cooperating on one row.
+        threads_per_row: u32,
+    },
+    /// `layer_norm_partial` + `layer_norm_merge` + `layer_norm_apply`: rows split into
+    /// segments, so few long rows still fill the device; reads x twice.
+    SplitRow,
+}
+
+/// The kernel a [`LayerNorm`] call runs on a given shape and device, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LnPlan {
+    /// The resolved variant (never `Auto`).
+    pub variant: LnVariant,
+    /// Threads per workgroup.
+    pub workgroup_size: u32,
+    /// Whether the reductions use subgroup shuffles.
+    pub subgroups: bool,
+    /// Why the policy chose it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for LnPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = match self.variant {
+            LnVariant::Rows { threads_per_row } => format!("rows(tpr={threads_per_row})"),
+            LnVariant::SplitRow => "split-row".to_string(),
+            LnVariant::Auto => "auto".to_string(),
+        };
+        let sg = if self.subgroups { "subgroup" } else { "shared" };
+        write!(f, "{v} wg={} {sg}: {}", self.workgroup_size, self.reason)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Normalized {
+    Shape(Vec<usize>),
+    Axis(isize),
+}
+
+/// LayerNorm over the trailing dims, like `torch.nn.LayerNorm(normalized_shape)` and ONNX
+/// `LayerNormalization(axis)`: `y = (x - mean) / sqrt(var + eps) * weight + bias`, with the
+/// biased variance. Weight and bias are optional and independent.
+///
+/// ```no_run
+/// use fused_norm::{Gpu, LayerNorm, Tensor};
+/// let gpu = Gpu::new()?;
+/// let x = Tensor::from_slice(&gpu, &vec![0.5; 4 * 768], &[4, 768])?;
+/// let w = Tensor::from_slice(&gpu, &vec![1.0; 768], &[768])?;
+/// let b = Tensor::from_slice(&gpu, &vec![0.0; 768], &[768])?;
+/// let out = LayerNorm::new(&[768]).eps(1e-5).weight(w).bias(b).forward(&gpu, &x)?;
+/// assert_eq!(out.mean.numel(), 4);
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    normalized: Normalized,
+    eps: f32,
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    variant: LnVariant,
+}
+
+/// Outputs of [`LayerNorm::forward`].
+#[derive(Clone, Debug)]
+pub struct LayerNormOutput {
+    /// Normalized tensor, same shape as x.
+    pub y: Tensor,
+    /// Mean of each normalized row, shape `x.shape[..axis] ++ [1; trailing]` (as ONNX's Mean
+    /// output and PyTorch's `native_layer_norm`).
+    pub mean: Tensor,
+    /// `1 / sqrt(var + eps)` of each row (ONNX's InvStdDev), same shape as `mean`.
+    pub rstd: Tensor,
+}
+
+/// LayerNorm over the last dim of `x`, eps 1e-5, no weight or bias.
+///
+/// ```no_run
+/// use fused_norm::{gpu_layer_norm, Gpu, Tensor};
+/// let gpu = Gpu::new()?;
+/// let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+/// let y = gpu_layer_norm(&gpu, &x)?.to_vec(&gpu)?;
+/// assert!((y[0] + 1.0).abs() < 1e-3);
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+pub fn gpu_layer_norm(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    let d = *x.shape().last().unwrap_or(&0);
+    Ok(LayerNorm::new(&[d]).forward(gpu, x)?.y)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LnParams {
+    rows: u32,
+    d: u32,
+    x_off: u32,
+    y_off: u32,
+    stat_off: u32,
+    grid_x: u32,
+    eps: f32,
+    segs: u32,
+    seg_v4: u32,
+    pad: [u32; 3],
+}
+
+/// Validated geometry of one call.
+struct Geometry {
+    rows: usize,
+    d: usize,
+    axis: usize,
+}
+
+impl LayerNorm {
+    /// Normalizes over the trailing dims equal to `normalized_shape`.
+    ///
+    /// ```
+    /// let ln = fused_norm::LayerNorm::new(&[16, 16]); // the last two dims
+    /// ```
+    pub fn new(normalized_shape: &[usize]) -> LayerNorm {
+        LayerNorm {
+            normalized: Normalized::Shape(normalized_shape.to_vec()),
+            eps: 1e-5,
+            weight: None,
+            bias: None,
+            variant: LnVariant::Auto,
+        }
+    }
+
+    /// ONNX `LayerNormalization(axis)`: normalizes over dims `axis..`; negative counts from
+    /// the end (-1, the default in ONNX, is the last dim).
+    ///
+    /// ```
+    /// let ln = fused_norm::LayerNorm::from_axis(1); // [N, C, H, W] -> over C, H, W
+    /// ```
+    pub fn from_axis(axis: isize) -> LayerNorm {
+        LayerNorm { normalized: Normalized::Axis(axis), ..LayerNorm::new(&[]) }
+    }
+
+    /// Sets eps (default 1e-5); must be finite and >= 0.
+    ///
+    /// ```
+    /// let ln = fused_norm::LayerNorm::new(&[8]).eps(1e-6);
+    /// ```
+    pub fn eps(mut self, eps: f32) -> LayerNorm {
+        self.eps = eps;
+        self
+    }
+
+    /// Per-element scale (gamma), with as many values as a normalized row.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let w = fused_norm::Tensor::from_slice(&gpu, &[1.0; 8], &[8])?;
+    /// let ln = fused_norm::LayerNorm::new(&[8]).weight(w);
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn weight(mut self, weight: Tensor) -> LayerNorm {
+        self.weight = Some(weight);
+        self
+    }
+
+    /// Per-element shift (beta), with as many values as a normalized row.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let b = fused_norm::Tensor::from_slice(&gpu, &[0.0; 8], &[8])?;
+    /// let ln = fused_norm::LayerNorm::new(&[8]).bias(b);
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn bias(mut self, bias: Tensor) -> LayerNorm {
+        self.bias = Some(bias);
+        self
+    }
+
+    /// Forces a kernel variant instead of the policy's choice.
+    ///
+    /// ```
+    /// use fused_norm::{LayerNorm, LnVariant};
+    /// let ln = LayerNorm::new(&[4096]).variant(LnVariant::SplitRow);
+    /// ```
+    pub fn variant(mut self, variant: LnVariant) -> LayerNorm {
+        self.variant = variant;
+        self
+    }
+
+    fn geometry(&self, gpu: &Gpu, shape: &[usize]) -> Result<Geometry> {
+        crate::tensor::check_shape(shape)?;
+        if !(self.eps.is_finite() && self.eps >= 0.0) {
+            return Err(NormError::InvalidArgument(format!(
+                "eps must be finite and >= 0, got {}",
+                self.eps
+            )));
+        }
+        let axis = match &self.normalized {
+            Normalized::Shape(ns) => {
+                crate::tensor::check_shape(ns).map_err(|e| {
+                    NormError::Shape(format!("normalized_shape {ns:?}: {e}"))
+                })?;
+                if ns.len() > shape.len() || shape[shape.len() - ns.len()..] != ns[..] {
+                    return Err(NormError::Shape(format!(
+                        "normalized_shape {ns:?} does not match the trailing dims of x {shape:?}"
+                    )));
+                }
+                shape.len() - ns.len()
+            }
+            Normalized::Axis(a) => {
+                let r = shape.len() as isize;
+                let ax = if *a < 0 { a + r } else { *a };
+                if !(0..r).contains(&ax) {
+                    return Err(NormError::Shape(format!(
+                        "axis {a} is out of range for x of rank {r}"
+                    )));
+                }
+                ax as usize
+            }
+        };
+        let d: usize = shape[axis..].iter().product();
+        let rows: usize = shape[..axis].iter().product();
+        for (name, t) in [("weight", &self.weight), ("bias", &self.bias)] {
+            if let Some(t) = t {
+                t.check_device(gpu, name)?;
+                if t.numel() != d {
+                    return Err(NormError::Shape(format!(
+                        "{name} has {} values ({:?}) but a normalized row has {d} ({:?})",
+                        t.numel(),
+                        t.shape(),
+                        &shape[axis..]
+                    )));
+                }
+            }
+        }
+        if d > u32::MAX as usize / 2 || rows > u32::MAX as usize / 2 {
+            return Err(NormError::TooLarge(format!("{rows} rows of {d} values")));
+        }
+        Ok(Geometry { rows, d, axis })
+    }
+
+    /// The kernel this call would run for `x_shape` on `gpu`, and why.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let plan = fused_norm::LayerNorm::new(&[768]).plan(&gpu, &[4096, 768])?;
+    /// println!("{plan}");
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn plan(&self, gpu: &Gpu, x_shape: &[usize]) -> Result<LnPlan> {
+        let g = self.geometry(gpu, x_shape)?;
+        Ok(self.plan_for(gpu, &g))
+    }
+
+    fn plan_for(&self, gpu: &Gpu, g: &Geometry) -> LnPlan {
+        let subgroups = gpu.capabilities().subgroups;
+        let max_wg = gpu.max_wg();
+        // Barriers cost ~0.2 us (64 threads) to ~0.6 us (256) per workgroup on CPU adapters:
+        // smaller workgroups there; GPUs want 256 threads to hide latency.
+        let wg = if gpu.is_cpu() { 64 } else { 256 }.min(max_wg);
+        let wg = wg.max(gpu.capabilities().subgroup_max_size.min(max_wg));
+        let d4 = g.d.div_ceil(4) as u32;
+        let (variant, reason) = match self.variant {
+            LnVariant::Auto => {
+                // About four vec4s per thread: enough work per thread to amortize the
+                // reduction, few enough threads that short rows share a workgroup.
+                let tpr = d4.div_ceil(4).next_power_of_two().clamp(1, wg);
+                if d4 > tpr * ROW_CACHE {
+                    (
+                        LnVariant::SplitRow,
+                        format!(
+                            "a row of {} values does not fit {tpr} threads' registers: split \
+                             rows so every workgroup has a segment",
+                            g.d
+                        ),
+                    )
+                } else {
+                    (
+                        LnVariant::Rows { threads_per_row: tpr },
+                        format!(
+                            "{} values per row: {tpr} threads per row, {} rows per workgroup, \
+                             x read once",
+                            g.d,
+                            wg / tpr
+                        ),
+                    )
+                }
+            }
+            LnVariant::Rows { threads_per_row } => {
+                let tpr = threads_per_row.clamp(1, wg).next_power_of_two().min(wg);
+                (LnVariant::Rows { threads_per_row: tpr }, "forced".to_string())
+            }
+            LnVariant::SplitRow => (LnVariant::SplitRow, "forced".to_string()),
+        };
+        LnPlan { variant, workgroup_size: wg, subgroups, reason }
+    }
+
+    /// Runs LayerNorm on `x`, allocating the outputs. Blocks until the device is done.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// # let x = fused_norm::Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+    /// let out = fused_norm::LayerNorm::new(&[4]).forward(&gpu, &x)?;
+    /// let y = out.y.to_vec(&gpu)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<LayerNormOutput> {
+        x.check_device(gpu, "x")?;
+        let g = self.geometry(gpu, x.shape())?;
+        let mut stat_shape = x.shape()[..g.axis].to_vec();
+        stat_shape.extend(std::iter::repeat_n(1, x.shape().len() - g.axis));
+        let out = LayerNormOutput {
+            y: Tensor::empty(gpu, x.shape())?,
+            mean: Tensor::empty(gpu, &stat_shape)?,
+            rstd: Tensor::empty(gpu, &stat_shape)?,
+        };
+        let mut enc = gpu.encoder();
+        self.encode(gpu, &mut enc, x, &out)?;
+        gpu.submit_wait(enc)?;
+        Ok(out)
+    }
+
+    /// Records the LayerNorm into the caller's encoder, writing into caller-provided outputs
+    /// (`out.y` shaped like x, `out.mean` and `out.rstd` with one value per row). No submit,
+    /// no readback: a renderer can put it in its own frame.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+    /// let out = LayerNormOutput {
+    ///     y: Tensor::empty(&gpu, &[2, 4])?,
+    ///     mean: Tensor::empty(&gpu, &[2, 1])?,
+    ///     rstd: Tensor::empty(&gpu, &[2, 1])?,
+    /// };
+    /// let mut enc = gpu.device().create_command_encoder(&Default::default());
+    /// LayerNorm::new(&[4]).encode(&gpu, &mut enc, &x, &out)?;
+    /// gpu.queue().submit([enc.finish()]);
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        out: &LayerNormOutput,
+    ) -> Result<()> {
+        x.check_device(gpu, "x")?;
+        let g = self.geometry(gpu, x.shape())?;
+        for (name, t, n) in
+            [("y", &out.y, x.numel()), ("mean", &out.mean, g.rows), ("rstd", &out.rstd, g.rows)]
+        {
+            t.check_device(gpu, name)?;
+            if t.numel() != n {
+                return Err(NormError::Shape(format!(
+                    "output {name} has {} values, needs {n}",
+                    t.numel()
+                )));
+            }
+        }
+        let plan = self.plan_for(gpu, &g);
+        let (rows, d) = (g.rows as u64, g.d as u64);
+        let wg = plan.workgroup_size;
+        let (split, tpr) = match plan.variant {
+            LnVariant::Rows { threads_per_row } => (false, threads_per_row),
+            _ => (true, wg),
+        };
+        // Split-row segments: at least 8 vec4s per thread, and at most 64 segments per row.
+        let d4 = d.div_ceil(4);
+        let seg_v4 = (u64::from(wg) * 8).max(d4.div_ceil(64));
+        let segs = d4.div_ceil(seg_v4);
+        let mut per_chunk = units_per_binding(gpu, d);
+        if split {
+            per_chunk = per_chunk.min(units_per_binding(gpu, 4 * (segs + 1)));
+        }
+        if per_chunk == 0 {
+            return Err(NormError::TooLarge(format!(
+                "one row of {d} f32 values exceeds a storage binding of {} bytes",
+                gpu.max_binding_bytes()
+            )));
+        }
+        let constants: Constants = vec![
+            ("WG", f64::from(wg)),
+            ("TPR", f64::from(tpr)),
+            ("VEC", if g.d % 4 == 0 { 1.0 } else { 0.0 }),
+            ("HAS_W", if self.weight.is_some() { 1.0 } else { 0.0 }),
+            ("HAS_B", if self.bias.is_some() { 1.0 } else { 0.0 }),
+        ];
+        // A 16-byte stand-in binds where weight or bias is absent; the kernel never reads it.
+        let dummy = Tensor::empty(gpu, &[4])?;
+        let gamma = self.weight.as_ref().unwrap_or(&dummy).buffer();
+        let beta = self.bias.as_ref().unwrap_or(&dummy).buffer();
+        let scratch = match split {
+            true => Some(Tensor::empty(gpu, &[(per_chunk.min(rows) * (segs + 1) * 4) as usize])?),
+            false => None,
+        };
+
+        // Steps per chunk of rows that fits one binding: (entry, grid, params, bindings, rows).
+        let mut steps = Vec::new();
+        let mut r0 = 0u64;
+        while r0 < rows {
+            let r1 = (r0 + per_chunk).min(rows);
+            let n = r1 - r0;
+            let params = |grid_x: u32| LnParams {
+                rows: n as u32,
+                d: d as u32,
+                x_off: view(gpu, r0 * d, r1 * d, x.buffer().size()).elem_off,
+                y_off: view(gpu, r0 * d, r1 * d, out.y.buffer().size()).elem_off,
+                stat_off: view(gpu, r0, r1, out.mean.buffer().size()).elem_off,
+                grid_x,
+                eps: self.eps,
+                segs: segs as u32,
+                seg_v4: seg_v4 as u32,
+                pad: [0; 3],
+            };
+            if split {
+                let grid = gpu.grid((n * segs) as u32)?;
+                let mgrid = gpu.grid((n as u32).div_ceil(wg))?;
+                steps.push(("layer_norm_partial", grid, params(grid.0), &[1, 7][..], r0, r1));
+                steps.push(("layer_norm_merge", mgrid, params(mgrid.0), &[1, 5, 6, 7], r0, r1));
+                steps.push(("layer_norm_apply", grid, params(grid.0), &[1, 2, 3, 4, 7], r0, r1));
+            } else {
+                let grid = gpu.grid((n as u32).div_ceil(wg / tpr))?;
+                steps.push(("layer_norm_rows", grid, params(grid.0), &[1, 2, 3, 4, 5, 6], r0, r1));
+            }
+            r0 = r1;
+        }
+        let uniforms: Vec<wgpu::Buffer> = steps.iter().map(|s| gpu.uniform(&s.2)).collect();
+        let mut launches = Vec::with_capacity(steps.len());
+        for (&(entry, grid, _, binds, r0, r1), ub) in steps.iter().zip(&uniforms) {
+            let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ub.as_entire_binding() }];
+            for &b in binds {
+                let resource = match b {
+                    1 => view(gpu, r0 * d, r1 * d, x.buffer().size()).bind(x.buffer()),
+                    2 => view(gpu, r0 * d, r1 * d, out.y.buffer().size()).bind(out.y.buffer()),
+                    3 => gamma.as_entire_binding(),
+                    4 => beta.as_entire_binding(),
+                    5 => view(gpu, r0, r1, out.mean.buffer().size()).bind(out.mean.buffer()),
+                    6 => view(gpu, r0, r1, out.rstd.buffer().size()).bind(out.rstd.buffer()),
+                    _ => scratch.as_ref().expect("split-row scratch").buffer().as_entire_binding(),
+                };
+                entries.push(wgpu::BindGroupEntry { binding: b, resource });
+            }
+            let pipeline = gpu.pipeline(Family::LayerNorm, entry, &constants)?;
+            launches.push(Launch { pipeline, entries, grid });
+        }
+        record_all(gpu, encoder, &launches)
+    }
+}

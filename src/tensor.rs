@@ -1,0 +1,227 @@
+//! `Tensor`: an f32 storage buffer on one device, with a row-major shape.
+
+use crate::error::{NormError, Result};
+use crate::gpu::Gpu;
+
+/// An f32 tensor in a GPU storage buffer, row-major. Cloning is cheap: clones share the buffer.
+///
+/// Buffers this crate allocates are padded to a multiple of 16 bytes (kernels load vec4s).
+///
+/// ```no_run
+/// use fused_norm::{Gpu, Tensor};
+/// let gpu = Gpu::new()?;
+/// let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
+/// assert_eq!(x.shape(), &[2, 3]);
+/// assert_eq!(x.to_vec(&gpu)?, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    buffer: wgpu::Buffer,
+    shape: Vec<usize>,
+    device: wgpu::Device,
+}
+
+/// Bytes a tensor of `numel` f32 values occupies: padded to 16 for vec4 access.
+pub(crate) fn padded_bytes(numel: usize) -> u64 {
+    ((numel as u64) * 4).div_ceil(16).max(1) * 16
+}
+
+pub(crate) fn check_shape(shape: &[usize]) -> Result<usize> {
+    if shape.is_empty() {
+        return Err(NormError::Shape("a tensor needs at least one dimension".into()));
+    }
+    if let Some(i) = shape.iter().position(|&d| d == 0) {
+        return Err(NormError::Shape(format!("dimension {i} of {shape:?} is zero")));
+    }
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
+        NormError::TooLarge(format!("shape {shape:?} has more elements than usize holds"))
+    })
+}
+
+impl Tensor {
+    /// Uploads `data` with the given row-major shape.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let t = fused_norm::Tensor::from_slice(&gpu, &[0.5; 12], &[3, 4])?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn from_slice(gpu: &Gpu, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        let n = check_shape(shape)?;
+        if data.len() != n {
+            return Err(NormError::Shape(format!(
+                "data has {} values but shape {shape:?} needs {n}",
+                data.len()
+            )));
+        }
+        let t = Tensor::empty(gpu, shape)?;
+        gpu.scoped(|_| gpu.queue().write_buffer(&t.buffer, 0, bytemuck::cast_slice(data)))?;
+        Ok(t)
+    }
+
+    /// An uninitialised (zeroed by wgpu) tensor: an output for the `encode` methods.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let y = fused_norm::Tensor::empty(&gpu, &[8, 768])?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn empty(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        let n = check_shape(shape)?;
+        let size = padded_bytes(n);
+        let max = gpu.limits().max_buffer_size;
+        if size > max {
+            return Err(NormError::TooLarge(format!(
+                "{size} bytes exceed the device's largest buffer ({max} bytes)"
+            )));
+        }
+        let buffer = gpu.scoped(|d| {
+            d.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fused-norm tensor"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        Ok(Tensor { buffer, shape: shape.to_vec(), device: gpu.device().clone() })
+    }
+
+    /// Wraps an existing buffer without copying. It needs `STORAGE` usage (and `COPY_SRC` for
+    /// [`Tensor::to_vec`]) and at least `numel * 4` bytes rounded up to 16.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let buf = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: None, size: 4096, mapped_at_creation: false,
+    ///     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    /// });
+    /// let t = fused_norm::Tensor::from_buffer(&gpu, buf, &[4, 256])?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn from_buffer(gpu: &Gpu, buffer: wgpu::Buffer, shape: &[usize]) -> Result<Tensor> {
+        let n = check_shape(shape)?;
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(NormError::Buffer(format!(
+                "the buffer has usage {:?}; kernels need STORAGE",
+                buffer.usage()
+            )));
+        }
+        let need = padded_bytes(n);
+        if buffer.size() < need {
+            return Err(NormError::Buffer(format!(
+                "shape {shape:?} needs {need} bytes (f32, padded to 16), the buffer has {}",
+                buffer.size()
+            )));
+        }
+        Ok(Tensor { buffer, shape: shape.to_vec(), device: gpu.device().clone() })
+    }
+
+    /// The row-major shape.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// # let t = fused_norm::Tensor::empty(&gpu, &[2, 5])?;
+    /// assert_eq!(t.shape(), &[2, 5]);
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// # let t = fused_norm::Tensor::empty(&gpu, &[2, 5])?;
+    /// assert_eq!(t.numel(), 10);
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The underlying buffer (shared, not copied).
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// # let t = fused_norm::Tensor::empty(&gpu, &[4])?;
+    /// let size = t.buffer().size();
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// The same buffer with another shape of the same element count.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// # let t = fused_norm::Tensor::empty(&gpu, &[2, 6])?;
+    /// let r = t.reshape(&[3, 4])?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let n = check_shape(shape)?;
+        if n != self.numel() {
+            return Err(NormError::Shape(format!(
+                "cannot reshape {:?} ({} values) to {shape:?} ({n})",
+                self.shape,
+                self.numel()
+            )));
+        }
+        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+    }
+
+    /// Downloads the values. Blocks.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// # let t = fused_norm::Tensor::from_slice(&gpu, &[1.0], &[1])?;
+    /// let v: Vec<f32> = t.to_vec(&gpu)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn to_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        self.check_device(gpu, "tensor")?;
+        if !self.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            return Err(NormError::Buffer("to_vec needs a buffer with COPY_SRC usage".into()));
+        }
+        let bytes = (self.numel() as u64 * 4).div_ceil(4) * 4;
+        let staging = gpu.scoped(|d| {
+            d.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fused-norm readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        let mut enc = gpu.encoder();
+        enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, bytes);
+        gpu.submit_wait(enc)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| NormError::Readback(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| NormError::Readback(e.to_string()))?
+            .map_err(|e| NormError::Readback(e.to_string()))?;
+        let view = staging.get_mapped_range(..).map_err(|e| NormError::Readback(e.to_string()))?;
+        let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    pub(crate) fn check_device(&self, gpu: &Gpu, name: &'static str) -> Result<()> {
+        if gpu.owns(&self.device) {
+            Ok(())
+        } else {
+            Err(NormError::WrongDevice(name))
+        }
+    }
+}
