@@ -190,31 +190,37 @@ fn bias_of(ch: u32) -> f32 {
     return 0.0;
 }
 
-// One thread per channel.
+// One workgroup per channel: thread t merges blocks t, t + WG, ... in order, then the fixed-order
+// group reduction combines the threads, so the result does not depend on timing.
 @compute @workgroup_size(WG)
-fn batch_norm_finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let ch = group_id(wid) * WG + lid;
-    if (ch >= p.c) {
+fn batch_norm_finalize(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let ch = group_id(wid);
+    let valid = ch < p.c;
+    var acc = welford_empty();
+    if (valid) {
+        for (var b = t; b < p.nbt; b += WG) {
+            let q = partials[ch * p.nbt + b];
+            acc = welford_merge(acc, Welford(block_count(b), q.x, q.y));
+        }
+    }
+    let tot = reduce_group(acc, l);
+    if (!valid || t != 0u) {
         return;
     }
-    var acc = welford_empty();
-    for (var b = 0u; b < p.nbt; b++) {
-        let q = partials[ch * p.nbt + b];
-        acc = welford_merge(acc, Welford(block_count(b), q.x, q.y));
-    }
     let count = f32(p.n) * f32(p.s);
-    let var_b = acc.m2 / count;
+    let var_b = tot.m2 / count;
     let invstd = inverseSqrt(var_b + p.eps);
-    let mean = coef1(0u, ch) + acc.mean;
+    let mean = coef1(0u, ch) + tot.mean;
     mean_out[ch] = mean;
     invstd_out[ch] = invstd;
-    set_coef(1u, ch, acc.mean);
+    set_coef(1u, ch, tot.mean);
     set_coef(2u, ch, invstd * weight_of(ch));
     set_coef(3u, ch, bias_of(ch));
     if (UPDATE) {
         var v = var_b;
         if (UNBIASED) {
-            v = acc.m2 / (count - 1.0);
+            v = tot.m2 / (count - 1.0);
         }
         running_mean[ch] = (1.0 - p.factor) * running_mean[ch] + p.factor * mean;
         running_var[ch] = (1.0 - p.factor) * running_var[ch] + p.factor * v;

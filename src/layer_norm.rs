@@ -7,6 +7,11 @@ use crate::tensor::Tensor;
 /// Vec4s each thread keeps in registers in `layer_norm_rows` (the shader's ROW_CACHE).
 const ROW_CACHE: u32 = 8;
 
+/// Most loop iterations one thread runs over a row. llvmpipe stops loops after 65535
+/// iterations per invocation, and a long sequential Welford loses precision (its error grows
+/// with the count, while the tree merges grow with its log): 1024 keeps both far away.
+pub(crate) const MAX_THREAD_ITERS: u64 = 1024;
+
 /// Which LayerNorm kernel runs. `Auto` lets [`LayerNorm::plan`] choose from the shape and
 /// the adapter; the others force a kernel (tests and benchmarks run each one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -303,7 +308,22 @@ impl LayerNorm {
             }
             LnVariant::Rows { threads_per_row } => {
                 let tpr = threads_per_row.clamp(1, wg).next_power_of_two().min(wg);
-                (LnVariant::Rows { threads_per_row: tpr }, "forced".to_string())
+                let iters = if g.d % 4 == 0 { d4 } else { g.d as u32 };
+                let need = (u64::from(iters).div_ceil(MAX_THREAD_ITERS) as u32).next_power_of_two();
+                if need > wg {
+                    (
+                        LnVariant::SplitRow,
+                        format!("forced rows, but {} values per row need split rows", g.d),
+                    )
+                } else if need > tpr {
+                    let why = format!(
+                        "forced rows(tpr={threads_per_row}), raised to {need} threads per row \
+                         so no thread loops over more than {MAX_THREAD_ITERS} values"
+                    );
+                    (LnVariant::Rows { threads_per_row: need }, why)
+                } else {
+                    (LnVariant::Rows { threads_per_row: tpr }, "forced".to_string())
+                }
             }
             LnVariant::SplitRow => (LnVariant::SplitRow, "forced".to_string()),
         };

@@ -8,12 +8,14 @@
 //! # Ok::<(), fused_norm::NormError>(())
 //! ```
 
+mod batch_norm;
 pub mod cpu;
 mod error;
 mod gpu;
 mod layer_norm;
 mod tensor;
 
+pub use batch_norm::{BatchNorm, BatchNormOutput, Layout, TrainCommit};
 pub use error::{NormError, Result};
 pub use gpu::{module_source, Capabilities, Gpu, GpuOptions};
 pub use layer_norm::{gpu_layer_norm, LayerNorm, LayerNormOutput, LnPlan, LnVariant};

@@ -1,0 +1,114 @@
+//! Shared test helpers: the adapters under test, inputs, and the one tolerance.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use fused_norm::{Gpu, GpuOptions};
+
+/// The tolerance for every GPU-vs-f64 comparison: |gpu - ref| <= TOL * max(1, |ref|).
+///
+/// Why this value: each f32 operation rounds by up to 6e-8 relative; a Welford/Chan reduction
+/// over n values accumulates about log2(n) such roundings (17 for D = 65537), the normalization
+/// adds a few more, and WGSL's inverseSqrt may be 2 ulp off on GPUs. That puts the expected
+/// error near 1e-6 of the output's scale; 1e-5 keeps a 10x margin. Because statistics are of
+/// x - pivot, this holds for rows with means of 1e4 and 1e6 too, where E[x^2] - E[x]^2 in f32
+/// errs by O(1) and fails it by five orders of magnitude.
+pub const TOL: f64 = 1e-5;
+
+/// The default adapter (Vulkan lavapipe in CI, or whatever WGPU_BACKEND picks), shared.
+pub fn gpu() -> &'static Gpu {
+    static G: OnceLock<Gpu> = OnceLock::new();
+    G.get_or_init(|| Gpu::new().expect("a wgpu adapter (see README: mesa-vulkan-drivers)"))
+}
+
+/// The same adapter without subgroups: the portable workgroup-memory reductions.
+pub fn gpu_no_subgroups() -> &'static Gpu {
+    static G: OnceLock<Gpu> = OnceLock::new();
+    G.get_or_init(|| {
+        Gpu::with_options(GpuOptions { disable_subgroups: true, ..Default::default() }).unwrap()
+    })
+}
+
+/// The default adapter with storage bindings capped at 64 KiB (and no subgroups when the
+/// default has none), so the chunked path runs on small tensors.
+pub fn gpu_small_bindings() -> &'static Gpu {
+    static G: OnceLock<Gpu> = OnceLock::new();
+    G.get_or_init(|| {
+        Gpu::with_options(GpuOptions { max_binding_bytes: Some(64 << 10), ..Default::default() })
+            .unwrap()
+    })
+}
+
+/// Both reduction paths the adapter offers: subgroup (when present) and workgroup memory.
+pub fn gpus() -> Vec<(&'static str, &'static Gpu)> {
+    let mut v = vec![("shared", gpu_no_subgroups())];
+    if gpu().capabilities().subgroups {
+        v.push(("subgroup", gpu()));
+    }
+    v
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*), so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u = self.uniform().max(1e-300);
+        let v = self.uniform();
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+    /// `n` values of mean + std * N(0, 1), as f32.
+    pub fn normals(&mut self, n: usize, mean: f64, std: f64) -> Vec<f32> {
+        (0..n).map(|_| (mean + std * self.normal()) as f32).collect()
+    }
+}
+
+/// Asserts every value is within TOL of the reference; NaN must meet NaN, and +-Inf its equal.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if w.is_nan() || g.is_nan() {
+            assert!(w.is_nan() && g.is_nan(), "{what}[{i}]: got {g}, want {w}");
+            continue;
+        }
+        if w.is_infinite() || g.is_infinite() {
+            assert_eq!(f64::from(g), w, "{what}[{i}]");
+            continue;
+        }
+        let err = (f64::from(g) - w).abs() / w.abs().max(1.0);
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    assert!(
+        worst.0 <= TOL,
+        "{what}: error {:.3e} at [{}]: got {}, want {} (tolerance {TOL:e})",
+        worst.0,
+        worst.1,
+        got[worst.1],
+        want[worst.1]
+    );
+}
+
+/// Bitwise equality of two runs.
+pub fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_eq!(x.to_bits(), y.to_bits(), "{what}[{i}] differs between runs: {x} vs {y}");
+    }
+}
