@@ -1,0 +1,162 @@
+// Reference kernels for the benchmarks, not for users:
+// - copy_vec4: y = x with vec4 loads and stores; the bandwidth roofline for a kernel that reads
+//   x once and writes y once.
+// - naive_*: the unfused multi-pass norms most composite implementations run (x.mean(),
+//   x.var(), then an elementwise pass): one dispatch each, a workgroup per row or channel with a
+//   plain binary-tree reduction, scalar loads, and x read three times.
+
+struct BaseParams {
+    work: u32,   // threads with work in copy / apply kernels, rows or channels in reductions
+    d: u32,      // LayerNorm row length
+    c: u32,      // BatchNorm channels
+    s: u32,      // BatchNorm run length (spatial size; 1 for channels-last)
+    n: u32,      // BatchNorm runs (batch items, or rows for channels-last)
+    grid_x: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+override HAS_W: bool = false;
+override HAS_B: bool = false;
+
+@group(0) @binding(0) var<uniform> bp: BaseParams;
+@group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> dst: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> stat_mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> stat_var: array<f32>;
+@group(0) @binding(5) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> b: array<vec4<f32>>;
+
+var<workgroup> tree: array<f32, MAX_WG>;
+
+fn flat_id(wid: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * bp.grid_x) * WG + lid;
+}
+
+fn src1(i: u32) -> f32 {
+    return src[i >> 2u][i & 3u];
+}
+
+fn tree_sum(v: f32, lid: u32) -> f32 {
+    tree[lid] = v;
+    workgroupBarrier();
+    for (var off = WG / 2u; off > 0u; off = off >> 1u) {
+        if (lid < off) {
+            tree[lid] = tree[lid] + tree[lid + off];
+        }
+        workgroupBarrier();
+    }
+    return tree[0];
+}
+
+@compute @workgroup_size(WG)
+fn copy_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_id(wid, lid);
+    if (i < bp.work) {
+        dst[i] = src[i];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn naive_ln_mean(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * bp.grid_x;
+    var acc = 0.0;
+    if (row < bp.work) {
+        for (var i = lid; i < bp.d; i += WG) {
+            acc += src1(row * bp.d + i);
+        }
+    }
+    let total = tree_sum(acc, lid);
+    if (row < bp.work && lid == 0u) {
+        stat_mean[row] = total / f32(bp.d);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn naive_ln_var(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * bp.grid_x;
+    var acc = 0.0;
+    if (row < bp.work) {
+        let m = stat_mean[row];
+        for (var i = lid; i < bp.d; i += WG) {
+            let t = src1(row * bp.d + i) - m;
+            acc += t * t;
+        }
+    }
+    let total = tree_sum(acc, lid);
+    if (row < bp.work && lid == 0u) {
+        stat_var[row] = total / f32(bp.d);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn naive_ln_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = flat_id(wid, lid);
+    if (e >= bp.work) {
+        return;
+    }
+    let row = e / bp.d;
+    let j = e % bp.d;
+    var o = (src1(e) - stat_mean[row]) / sqrt(stat_var[row] + bp.eps);
+    if (HAS_W) {
+        o = o * w[j >> 2u][j & 3u];
+    }
+    if (HAS_B) {
+        o = o + b[j >> 2u][j & 3u];
+    }
+    dst[e >> 2u][e & 3u] = o;
+}
+
+// BatchNorm: a workgroup per channel walks the channel's n * s values.
+fn bn_index(ch: u32, i: u32) -> u32 {
+    return ((i / bp.s) * bp.c + ch) * bp.s + i % bp.s;
+}
+
+@compute @workgroup_size(WG)
+fn naive_bn_mean(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let ch = wid.x + wid.y * bp.grid_x;
+    var acc = 0.0;
+    if (ch < bp.c) {
+        for (var i = lid; i < bp.n * bp.s; i += WG) {
+            acc += src1(bn_index(ch, i));
+        }
+    }
+    let total = tree_sum(acc, lid);
+    if (ch < bp.c && lid == 0u) {
+        stat_mean[ch] = total / f32(bp.n * bp.s);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn naive_bn_var(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let ch = wid.x + wid.y * bp.grid_x;
+    var acc = 0.0;
+    if (ch < bp.c) {
+        let m = stat_mean[ch];
+        for (var i = lid; i < bp.n * bp.s; i += WG) {
+            let t = src1(bn_index(ch, i)) - m;
+            acc += t * t;
+        }
+    }
+    let total = tree_sum(acc, lid);
+    if (ch < bp.c && lid == 0u) {
+        stat_var[ch] = total / f32(bp.n * bp.s);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn naive_bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = flat_id(wid, lid);
+    if (e >= bp.work) {
+        return;
+    }
+    let ch = (e / bp.s) % bp.c;
+    var o = (src1(e) - stat_mean[ch]) / sqrt(stat_var[ch] + bp.eps);
+    if (HAS_W) {
+        o = o * w[ch >> 2u][ch & 3u];
+    }
+    if (HAS_B) {
+        o = o + b[ch >> 2u][ch & 3u];
+    }
+    dst[e >> 2u][e & 3u] = o;
+}

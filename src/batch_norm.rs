@@ -1,8 +1,8 @@
 //! Host wrapper for `shaders/batch_norm.wgsl`.
 
 use crate::error::{NormError, Result};
+use crate::gpu::{record_all, units_per_binding, view, Constants, Family, Gpu, Step};
 use crate::layer_norm::MAX_THREAD_ITERS;
-use crate::gpu::{record_all, units_per_binding, view, Constants, Family, Gpu, Launch};
 use crate::tensor::Tensor;
 
 /// Where the channel dim sits.
@@ -110,7 +110,9 @@ impl BatchNorm {
     /// ```
     pub fn new(gpu: &Gpu, channels: usize) -> Result<BatchNorm> {
         if channels == 0 {
-            return Err(NormError::Shape("BatchNorm needs at least one channel".into()));
+            return Err(NormError::Shape(
+                "BatchNorm needs at least one channel".into(),
+            ));
         }
         Ok(BatchNorm {
             channels,
@@ -229,7 +231,9 @@ impl BatchNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn running_mean(&self) -> &Tensor {
-        self.pending_init.as_ref().map_or(&self.running_mean, |p| &p.0)
+        self.pending_init
+            .as_ref()
+            .map_or(&self.running_mean, |p| &p.0)
     }
 
     /// The running variance (`[C]`).
@@ -241,7 +245,9 @@ impl BatchNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn running_var(&self) -> &Tensor {
-        self.pending_init.as_ref().map_or(&self.running_var, |p| &p.1)
+        self.pending_init
+            .as_ref()
+            .map_or(&self.running_var, |p| &p.1)
     }
 
     /// Training batches seen (PyTorch's `num_batches_tracked`).
@@ -280,12 +286,26 @@ impl BatchNorm {
         let (c, dims) = match layout {
             Layout::ChannelsFirst => {
                 let s: usize = shape[2..].iter().product();
-                (shape[1], Dims { n: shape[0] as u64, c: shape[1] as u64, s: s as u64 })
+                (
+                    shape[1],
+                    Dims {
+                        n: shape[0] as u64,
+                        c: shape[1] as u64,
+                        s: s as u64,
+                    },
+                )
             }
             Layout::ChannelsLast => {
                 let c = shape[shape.len() - 1];
                 let n = x.numel() / c;
-                (c, Dims { n: n as u64, c: c as u64, s: 1 })
+                (
+                    c,
+                    Dims {
+                        n: n as u64,
+                        c: c as u64,
+                        s: 1,
+                    },
+                )
             }
         };
         if c != self.channels {
@@ -411,6 +431,7 @@ impl BatchNorm {
             ("invstd", &out.invstd, self.channels),
         ] {
             t.check_device(gpu, name)?;
+            t.check_no_alias(name, x)?;
             if t.numel() != n {
                 return Err(NormError::Shape(format!(
                     "output {name} has {} values, needs {n}",
@@ -451,6 +472,7 @@ impl BatchNorm {
     ) -> Result<()> {
         let dims = self.check(gpu, x, layout)?;
         y.check_device(gpu, "y")?;
+        y.check_no_alias("y", x)?;
         if y.numel() != x.numel() {
             return Err(NormError::Shape(format!(
                 "output y has {} values, needs {}",
@@ -477,23 +499,35 @@ impl BatchNorm {
         if d.s == 1 {
             // Channels-last: a thread walks down nbr rows for 4 channels. Enough threads to
             // fill the device, and at most ~1024 blocks for the per-channel merge.
-            let lanes = if d.c % 4 == 0 { d.c / 4 } else { d.c };
+            let lanes = if d.c.is_multiple_of(4) { d.c / 4 } else { d.c };
             let threads = if gpu.is_cpu() { 8192 } else { 131072 };
             let nbr = (d.n * lanes).div_ceil(threads).max(d.n.div_ceil(1024));
             let nbr = nbr.min(MAX_THREAD_ITERS).min(runs_per_chunk).max(1);
-            Blocks { nbr, seg: 1, ssegs: 1, nbt: d.n.div_ceil(nbr) }
+            Blocks {
+                nbr,
+                seg: 1,
+                ssegs: 1,
+                nbt: d.n.div_ceil(nbr),
+            }
         } else {
             // Channels-first: blocks of 64 to MAX_THREAD_ITERS values per thread, ~1024 blocks
             // per channel for the largest tensors.
-            let target = (wg * 64).max(per_channel.div_ceil(1024)).min(wg * MAX_THREAD_ITERS);
+            let target = (wg * 64)
+                .max(per_channel.div_ceil(1024))
+                .min(wg * MAX_THREAD_ITERS);
             let mut seg = d.s.min(target);
-            if d.s % 4 == 0 {
+            if d.s.is_multiple_of(4) {
                 seg = seg.div_ceil(4) * 4;
             }
             let ssegs = d.s.div_ceil(seg);
             let nbr = if ssegs == 1 { (target / d.s).max(1) } else { 1 };
             let nbr = nbr.min(runs_per_chunk).max(1);
-            Blocks { nbr, seg, ssegs, nbt: d.n.div_ceil(nbr) * ssegs }
+            Blocks {
+                nbr,
+                seg,
+                ssegs,
+                nbt: d.n.div_ceil(nbr) * ssegs,
+            }
         }
     }
 
@@ -508,8 +542,9 @@ impl BatchNorm {
         y: &Tensor,
         stats: Option<(&Tensor, &Tensor, bool, f32)>,
     ) -> Result<()> {
-        let wg = u64::from(if gpu.is_cpu() { 64 } else { 256 }.min(gpu.max_wg()))
-            .max(u64::from(gpu.capabilities().subgroup_max_size.min(gpu.max_wg())));
+        let wg = u64::from(if gpu.is_cpu() { 64 } else { 256 }.min(gpu.max_wg())).max(u64::from(
+            gpu.capabilities().subgroup_max_size.min(gpu.max_wg()),
+        ));
         let slab = d.c * d.s; // elements per run of all channels
         let runs_per_chunk = units_per_binding(gpu, slab);
         if runs_per_chunk == 0 {
@@ -522,11 +557,23 @@ impl BatchNorm {
         // Chunks hold whole blocks, so no block straddles two bindings.
         let chunk = runs_per_chunk / b.nbr * b.nbr;
         let cl = d.s == 1;
-        let vec = if cl { d.c % 4 == 0 } else { d.s % 4 == 0 };
+        let vec = if cl {
+            d.c.is_multiple_of(4)
+        } else {
+            d.s.is_multiple_of(4)
+        };
         // Apply pass: channels-first with long runs gets a workgroup per run segment.
         let apply_runs = !cl && d.s >= 64;
-        let apply_seg = if apply_runs { d.s.min(wg * 64).div_ceil(4) * 4 } else { 1 };
-        let apply_seg = if apply_runs { apply_seg.min(d.s.div_ceil(4) * 4) } else { 1 };
+        let apply_seg = if apply_runs {
+            d.s.min(wg * 64).div_ceil(4) * 4
+        } else {
+            1
+        };
+        let apply_seg = if apply_runs {
+            apply_seg.min(d.s.div_ceil(4) * 4)
+        } else {
+            1
+        };
         let on = |v: bool| if v { 1.0 } else { 0.0 };
         let (update, factor) = stats.map_or((false, 0.0), |s| (s.2, s.3));
         let constants: Constants = vec![
@@ -541,7 +588,14 @@ impl BatchNorm {
         let apply_constants: Constants = vec![
             ("WG", wg as f64),
             ("TPR", wg as f64),
-            ("VEC", on(if apply_runs { d.s % 4 == 0 } else { cl && d.c % 4 == 0 })),
+            (
+                "VEC",
+                on(if apply_runs {
+                    d.s.is_multiple_of(4)
+                } else {
+                    cl && d.c.is_multiple_of(4)
+                }),
+            ),
         ];
         let cp = d.c.div_ceil(4) * 4;
         let coef = Tensor::empty(gpu, &[(4 * cp) as usize])?;
@@ -560,9 +614,7 @@ impl BatchNorm {
             ..Default::default()
         };
         let chan_grid = gpu.grid((d.c as u32).div_ceil(wg as u32))?;
-        // (entry, grid, params, bindings, chunk runs [n0, n1), apply constants?)
-        let mut steps: Vec<(&'static str, (u32, u32), BnParams, &'static [u32], u64, u64, bool)> =
-            Vec::new();
+        let mut steps: Vec<Step> = Vec::new();
         let chunks: Vec<(u64, u64)> = (0..d.n.div_ceil(chunk))
             .map(|i| (i * chunk, ((i + 1) * chunk).min(d.n)))
             .collect();
@@ -570,8 +622,19 @@ impl BatchNorm {
         let yv = |n0: u64, n1: u64| view(gpu, n0 * slab, n1 * slab, y.buffer().size());
         if stats.is_some() {
             let (n0, n1) = chunks[0];
-            let p = BnParams { x_off: xv(n0, n1).elem_off, grid_x: chan_grid.0, ..base };
-            steps.push(("batch_norm_pivot", chan_grid, p, &[1, 4], n0, n1, false));
+            let p = BnParams {
+                x_off: xv(n0, n1).elem_off,
+                grid_x: chan_grid.0,
+                ..base
+            };
+            steps.push(Step::new(
+                gpu,
+                "batch_norm_pivot",
+                chan_grid,
+                &p,
+                &[1, 4],
+                (n0, n1),
+            ));
             for &(n0, n1) in &chunks {
                 let runs = n1 - n0;
                 let mut p = BnParams {
@@ -585,19 +648,45 @@ impl BatchNorm {
                     p.work = (runs.div_ceil(b.nbr) * lanes) as u32;
                     ("batch_norm_partial_cl", p.work.div_ceil(wg as u32))
                 } else {
-                    ("batch_norm_partial_cf", (d.c * runs.div_ceil(b.nbr) * b.ssegs) as u32)
+                    (
+                        "batch_norm_partial_cf",
+                        (d.c * runs.div_ceil(b.nbr) * b.ssegs) as u32,
+                    )
                 };
                 let grid = gpu.grid(groups)?;
                 p.grid_x = grid.0;
-                steps.push((entry, grid, p, &[1, 3, 4], n0, n1, false));
+                steps.push(Step::new(gpu, entry, grid, &p, &[1, 3, 4], (n0, n1)));
             }
             let grid = gpu.grid(d.c as u32)?;
-            let p = BnParams { grid_x: grid.0, ..base };
-            steps.push(("batch_norm_finalize", grid, p, &[3, 4, 5, 6, 7, 8, 9, 10], 0, 0, false));
+            let p = BnParams {
+                grid_x: grid.0,
+                ..base
+            };
+            let binds = &[3, 4, 5, 6, 7, 8, 9, 10];
+            steps.push(Step::new(
+                gpu,
+                "batch_norm_finalize",
+                grid,
+                &p,
+                binds,
+                (0, 0),
+            ));
         } else {
-            let p = BnParams { grid_x: chan_grid.0, ..base };
-            steps.push(("batch_norm_eval_coef", chan_grid, p, &[4, 5, 6, 7, 8], 0, 0, false));
+            let p = BnParams {
+                grid_x: chan_grid.0,
+                ..base
+            };
+            let binds = &[4, 5, 6, 7, 8];
+            steps.push(Step::new(
+                gpu,
+                "batch_norm_eval_coef",
+                chan_grid,
+                &p,
+                binds,
+                (0, 0),
+            ));
         }
+        let stats_steps = steps.len();
         for &(n0, n1) in &chunks {
             let runs = n1 - n0;
             let mut p = BnParams {
@@ -606,46 +695,62 @@ impl BatchNorm {
                 x_off: xv(n0, n1).elem_off,
                 y_off: yv(n0, n1).elem_off,
                 seg: apply_seg as u32,
-                ssegs: if apply_runs { d.s.div_ceil(apply_seg) as u32 } else { 1 },
+                ssegs: if apply_runs {
+                    d.s.div_ceil(apply_seg) as u32
+                } else {
+                    1
+                },
                 ..base
             };
             let (entry, groups) = if apply_runs {
                 ("batch_norm_apply_cf", p.runs * p.ssegs)
             } else {
                 let elems = runs * slab;
-                p.work = if cl && d.c % 4 == 0 { elems / 4 } else { elems } as u32;
+                p.work = if cl && d.c.is_multiple_of(4) {
+                    elems / 4
+                } else {
+                    elems
+                } as u32;
                 ("batch_norm_apply_flat", p.work.div_ceil(wg as u32))
             };
             let grid = gpu.grid(groups)?;
             p.grid_x = grid.0;
-            steps.push((entry, grid, p, &[1, 2, 4], n0, n1, true));
+            steps.push(Step::new(gpu, entry, grid, &p, &[1, 2, 4], (n0, n1)));
         }
 
-        let uniforms: Vec<wgpu::Buffer> = steps.iter().map(|s| gpu.uniform(&s.2)).collect();
         let (rm, rv) = (&self.running_mean, &self.running_var);
         let (mean_out, invstd_out) = stats.map_or((&dummy, &dummy), |s| (s.0, s.1));
+        let resource = |bnd: u32, (n0, n1): (u64, u64)| match bnd {
+            1 => xv(n0, n1).bind(x.buffer()),
+            2 => yv(n0, n1).bind(y.buffer()),
+            3 => partials.buffer().as_entire_binding(),
+            4 => coef.buffer().as_entire_binding(),
+            5 => self
+                .weight
+                .as_ref()
+                .unwrap_or(&dummy)
+                .buffer()
+                .as_entire_binding(),
+            6 => self
+                .bias
+                .as_ref()
+                .unwrap_or(&dummy)
+                .buffer()
+                .as_entire_binding(),
+            7 => rm.buffer().as_entire_binding(),
+            8 => rv.buffer().as_entire_binding(),
+            9 => mean_out.buffer().as_entire_binding(),
+            _ => invstd_out.buffer().as_entire_binding(),
+        };
         let mut launches = Vec::with_capacity(steps.len());
-        for (&(entry, grid, _, binds, n0, n1, is_apply), ub) in steps.iter().zip(&uniforms) {
-            let mut entries =
-                vec![wgpu::BindGroupEntry { binding: 0, resource: ub.as_entire_binding() }];
-            for &bnd in binds {
-                let resource = match bnd {
-                    1 => xv(n0, n1).bind(x.buffer()),
-                    2 => yv(n0, n1).bind(y.buffer()),
-                    3 => partials.buffer().as_entire_binding(),
-                    4 => coef.buffer().as_entire_binding(),
-                    5 => self.weight.as_ref().unwrap_or(&dummy).buffer().as_entire_binding(),
-                    6 => self.bias.as_ref().unwrap_or(&dummy).buffer().as_entire_binding(),
-                    7 => rm.buffer().as_entire_binding(),
-                    8 => rv.buffer().as_entire_binding(),
-                    9 => mean_out.buffer().as_entire_binding(),
-                    _ => invstd_out.buffer().as_entire_binding(),
-                };
-                entries.push(wgpu::BindGroupEntry { binding: bnd, resource });
-            }
-            let c = if is_apply { &apply_constants } else { &constants };
-            let pipeline = gpu.pipeline(Family::BatchNorm, entry, c)?;
-            launches.push(Launch { pipeline, entries, grid });
+        for (i, s) in steps.iter().enumerate() {
+            let c = if i < stats_steps {
+                &constants
+            } else {
+                &apply_constants
+            };
+            let pipeline = gpu.pipeline(Family::BatchNorm, s.entry, c)?;
+            launches.push(s.launch(pipeline, resource));
         }
         if let Some((m, v)) = &self.pending_init {
             let bytes = (self.channels * 4) as u64;

@@ -26,7 +26,10 @@ pub fn layer_norm(
     bias: Option<&[f32]>,
     eps: f64,
 ) -> LayerNormRef {
-    assert!(d > 0 && x.len() % d == 0, "x must hold whole rows of d values");
+    assert!(
+        d > 0 && x.len().is_multiple_of(d),
+        "x must hold whole rows of d values"
+    );
     let rows = x.len() / d;
     let mut out = LayerNormRef {
         y: Vec::with_capacity(x.len()),
@@ -35,7 +38,11 @@ pub fn layer_norm(
     };
     for row in x.chunks_exact(d) {
         let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
-        let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d as f64;
+        let var = row
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / d as f64;
         let rstd = 1.0 / (var + eps).sqrt();
         for (i, &v) in row.iter().enumerate() {
             let mut o = (f64::from(v) - mean) * rstd;
@@ -81,7 +88,7 @@ fn channel(i: usize, c: usize, s: usize) -> usize {
 /// assert_eq!(st.var, vec![1.25]);
 /// ```
 pub fn batch_stats(x: &[f32], c: usize, s: usize) -> BatchStats {
-    assert!(c > 0 && s > 0 && x.len() % (c * s) == 0);
+    assert!(c > 0 && s > 0 && x.len().is_multiple_of(c * s));
     let count = x.len() / c;
     let mut sum = vec![0f64; c];
     for (i, &v) in x.iter().enumerate() {

@@ -11,6 +11,8 @@ use crate::error::{NormError, Result};
 /// WebGPU caps each grid dimension at 65535 workgroups.
 pub(crate) const MAX_GROUPS_PER_DIM: u32 = 65535;
 
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Options for [`Gpu::with_options`].
 ///
 /// ```no_run
@@ -82,7 +84,10 @@ pub fn module_source(family_file: &str, subgroups: bool) -> String {
         "baseline" => Family::Baseline.source(),
         other => panic!("unknown shader family {other}"),
     };
-    format!("{lanes}\n{}\n{body}", include_str!("../shaders/common.wgsl"))
+    format!(
+        "{lanes}\n{}\n{body}",
+        include_str!("../shaders/common.wgsl")
+    )
 }
 
 fn family_file(f: Family) -> &'static str {
@@ -105,6 +110,7 @@ struct PipelineKey {
 }
 
 struct Inner {
+    id: u64,
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
@@ -116,7 +122,8 @@ struct Inner {
 }
 
 /// A wgpu device and queue with this crate's pipeline cache. Cheap to clone (an `Arc`), and
-/// `Send + Sync`: share one per device.
+/// `Send + Sync`: share one per device. Tensors belong to the context that made them and its
+/// clones: wrap a device once with [`Gpu::from_wgpu`] and clone the `Gpu`.
 ///
 /// ```no_run
 /// let gpu = fused_norm::Gpu::new()?;
@@ -172,9 +179,8 @@ impl Gpu {
                 .unwrap_or_default();
             NormError::NoAdapter(format!("{backend} ({e})"))
         })?;
-        let wanted = wgpu::Features::SUBGROUP
-            | wgpu::Features::SHADER_F16
-            | wgpu::Features::TIMESTAMP_QUERY;
+        let wanted =
+            wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
         let mut features = adapter.features() & wanted;
         if opts.disable_subgroups {
             features.remove(wgpu::Features::SUBGROUP);
@@ -188,7 +194,12 @@ impl Gpu {
             ..Default::default()
         }))
         .map_err(|e| NormError::Device(e.to_string()))?;
-        Ok(Gpu::build(device, queue, adapter.get_info(), opts.max_binding_bytes))
+        Ok(Gpu::build(
+            device,
+            queue,
+            adapter.get_info(),
+            opts.max_binding_bytes,
+        ))
     }
 
     /// Wraps a device and queue the application already has (a renderer's, say). The crate
@@ -229,12 +240,13 @@ impl Gpu {
             shader_f16: f.contains(wgpu::Features::SHADER_F16),
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
         };
-        let mut max_binding = u64::from(limits.max_storage_buffer_binding_size);
+        let mut max_binding = limits.max_storage_buffer_binding_size;
         if let Some(cap) = max_binding_bytes {
             max_binding = max_binding.min(cap);
         }
         Gpu {
             inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 device,
                 queue,
                 info,
@@ -345,9 +357,9 @@ impl Gpu {
         self.inner.info.device_type == wgpu::DeviceType::Cpu
     }
 
-    /// Whether `device` is this context's device.
-    pub(crate) fn owns(&self, device: &wgpu::Device) -> bool {
-        &self.inner.device == device
+    /// Identity of this context and its clones: tensors made through it carry it.
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
     }
 
     /// The cached pipeline for (family, entry point, subgroup prelude, override constants).
@@ -387,7 +399,11 @@ impl Gpu {
                 cache: None,
             })
         })?;
-        self.inner.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        self.inner
+            .pipelines
+            .lock()
+            .unwrap()
+            .insert(key, pipeline.clone());
         Ok(pipeline)
     }
 
@@ -402,7 +418,11 @@ impl Gpu {
                 source: wgpu::ShaderSource::Wgsl(src.into()),
             })
         })?;
-        self.inner.modules.lock().unwrap().insert((family, subgroups), m.clone());
+        self.inner
+            .modules
+            .lock()
+            .unwrap()
+            .insert((family, subgroups), m.clone());
         Ok(m)
     }
 
@@ -423,11 +443,13 @@ impl Gpu {
 
     /// A uniform buffer holding `params`.
     pub(crate) fn uniform<T: bytemuck::Pod>(&self, params: &T) -> wgpu::Buffer {
-        self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("fused-norm params"),
-            contents: bytemuck::bytes_of(params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+        self.inner
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("fused-norm params"),
+                contents: bytemuck::bytes_of(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
     }
 
     /// Submits and blocks until the device is done, inside error scopes.
@@ -435,7 +457,10 @@ impl Gpu {
         let idx = self.scoped(|_| self.inner.queue.submit([encoder.finish()]))?;
         self.inner
             .device
-            .poll(wgpu::PollType::Wait { submission_index: Some(idx), timeout: None })
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(idx),
+                timeout: None,
+            })
             .map_err(|e| NormError::Wgpu(e.to_string()))?;
         Ok(())
     }
@@ -443,12 +468,18 @@ impl Gpu {
     pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
         self.inner
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("fused-norm") })
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fused-norm"),
+            })
     }
 
     /// Splits `groups` workgroups into a 2-D grid (x, y) within the per-dimension limit.
     pub(crate) fn grid(&self, groups: u32) -> Result<(u32, u32)> {
-        let lim = self.inner.limits.max_compute_workgroups_per_dimension.min(MAX_GROUPS_PER_DIM);
+        let lim = self
+            .inner
+            .limits
+            .max_compute_workgroups_per_dimension
+            .min(MAX_GROUPS_PER_DIM);
         let gx = groups.clamp(1, lim);
         let gy = groups.div_ceil(gx).max(1);
         if gy > lim {
@@ -466,12 +497,67 @@ impl Gpu {
 
     /// Largest workgroup this crate uses on this device (the shaders' workgroup arrays hold 256).
     pub(crate) fn max_wg(&self) -> u32 {
-        self.inner.limits.max_compute_invocations_per_workgroup.min(256)
+        self.inner
+            .limits
+            .max_compute_invocations_per_workgroup
+            .min(256)
     }
 }
 
-/// One kernel launch: pipeline, bind group entries and a 1-D workgroup count (laid out on a
-/// 2-D grid by `encode`).
+/// One dispatch a wrapper plans before building bind groups: its entry point, grid, uniform
+/// parameters, the storage bindings it uses, and the range of units (rows, batch items) of
+/// the chunk it covers, which the wrapper maps to buffer views.
+pub(crate) struct Step {
+    pub entry: &'static str,
+    pub grid: (u32, u32),
+    pub uniform: wgpu::Buffer,
+    pub bindings: &'static [u32],
+    pub range: (u64, u64),
+}
+
+impl Step {
+    pub(crate) fn new<P: bytemuck::Pod>(
+        gpu: &Gpu,
+        entry: &'static str,
+        grid: (u32, u32),
+        params: &P,
+        bindings: &'static [u32],
+        range: (u64, u64),
+    ) -> Step {
+        Step {
+            entry,
+            grid,
+            uniform: gpu.uniform(params),
+            bindings,
+            range,
+        }
+    }
+
+    /// The launch of this step: binding 0 is the uniform, `resource` supplies the others.
+    pub(crate) fn launch<'a>(
+        &'a self,
+        pipeline: wgpu::ComputePipeline,
+        resource: impl Fn(u32, (u64, u64)) -> wgpu::BindingResource<'a>,
+    ) -> Launch<'a> {
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: self.uniform.as_entire_binding(),
+        }];
+        for &binding in self.bindings {
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: resource(binding, self.range),
+            });
+        }
+        Launch {
+            pipeline,
+            entries,
+            grid: self.grid,
+        }
+    }
+}
+
+/// One kernel launch: pipeline, bind group entries and its 2-D grid.
 pub(crate) struct Launch<'a> {
     pub pipeline: wgpu::ComputePipeline,
     pub entries: Vec<wgpu::BindGroupEntry<'a>>,
@@ -525,12 +611,18 @@ pub(crate) fn view(gpu: &Gpu, start: u64, end: u64, buf_size: u64) -> View {
     let offset = (start * 4) / align * align;
     let end_b = (end * 4).div_ceil(16) * 16;
     let end_b = end_b.min(buf_size / 16 * 16).max(offset + 16);
-    View { offset, size: end_b - offset, elem_off: ((start * 4 - offset) / 4) as u32 }
+    View {
+        offset,
+        size: end_b - offset,
+        elem_off: ((start * 4 - offset) / 4) as u32,
+    }
 }
 
 /// How many units of `unit_elems` f32 fit one binding, allowing for offset alignment slack.
 pub(crate) fn units_per_binding(gpu: &Gpu, unit_elems: u64) -> u64 {
-    let budget = gpu.max_binding_bytes().saturating_sub(gpu.offset_alignment() + 16);
+    let budget = gpu
+        .max_binding_bytes()
+        .saturating_sub(gpu.offset_alignment() + 16);
     budget / (unit_elems * 4).max(1)
 }
 

@@ -1,7 +1,7 @@
 //! Host wrapper for `shaders/layer_norm.wgsl`.
 
 use crate::error::{NormError, Result};
-use crate::gpu::{record_all, units_per_binding, view, Constants, Family, Gpu, Launch};
+use crate::gpu::{record_all, units_per_binding, view, Constants, Family, Gpu, Step};
 use crate::tensor::Tensor;
 
 /// Vec4s each thread keeps in registers in `layer_norm_rows` (the shader's ROW_CACHE).
@@ -157,7 +157,10 @@ impl LayerNorm {
     /// let ln = fused_norm::LayerNorm::from_axis(1); // [N, C, H, W] -> over C, H, W
     /// ```
     pub fn from_axis(axis: isize) -> LayerNorm {
-        LayerNorm { normalized: Normalized::Axis(axis), ..LayerNorm::new(&[]) }
+        LayerNorm {
+            normalized: Normalized::Axis(axis),
+            ..LayerNorm::new(&[])
+        }
     }
 
     /// Sets eps (default 1e-5); must be finite and >= 0.
@@ -217,9 +220,8 @@ impl LayerNorm {
         }
         let axis = match &self.normalized {
             Normalized::Shape(ns) => {
-                crate::tensor::check_shape(ns).map_err(|e| {
-                    NormError::Shape(format!("normalized_shape {ns:?}: {e}"))
-                })?;
+                crate::tensor::check_shape(ns)
+                    .map_err(|e| NormError::Shape(format!("normalized_shape {ns:?}: {e}")))?;
                 if ns.len() > shape.len() || shape[shape.len() - ns.len()..] != ns[..] {
                     return Err(NormError::Shape(format!(
                         "normalized_shape {ns:?} does not match the trailing dims of x {shape:?}"
@@ -296,7 +298,9 @@ impl LayerNorm {
                     )
                 } else {
                     (
-                        LnVariant::Rows { threads_per_row: tpr },
+                        LnVariant::Rows {
+                            threads_per_row: tpr,
+                        },
                         format!(
                             "{} values per row: {tpr} threads per row, {} rows per workgroup, \
                              x read once",
@@ -308,7 +312,11 @@ impl LayerNorm {
             }
             LnVariant::Rows { threads_per_row } => {
                 let tpr = threads_per_row.clamp(1, wg).next_power_of_two().min(wg);
-                let iters = if g.d % 4 == 0 { d4 } else { g.d as u32 };
+                let iters = if g.d.is_multiple_of(4) {
+                    d4
+                } else {
+                    g.d as u32
+                };
                 let need = (u64::from(iters).div_ceil(MAX_THREAD_ITERS) as u32).next_power_of_two();
                 if need > wg {
                     (
@@ -320,14 +328,29 @@ impl LayerNorm {
                         "forced rows(tpr={threads_per_row}), raised to {need} threads per row \
                          so no thread loops over more than {MAX_THREAD_ITERS} values"
                     );
-                    (LnVariant::Rows { threads_per_row: need }, why)
+                    (
+                        LnVariant::Rows {
+                            threads_per_row: need,
+                        },
+                        why,
+                    )
                 } else {
-                    (LnVariant::Rows { threads_per_row: tpr }, "forced".to_string())
+                    (
+                        LnVariant::Rows {
+                            threads_per_row: tpr,
+                        },
+                        "forced".to_string(),
+                    )
                 }
             }
             LnVariant::SplitRow => (LnVariant::SplitRow, "forced".to_string()),
         };
-        LnPlan { variant, workgroup_size: wg, subgroups, reason }
+        LnPlan {
+            variant,
+            workgroup_size: wg,
+            subgroups,
+            reason,
+        }
     }
 
     /// Runs LayerNorm on `x`, allocating the outputs. Blocks until the device is done.
@@ -382,10 +405,13 @@ impl LayerNorm {
     ) -> Result<()> {
         x.check_device(gpu, "x")?;
         let g = self.geometry(gpu, x.shape())?;
-        for (name, t, n) in
-            [("y", &out.y, x.numel()), ("mean", &out.mean, g.rows), ("rstd", &out.rstd, g.rows)]
-        {
+        for (name, t, n) in [
+            ("y", &out.y, x.numel()),
+            ("mean", &out.mean, g.rows),
+            ("rstd", &out.rstd, g.rows),
+        ] {
             t.check_device(gpu, name)?;
+            t.check_no_alias(name, x)?;
             if t.numel() != n {
                 return Err(NormError::Shape(format!(
                     "output {name} has {} values, needs {n}",
@@ -426,11 +452,14 @@ impl LayerNorm {
         let gamma = self.weight.as_ref().unwrap_or(&dummy).buffer();
         let beta = self.bias.as_ref().unwrap_or(&dummy).buffer();
         let scratch = match split {
-            true => Some(Tensor::empty(gpu, &[(per_chunk.min(rows) * (segs + 1) * 4) as usize])?),
+            true => Some(Tensor::empty(
+                gpu,
+                &[(per_chunk.min(rows) * (segs + 1) * 4) as usize],
+            )?),
             false => None,
         };
 
-        // Steps per chunk of rows that fits one binding: (entry, grid, params, bindings, rows).
+        // Steps per chunk of rows that fits one binding.
         let mut steps = Vec::new();
         let mut r0 = 0u64;
         while r0 < rows {
@@ -448,36 +477,38 @@ impl LayerNorm {
                 seg_v4: seg_v4 as u32,
                 pad: [0; 3],
             };
+            let step = |entry, grid: (u32, u32), binds| {
+                Step::new(gpu, entry, grid, &params(grid.0), binds, (r0, r1))
+            };
             if split {
                 let grid = gpu.grid((n * segs) as u32)?;
                 let mgrid = gpu.grid((n as u32).div_ceil(wg))?;
-                steps.push(("layer_norm_partial", grid, params(grid.0), &[1, 7][..], r0, r1));
-                steps.push(("layer_norm_merge", mgrid, params(mgrid.0), &[1, 5, 6, 7], r0, r1));
-                steps.push(("layer_norm_apply", grid, params(grid.0), &[1, 2, 3, 4, 7], r0, r1));
+                steps.push(step("layer_norm_partial", grid, &[1, 7]));
+                steps.push(step("layer_norm_merge", mgrid, &[1, 5, 6, 7]));
+                steps.push(step("layer_norm_apply", grid, &[1, 2, 3, 4, 7]));
             } else {
                 let grid = gpu.grid((n as u32).div_ceil(wg / tpr))?;
-                steps.push(("layer_norm_rows", grid, params(grid.0), &[1, 2, 3, 4, 5, 6], r0, r1));
+                steps.push(step("layer_norm_rows", grid, &[1, 2, 3, 4, 5, 6]));
             }
             r0 = r1;
         }
-        let uniforms: Vec<wgpu::Buffer> = steps.iter().map(|s| gpu.uniform(&s.2)).collect();
+        let resource = |b: u32, (r0, r1): (u64, u64)| match b {
+            1 => view(gpu, r0 * d, r1 * d, x.buffer().size()).bind(x.buffer()),
+            2 => view(gpu, r0 * d, r1 * d, out.y.buffer().size()).bind(out.y.buffer()),
+            3 => gamma.as_entire_binding(),
+            4 => beta.as_entire_binding(),
+            5 => view(gpu, r0, r1, out.mean.buffer().size()).bind(out.mean.buffer()),
+            6 => view(gpu, r0, r1, out.rstd.buffer().size()).bind(out.rstd.buffer()),
+            _ => scratch
+                .as_ref()
+                .expect("split-row scratch")
+                .buffer()
+                .as_entire_binding(),
+        };
         let mut launches = Vec::with_capacity(steps.len());
-        for (&(entry, grid, _, binds, r0, r1), ub) in steps.iter().zip(&uniforms) {
-            let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ub.as_entire_binding() }];
-            for &b in binds {
-                let resource = match b {
-                    1 => view(gpu, r0 * d, r1 * d, x.buffer().size()).bind(x.buffer()),
-                    2 => view(gpu, r0 * d, r1 * d, out.y.buffer().size()).bind(out.y.buffer()),
-                    3 => gamma.as_entire_binding(),
-                    4 => beta.as_entire_binding(),
-                    5 => view(gpu, r0, r1, out.mean.buffer().size()).bind(out.mean.buffer()),
-                    6 => view(gpu, r0, r1, out.rstd.buffer().size()).bind(out.rstd.buffer()),
-                    _ => scratch.as_ref().expect("split-row scratch").buffer().as_entire_binding(),
-                };
-                entries.push(wgpu::BindGroupEntry { binding: b, resource });
-            }
-            let pipeline = gpu.pipeline(Family::LayerNorm, entry, &constants)?;
-            launches.push(Launch { pipeline, entries, grid });
+        for s in &steps {
+            let pipeline = gpu.pipeline(Family::LayerNorm, s.entry, &constants)?;
+            launches.push(s.launch(pipeline, resource));
         }
         record_all(gpu, encoder, &launches)
     }

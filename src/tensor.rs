@@ -19,7 +19,9 @@ use crate::gpu::Gpu;
 pub struct Tensor {
     buffer: wgpu::Buffer,
     shape: Vec<usize>,
-    device: wgpu::Device,
+    // The Gpu context that made it (wgpu's Device equality compares registry ids, which
+    // collide between devices of different instances).
+    owner: u64,
 }
 
 /// Bytes a tensor of `numel` f32 values occupies: padded to 16 for vec4 access.
@@ -29,14 +31,23 @@ pub(crate) fn padded_bytes(numel: usize) -> u64 {
 
 pub(crate) fn check_shape(shape: &[usize]) -> Result<usize> {
     if shape.is_empty() {
-        return Err(NormError::Shape("a tensor needs at least one dimension".into()));
+        return Err(NormError::Shape(
+            "a tensor needs at least one dimension".into(),
+        ));
     }
     if let Some(i) = shape.iter().position(|&d| d == 0) {
-        return Err(NormError::Shape(format!("dimension {i} of {shape:?} is zero")));
+        return Err(NormError::Shape(format!(
+            "dimension {i} of {shape:?} is zero"
+        )));
     }
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        NormError::TooLarge(format!("shape {shape:?} has more elements than usize holds"))
-    })
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            NormError::TooLarge(format!(
+                "shape {shape:?} has more elements than usize holds"
+            ))
+        })
 }
 
 impl Tensor {
@@ -56,7 +67,10 @@ impl Tensor {
             )));
         }
         let t = Tensor::empty(gpu, shape)?;
-        gpu.scoped(|_| gpu.queue().write_buffer(&t.buffer, 0, bytemuck::cast_slice(data)))?;
+        gpu.scoped(|_| {
+            gpu.queue()
+                .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data))
+        })?;
         Ok(t)
     }
 
@@ -86,11 +100,16 @@ impl Tensor {
                 mapped_at_creation: false,
             })
         })?;
-        Ok(Tensor { buffer, shape: shape.to_vec(), device: gpu.device().clone() })
+        Ok(Tensor {
+            buffer,
+            shape: shape.to_vec(),
+            owner: gpu.id(),
+        })
     }
 
     /// Wraps an existing buffer without copying. It needs `STORAGE` usage (and `COPY_SRC` for
-    /// [`Tensor::to_vec`]) and at least `numel * 4` bytes rounded up to 16.
+    /// [`Tensor::to_vec`]) and at least `numel * 4` bytes rounded up to 16, and must come from
+    /// `gpu`'s device (wgpu cannot tell us which device a buffer belongs to).
     ///
     /// ```no_run
     /// # let gpu = fused_norm::Gpu::new()?;
@@ -116,7 +135,11 @@ impl Tensor {
                 buffer.size()
             )));
         }
-        Ok(Tensor { buffer, shape: shape.to_vec(), device: gpu.device().clone() })
+        Ok(Tensor {
+            buffer,
+            shape: shape.to_vec(),
+            owner: gpu.id(),
+        })
     }
 
     /// The row-major shape.
@@ -172,7 +195,10 @@ impl Tensor {
                 self.numel()
             )));
         }
-        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..self.clone()
+        })
     }
 
     /// Downloads the values. Blocks.
@@ -186,7 +212,9 @@ impl Tensor {
     pub fn to_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         self.check_device(gpu, "tensor")?;
         if !self.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
-            return Err(NormError::Buffer("to_vec needs a buffer with COPY_SRC usage".into()));
+            return Err(NormError::Buffer(
+                "to_vec needs a buffer with COPY_SRC usage".into(),
+            ));
         }
         let bytes = (self.numel() as u64 * 4).div_ceil(4) * 4;
         let staging = gpu.scoped(|d| {
@@ -210,15 +238,27 @@ impl Tensor {
         rx.recv()
             .map_err(|e| NormError::Readback(e.to_string()))?
             .map_err(|e| NormError::Readback(e.to_string()))?;
-        let view = staging.get_mapped_range(..).map_err(|e| NormError::Readback(e.to_string()))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| NormError::Readback(e.to_string()))?;
         let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
         drop(view);
         staging.unmap();
         Ok(out)
     }
 
+    /// Errors if `out` shares its buffer with `input` (kernels read one and write the other).
+    pub(crate) fn check_no_alias(&self, name: &str, input: &Tensor) -> Result<()> {
+        if self.owner == input.owner && self.buffer == input.buffer {
+            return Err(NormError::InvalidArgument(format!(
+                "output {name} shares its buffer with the input; in-place is not supported"
+            )));
+        }
+        Ok(())
+    }
+
     pub(crate) fn check_device(&self, gpu: &Gpu, name: &'static str) -> Result<()> {
-        if gpu.owns(&self.device) {
+        if gpu.id() == self.owner {
             Ok(())
         } else {
             Err(NormError::WrongDevice(name))

@@ -16,7 +16,10 @@ fn cs(shape: &[usize], layout: Layout) -> (usize, usize) {
 /// A shape of the given rank and layout with `c` channels and `count` values per channel.
 fn shape_for(rank: usize, layout: Layout, c: usize, count: usize) -> Vec<usize> {
     // Spread count over N and the spatial dims: N takes a small factor, the rest goes last.
-    let n = [4usize, 3, 2].into_iter().find(|f| count % f == 0 && count > *f).unwrap_or(1);
+    let n = [4usize, 3, 2]
+        .into_iter()
+        .find(|f| count.is_multiple_of(*f) && count > *f)
+        .unwrap_or(1);
     let n = if rank == 2 { count } else { n };
     let rest = count / n;
     let mut spatial = vec![1; rank - 2];
@@ -63,9 +66,21 @@ fn module(gpu: &Gpu, c: usize, o: &Opts) -> BatchNorm {
 fn check_train(x: &[f32], shape: &[usize], layout: Layout, o: &Opts) {
     let (c, s) = cs(shape, layout);
     let st = cpu::batch_stats(x, c, s);
-    let want_y =
-        cpu::batch_norm_apply(x, c, s, &st.mean, &st.var, o.weight.as_deref(), o.bias.as_deref(), f64::from(o.eps));
-    let want_invstd: Vec<f64> = st.var.iter().map(|v| 1.0 / (v + f64::from(o.eps)).sqrt()).collect();
+    let want_y = cpu::batch_norm_apply(
+        x,
+        c,
+        s,
+        &st.mean,
+        &st.var,
+        o.weight.as_deref(),
+        o.bias.as_deref(),
+        f64::from(o.eps),
+    );
+    let want_invstd: Vec<f64> = st
+        .var
+        .iter()
+        .map(|v| 1.0 / (v + f64::from(o.eps)).sqrt())
+        .collect();
     let mut rm = vec![0.0; c];
     let mut rv = vec![1.0; c];
     cpu::update_running(&mut rm, &st.mean, 0.1);
@@ -76,10 +91,26 @@ fn check_train(x: &[f32], shape: &[usize], layout: Layout, o: &Opts) {
         let mut bn = module(g, c, o);
         let out = bn.forward_train(g, &xt, layout).unwrap();
         assert_close(&format!("{what} y"), &out.y.to_vec(g).unwrap(), &want_y);
-        assert_close(&format!("{what} mean"), &out.mean.to_vec(g).unwrap(), &st.mean);
-        assert_close(&format!("{what} invstd"), &out.invstd.to_vec(g).unwrap(), &want_invstd);
-        assert_close(&format!("{what} running_mean"), &bn.running_mean().to_vec(g).unwrap(), &rm);
-        assert_close(&format!("{what} running_var"), &bn.running_var().to_vec(g).unwrap(), &rv);
+        assert_close(
+            &format!("{what} mean"),
+            &out.mean.to_vec(g).unwrap(),
+            &st.mean,
+        );
+        assert_close(
+            &format!("{what} invstd"),
+            &out.invstd.to_vec(g).unwrap(),
+            &want_invstd,
+        );
+        assert_close(
+            &format!("{what} running_mean"),
+            &bn.running_mean().to_vec(g).unwrap(),
+            &rm,
+        );
+        assert_close(
+            &format!("{what} running_var"),
+            &bn.running_var().to_vec(g).unwrap(),
+            &rv,
+        );
         assert_eq!(bn.num_batches_tracked(), 1);
     }
 }
@@ -119,11 +150,24 @@ fn training_on_every_layout_and_size() {
 #[test]
 fn channel_means_of_1e4_keep_full_precision() {
     let mut rng = Rng::new(22);
-    for (rank, layout) in [(4, Layout::ChannelsFirst), (2, Layout::ChannelsFirst), (4, Layout::ChannelsLast)] {
+    for (rank, layout) in [
+        (4, Layout::ChannelsFirst),
+        (2, Layout::ChannelsFirst),
+        (4, Layout::ChannelsLast),
+    ] {
         for (c, count) in [(3usize, 4097usize), (8, 262144), (64, 3)] {
             let shape = shape_for(rank, layout, c, count);
             let x = data(&mut rng, &shape, layout, 1e4);
-            check_train(&x, &shape, layout, &Opts { weight: None, bias: None, eps: 1e-5 });
+            check_train(
+                &x,
+                &shape,
+                layout,
+                &Opts {
+                    weight: None,
+                    bias: None,
+                    eps: 1e-5,
+                },
+            );
         }
     }
 }
@@ -137,8 +181,22 @@ fn weight_and_bias_are_independent() {
     for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
         let shape = shape_for(4, layout, c, 300);
         let x = data(&mut rng, &shape, layout, 2.0);
-        for (wo, bo) in [(None, None), (Some(w.clone()), None), (None, Some(b.clone())), (Some(w.clone()), Some(b.clone()))] {
-            check_train(&x, &shape, layout, &Opts { weight: wo, bias: bo, eps: 1e-3 });
+        for (wo, bo) in [
+            (None, None),
+            (Some(w.clone()), None),
+            (None, Some(b.clone())),
+            (Some(w.clone()), Some(b.clone())),
+        ] {
+            check_train(
+                &x,
+                &shape,
+                layout,
+                &Opts {
+                    weight: wo,
+                    bias: bo,
+                    eps: 1e-3,
+                },
+            );
         }
     }
 }
@@ -150,7 +208,10 @@ fn check_momentum(momentum: Option<f32>, unbiased: bool) {
     for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
         let shape = shape_for(4, layout, c, 500);
         for (path, g) in gpus() {
-            let mut bn = BatchNorm::new(g, c).unwrap().momentum(momentum).running_var_unbiased(unbiased);
+            let mut bn = BatchNorm::new(g, c)
+                .unwrap()
+                .momentum(momentum)
+                .running_var_unbiased(unbiased);
             let mut rm = vec![0.0; c];
             let mut rv = vec![1.0; c];
             for step in 1..=3u64 {
@@ -161,10 +222,23 @@ fn check_momentum(momentum: Option<f32>, unbiased: bool) {
                 let st = cpu::batch_stats(&x, cc, s);
                 let f = momentum.map_or(1.0 / step as f64, f64::from);
                 cpu::update_running(&mut rm, &st.mean, f);
-                cpu::update_running(&mut rv, if unbiased { &st.var_unbiased } else { &st.var }, f);
-                let what = format!("{layout:?} {path} {momentum:?} unbiased={unbiased} step {step}");
-                assert_close(&format!("{what} running_mean"), &bn.running_mean().to_vec(g).unwrap(), &rm);
-                assert_close(&format!("{what} running_var"), &bn.running_var().to_vec(g).unwrap(), &rv);
+                cpu::update_running(
+                    &mut rv,
+                    if unbiased { &st.var_unbiased } else { &st.var },
+                    f,
+                );
+                let what =
+                    format!("{layout:?} {path} {momentum:?} unbiased={unbiased} step {step}");
+                assert_close(
+                    &format!("{what} running_mean"),
+                    &bn.running_mean().to_vec(g).unwrap(),
+                    &rm,
+                );
+                assert_close(
+                    &format!("{what} running_var"),
+                    &bn.running_var().to_vec(g).unwrap(),
+                    &rv,
+                );
                 assert_eq!(bn.num_batches_tracked(), step);
             }
         }
@@ -194,7 +268,9 @@ fn eval_uses_running_statistics() {
                 let shape = shape_for(4, layout, c, count);
                 let x = data(&mut rng, &shape, layout, 3.0);
                 let rm: Vec<f32> = rng.normals(c, 3.0, 1.0);
-                let rv: Vec<f32> = (0..c).map(|i| if i % 2 == 0 { var0 } else { 0.5 + i as f32 }).collect();
+                let rv: Vec<f32> = (0..c)
+                    .map(|i| if i % 2 == 0 { var0 } else { 0.5 + i as f32 })
+                    .collect();
                 let w = rng.normals(c, 1.0, 0.5);
                 let b = rng.normals(c, 0.0, 1.0);
                 let (cc, s) = cs(&shape, layout);
@@ -238,10 +314,17 @@ fn given_running_stats_are_copied_not_written() {
     let rv: Vec<f32> = (0..c).map(|i| 1.0 + i as f32).collect();
     let mt = Tensor::from_slice(g, &rm, &[c]).unwrap();
     let vt = Tensor::from_slice(g, &rv, &[c]).unwrap();
-    let mut bn = BatchNorm::new(g, c).unwrap().running_stats(mt.clone(), vt.clone());
+    let mut bn = BatchNorm::new(g, c)
+        .unwrap()
+        .running_stats(mt.clone(), vt.clone());
     let shape = [8, c, 5];
     let x = data(&mut rng, &shape, Layout::ChannelsFirst, 1.0);
-    bn.forward_train(g, &Tensor::from_slice(g, &x, &shape).unwrap(), Layout::ChannelsFirst).unwrap();
+    bn.forward_train(
+        g,
+        &Tensor::from_slice(g, &x, &shape).unwrap(),
+        Layout::ChannelsFirst,
+    )
+    .unwrap();
     assert_bits_eq("caller's mean", &mt.to_vec(g).unwrap(), &rm);
     assert_bits_eq("caller's var", &vt.to_vec(g).unwrap(), &rv);
     let st = cpu::batch_stats(&x, c, 5);
@@ -249,7 +332,11 @@ fn given_running_stats_are_copied_not_written() {
     let mut want_v: Vec<f64> = rv.iter().map(|&v| f64::from(v)).collect();
     cpu::update_running(&mut want_m, &st.mean, 0.1);
     cpu::update_running(&mut want_v, &st.var_unbiased, 0.1);
-    assert_close("running_mean", &bn.running_mean().to_vec(g).unwrap(), &want_m);
+    assert_close(
+        "running_mean",
+        &bn.running_mean().to_vec(g).unwrap(),
+        &want_m,
+    );
     assert_close("running_var", &bn.running_var().to_vec(g).unwrap(), &want_v);
 }
 
@@ -297,17 +384,28 @@ fn non_finite_values() {
         for (path, g) in gpus() {
             let xt = Tensor::from_slice(g, &x, &shape).unwrap();
             let mut bn = BatchNorm::new(g, c).unwrap();
-            let y = bn.forward_train(g, &xt, layout).unwrap().y.to_vec(g).unwrap();
+            let y = bn
+                .forward_train(g, &xt, layout)
+                .unwrap()
+                .y
+                .to_vec(g)
+                .unwrap();
             for (i, (&got, &w)) in y.iter().zip(&want).enumerate() {
                 let ch = (i / s) % cc;
                 if ch == 1 || ch == 2 {
-                    assert!(got.is_nan(), "{path} train: channel {ch} must be NaN at {i}");
+                    assert!(
+                        got.is_nan(),
+                        "{path} train: channel {ch} must be NaN at {i}"
+                    );
                 } else {
                     assert_close(&format!("{path} train ch {ch}"), &[got], &[w]);
                 }
             }
             let rm = bn.running_mean().to_vec(g).unwrap();
-            assert!(rm[1].is_nan() && rm[0].is_finite() && rm[3].is_finite(), "{rm:?}");
+            assert!(
+                rm[1].is_nan() && rm[0].is_finite() && rm[3].is_finite(),
+                "{rm:?}"
+            );
             // Eval with finite running statistics: only the non-finite elements change.
             let bn = BatchNorm::new(g, c).unwrap();
             let y = bn.forward_eval(g, &xt, layout).unwrap().to_vec(g).unwrap();
@@ -323,7 +421,11 @@ fn non_finite_values() {
 #[test]
 fn same_input_gives_bit_identical_output() {
     let mut rng = Rng::new(29);
-    for (shape, layout) in [(vec![32usize, 16, 20, 20], Layout::ChannelsFirst), (vec![4096, 64], Layout::ChannelsLast), (vec![2, 1, 100000], Layout::ChannelsFirst)] {
+    for (shape, layout) in [
+        (vec![32usize, 16, 20, 20], Layout::ChannelsFirst),
+        (vec![4096, 64], Layout::ChannelsLast),
+        (vec![2, 1, 100000], Layout::ChannelsFirst),
+    ] {
         let x = data(&mut rng, &shape, layout, 1.0);
         let (c, _) = cs(&shape, layout);
         for (_, g) in gpus() {
@@ -333,8 +435,16 @@ fn same_input_gives_bit_identical_output() {
             let ya = a.forward_train(g, &xt, layout).unwrap();
             let yb = b.forward_train(g, &xt, layout).unwrap();
             assert_bits_eq("y", &ya.y.to_vec(g).unwrap(), &yb.y.to_vec(g).unwrap());
-            assert_bits_eq("mean", &ya.mean.to_vec(g).unwrap(), &yb.mean.to_vec(g).unwrap());
-            assert_bits_eq("running_var", &a.running_var().to_vec(g).unwrap(), &b.running_var().to_vec(g).unwrap());
+            assert_bits_eq(
+                "mean",
+                &ya.mean.to_vec(g).unwrap(),
+                &yb.mean.to_vec(g).unwrap(),
+            );
+            assert_bits_eq(
+                "running_var",
+                &a.running_var().to_vec(g).unwrap(),
+                &b.running_var().to_vec(g).unwrap(),
+            );
         }
     }
 }
@@ -359,7 +469,11 @@ fn chunked_bindings_match_the_reference() {
         let mut bn = BatchNorm::new(g, c).unwrap();
         let out = bn.forward_train(g, &xt, layout).unwrap();
         assert_close(&format!("{shape:?} y"), &out.y.to_vec(g).unwrap(), &want);
-        assert_close(&format!("{shape:?} mean"), &out.mean.to_vec(g).unwrap(), &st.mean);
+        assert_close(
+            &format!("{shape:?} mean"),
+            &out.mean.to_vec(g).unwrap(),
+            &st.mean,
+        );
         let ye = bn.forward_eval(g, &xt, layout).unwrap();
         assert!(ye.to_vec(g).unwrap().iter().all(|v| v.is_finite()));
     }

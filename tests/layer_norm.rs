@@ -11,7 +11,9 @@ fn variants() -> Vec<LnVariant> {
         LnVariant::Auto,
         LnVariant::Rows { threads_per_row: 1 },
         LnVariant::Rows { threads_per_row: 8 },
-        LnVariant::Rows { threads_per_row: 64 },
+        LnVariant::Rows {
+            threads_per_row: 64,
+        },
         LnVariant::SplitRow,
     ]
 }
@@ -36,13 +38,23 @@ fn run(gpu: &Gpu, c: &Case, variant: LnVariant) -> (Vec<f32>, Vec<f32>, Vec<f32>
         ln = ln.bias(Tensor::from_slice(gpu, b, norm).unwrap());
     }
     let out = ln.forward(gpu, &x).unwrap();
-    (out.y.to_vec(gpu).unwrap(), out.mean.to_vec(gpu).unwrap(), out.rstd.to_vec(gpu).unwrap())
+    (
+        out.y.to_vec(gpu).unwrap(),
+        out.mean.to_vec(gpu).unwrap(),
+        out.rstd.to_vec(gpu).unwrap(),
+    )
 }
 
 /// Runs the case on every variant and reduction path and compares y, mean and rstd.
 fn check(c: &Case) {
     let d: usize = c.shape[c.shape.len() - c.norm_dims..].iter().product();
-    let r = cpu::layer_norm(c.x, d, c.weight.as_deref(), c.bias.as_deref(), f64::from(c.eps));
+    let r = cpu::layer_norm(
+        c.x,
+        d,
+        c.weight.as_deref(),
+        c.bias.as_deref(),
+        f64::from(c.eps),
+    );
     for (path, g) in gpus() {
         for v in variants() {
             let (y, mean, rstd) = run(g, c, v);
@@ -57,7 +69,14 @@ fn check(c: &Case) {
 fn plain(x: &[f32], shape: &[usize]) -> Case<'static> {
     let x: &'static [f32] = Box::leak(x.to_vec().into_boxed_slice());
     let shape: &'static [usize] = Box::leak(shape.to_vec().into_boxed_slice());
-    Case { x, shape, norm_dims: 1, weight: None, bias: None, eps: 1e-5 }
+    Case {
+        x,
+        shape,
+        norm_dims: 1,
+        weight: None,
+        bias: None,
+        eps: 1e-5,
+    }
 }
 
 #[test]
@@ -87,7 +106,11 @@ fn many_rows_go_past_the_grid_limit() {
             let x = rng.normals(rows * d, -1.0, 3.0);
             let r = cpu::layer_norm(&x, d, None, None, 1e-5);
             for (path, g) in gpus() {
-                for v in [LnVariant::Auto, LnVariant::Rows { threads_per_row: 1 }, LnVariant::SplitRow] {
+                for v in [
+                    LnVariant::Auto,
+                    LnVariant::Rows { threads_per_row: 1 },
+                    LnVariant::SplitRow,
+                ] {
                     let c = plain(&x, &[rows, d]);
                     let (y, mean, rstd) = run(g, &c, v);
                     let what = format!("{rows}x{d} {path} {v:?}");
@@ -172,7 +195,11 @@ fn non_finite_values_stay_in_their_row() {
                         assert!(rstd[row].is_nan() || mean[row].is_nan(), "{what}: stats");
                     } else {
                         assert_close(&what, ys, &r.y[row * d..(row + 1) * d]);
-                        assert_close(&format!("{what} mean"), &mean[row..row + 1], &r.mean[row..row + 1]);
+                        assert_close(
+                            &format!("{what} mean"),
+                            &mean[row..row + 1],
+                            &r.mean[row..row + 1],
+                        );
                     }
                 }
             }
@@ -187,8 +214,12 @@ fn weight_and_bias_are_independent() {
         let x = rng.normals(9 * d, 1.0, 2.0);
         let w = rng.normals(d, 1.0, 0.5);
         let b = rng.normals(d, 0.0, 1.0);
-        for (wo, bo) in [(None, None), (Some(w.clone()), None), (None, Some(b.clone())), (Some(w), Some(b))]
-        {
+        for (wo, bo) in [
+            (None, None),
+            (Some(w.clone()), None),
+            (None, Some(b.clone())),
+            (Some(w), Some(b)),
+        ] {
             let mut c = plain(&x, &[9, d]);
             c.weight = wo.clone();
             c.bias = bo.clone();
@@ -218,15 +249,26 @@ fn several_trailing_dims_and_onnx_axes() {
         let d: usize = shape[norm_from..].iter().product();
         let w = rng.normals(d, 1.0, 0.3);
         let wt = Tensor::from_slice(g, &w, &shape[norm_from..]).unwrap();
-        let out = LayerNorm::from_axis(axis).weight(wt).forward(g, &xt).unwrap();
+        let out = LayerNorm::from_axis(axis)
+            .weight(wt)
+            .forward(g, &xt)
+            .unwrap();
         let r = cpu::layer_norm(&x, d, Some(&w), None, 1e-5);
         let mut stat_shape = shape[..norm_from].to_vec();
         stat_shape.extend(std::iter::repeat_n(1, 4 - norm_from));
         assert_eq!(out.mean.shape(), &stat_shape[..], "axis {axis}");
         assert_eq!(out.rstd.shape(), &stat_shape[..], "axis {axis}");
         assert_close(&format!("axis {axis} y"), &out.y.to_vec(g).unwrap(), &r.y);
-        assert_close(&format!("axis {axis} mean"), &out.mean.to_vec(g).unwrap(), &r.mean);
-        assert_close(&format!("axis {axis} rstd"), &out.rstd.to_vec(g).unwrap(), &r.rstd);
+        assert_close(
+            &format!("axis {axis} mean"),
+            &out.mean.to_vec(g).unwrap(),
+            &r.mean,
+        );
+        assert_close(
+            &format!("axis {axis} rstd"),
+            &out.rstd.to_vec(g).unwrap(),
+            &r.rstd,
+        );
     }
 }
 
@@ -295,7 +337,9 @@ fn encode_into_a_callers_encoder_and_buffers() {
     let buf = g.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("app buffer"),
         size: (rows * d * 4) as u64,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
     g.queue().write_buffer(&buf, 0, bytemuck::cast_slice(&x));
@@ -323,7 +367,11 @@ fn gpu_layer_norm_is_last_dim_eps_1e5() {
     let xt = Tensor::from_slice(g, &x, &[2, 3, 50]).unwrap();
     let y = gpu_layer_norm(g, &xt).unwrap();
     assert_eq!(y.shape(), &[2, 3, 50]);
-    assert_close("y", &y.to_vec(g).unwrap(), &cpu::layer_norm(&x, 50, None, None, 1e-5).y);
+    assert_close(
+        "y",
+        &y.to_vec(g).unwrap(),
+        &cpu::layer_norm(&x, 50, None, None, 1e-5).y,
+    );
 }
 
 #[test]
@@ -332,11 +380,21 @@ fn plan_names_the_variant_and_honours_forcing() {
     let auto = LayerNorm::new(&[768]).plan(g, &[4096, 768]).unwrap();
     assert_ne!(auto.variant, LnVariant::Auto);
     assert!(!auto.reason.is_empty());
-    let forced = LayerNorm::new(&[768]).variant(LnVariant::SplitRow).plan(g, &[4096, 768]).unwrap();
-    assert_eq!(forced.variant, LnVariant::SplitRow);
-    let rows = LayerNorm::new(&[768])
-        .variant(LnVariant::Rows { threads_per_row: 16 })
+    let forced = LayerNorm::new(&[768])
+        .variant(LnVariant::SplitRow)
         .plan(g, &[4096, 768])
         .unwrap();
-    assert_eq!(rows.variant, LnVariant::Rows { threads_per_row: 16 });
+    assert_eq!(forced.variant, LnVariant::SplitRow);
+    let rows = LayerNorm::new(&[768])
+        .variant(LnVariant::Rows {
+            threads_per_row: 16,
+        })
+        .plan(g, &[4096, 768])
+        .unwrap();
+    assert_eq!(
+        rows.variant,
+        LnVariant::Rows {
+            threads_per_row: 16
+        }
+    );
 }

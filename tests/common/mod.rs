@@ -25,7 +25,11 @@ pub fn gpu() -> &'static Gpu {
 pub fn gpu_no_subgroups() -> &'static Gpu {
     static G: OnceLock<Gpu> = OnceLock::new();
     G.get_or_init(|| {
-        Gpu::with_options(GpuOptions { disable_subgroups: true, ..Default::default() }).unwrap()
+        Gpu::with_options(GpuOptions {
+            disable_subgroups: true,
+            ..Default::default()
+        })
+        .unwrap()
     })
 }
 
@@ -34,8 +38,11 @@ pub fn gpu_no_subgroups() -> &'static Gpu {
 pub fn gpu_small_bindings() -> &'static Gpu {
     static G: OnceLock<Gpu> = OnceLock::new();
     G.get_or_init(|| {
-        Gpu::with_options(GpuOptions { max_binding_bytes: Some(64 << 10), ..Default::default() })
-            .unwrap()
+        Gpu::with_options(GpuOptions {
+            max_binding_bytes: Some(64 << 10),
+            ..Default::default()
+        })
+        .unwrap()
     })
 }
 
@@ -73,7 +80,9 @@ impl Rng {
     }
     /// `n` values of mean + std * N(0, 1), as f32.
     pub fn normals(&mut self, n: usize, mean: f64, std: f64) -> Vec<f32> {
-        (0..n).map(|_| (mean + std * self.normal()) as f32).collect()
+        (0..n)
+            .map(|_| (mean + std * self.normal()) as f32)
+            .collect()
     }
 }
 
@@ -109,6 +118,10 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64]) {
 pub fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert_eq!(x.to_bits(), y.to_bits(), "{what}[{i}] differs between runs: {x} vs {y}");
+        assert_eq!(
+            x.to_bits(),
+            y.to_bits(),
+            "{what}[{i}] differs between runs: {x} vs {y}"
+        );
     }
 }

@@ -1,0 +1,283 @@
+//! Bad input returns its NormError; nothing panics, nothing the caller passed is modified.
+
+mod common;
+
+use common::{gpu, gpu_small_bindings};
+use fused_norm::{
+    BatchNorm, BatchNormOutput, Gpu, LayerNorm, LayerNormOutput, Layout, NormError, Tensor,
+};
+
+fn t(g: &Gpu, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    Tensor::from_slice(g, &v, shape).unwrap()
+}
+
+#[test]
+fn empty_and_mismatched_tensors() {
+    let g = gpu();
+    assert!(matches!(
+        Tensor::from_slice(g, &[], &[0, 3]),
+        Err(NormError::Shape(_))
+    ));
+    assert!(matches!(
+        Tensor::from_slice(g, &[], &[]),
+        Err(NormError::Shape(_))
+    ));
+    assert!(matches!(
+        Tensor::from_slice(g, &[1.0; 5], &[2, 3]),
+        Err(NormError::Shape(_))
+    ));
+    assert!(matches!(
+        Tensor::empty(g, &[4, 0]),
+        Err(NormError::Shape(_))
+    ));
+    assert!(matches!(
+        t(g, &[2, 3]).reshape(&[4]),
+        Err(NormError::Shape(_))
+    ));
+}
+
+#[test]
+fn layer_norm_bad_shapes_and_parameters() {
+    let g = gpu();
+    let x = t(g, &[4, 6]);
+    let e = LayerNorm::new(&[5]).forward(g, &x).unwrap_err();
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+    let e = LayerNorm::new(&[2, 4, 6]).forward(g, &x).unwrap_err();
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+    let e = LayerNorm::new(&[]).forward(g, &x).unwrap_err();
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+    let e = LayerNorm::new(&[0]).forward(g, &x).unwrap_err();
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+    let e = LayerNorm::from_axis(2).forward(g, &x).unwrap_err();
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+    let e = LayerNorm::from_axis(-3).forward(g, &x).unwrap_err();
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+    let e = LayerNorm::new(&[6])
+        .weight(t(g, &[5]))
+        .forward(g, &x)
+        .unwrap_err();
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+    let e = LayerNorm::new(&[6])
+        .bias(t(g, &[7]))
+        .forward(g, &x)
+        .unwrap_err();
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+    for eps in [-1e-5f32, f32::NAN, f32::INFINITY] {
+        let e = LayerNorm::new(&[6]).eps(eps).forward(g, &x).unwrap_err();
+        assert!(matches!(e, NormError::InvalidArgument(_)), "{e}");
+    }
+}
+
+#[test]
+fn tensors_from_another_device() {
+    let g = gpu();
+    let other = Gpu::new().unwrap();
+    let x_other = t(&other, &[2, 4]);
+    let e = LayerNorm::new(&[4]).forward(g, &x_other).unwrap_err();
+    assert_eq!(e, NormError::WrongDevice("x"));
+    let e = LayerNorm::new(&[4])
+        .weight(t(&other, &[4]))
+        .forward(g, &t(g, &[2, 4]))
+        .unwrap_err();
+    assert_eq!(e, NormError::WrongDevice("weight"));
+    let e = BatchNorm::new(g, 4)
+        .unwrap()
+        .forward_train(g, &x_other, Layout::ChannelsLast)
+        .unwrap_err();
+    assert_eq!(e, NormError::WrongDevice("x"));
+    let e = BatchNorm::new(g, 4)
+        .unwrap()
+        .bias(t(&other, &[4]))
+        .forward_eval(g, &t(g, &[2, 4]), Layout::ChannelsLast)
+        .unwrap_err();
+    assert_eq!(e, NormError::WrongDevice("bias"));
+    assert_eq!(
+        x_other.to_vec(g).unwrap_err(),
+        NormError::WrongDevice("tensor")
+    );
+}
+
+#[test]
+fn wrapped_buffers_need_storage_usage_and_size() {
+    let g = gpu();
+    let mk = |size, usage| {
+        g.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let e = Tensor::from_buffer(g, mk(64, wgpu::BufferUsages::UNIFORM), &[4]).unwrap_err();
+    assert!(matches!(e, NormError::Buffer(_)), "{e}");
+    let e = Tensor::from_buffer(g, mk(64, wgpu::BufferUsages::STORAGE), &[20]).unwrap_err();
+    assert!(matches!(e, NormError::Buffer(_)), "{e}");
+    let no_copy = Tensor::from_buffer(g, mk(64, wgpu::BufferUsages::STORAGE), &[16]).unwrap();
+    assert!(matches!(no_copy.to_vec(g), Err(NormError::Buffer(_))));
+}
+
+#[test]
+fn sizes_chunking_cannot_serve() {
+    // A row larger than one (capped, 64 KiB) binding cannot be chunked by rows.
+    let g = gpu_small_bindings();
+    let x = t(g, &[2, 20000]);
+    let e = LayerNorm::new(&[20000]).forward(g, &x).unwrap_err();
+    assert!(matches!(e, NormError::TooLarge(_)), "{e}");
+    let e = BatchNorm::new(g, 20000)
+        .unwrap()
+        .forward_train(g, &x, Layout::ChannelsFirst)
+        .unwrap_err();
+    assert!(matches!(e, NormError::TooLarge(_)), "{e}");
+    // A buffer beyond the device's largest.
+    let max = gpu().limits().max_buffer_size;
+    let n = (max / 4 + 16) as usize;
+    let e = Tensor::empty(gpu(), &[n]).unwrap_err();
+    assert!(matches!(e, NormError::TooLarge(_)), "{e}");
+}
+
+#[test]
+fn wgpu_validation_errors_come_back_as_norm_errors() {
+    // A destroyed buffer passes every check this crate can make; wgpu rejects the submit. The
+    // error must come back as NormError::Wgpu through the error scopes, not a panic.
+    let g = gpu();
+    let buf = g.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 128,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let x = Tensor::from_buffer(g, buf.clone(), &[4, 8]).unwrap();
+    buf.destroy();
+    let e = LayerNorm::new(&[8]).forward(g, &x).unwrap_err();
+    assert!(matches!(e, NormError::Wgpu(_)), "{e}");
+    let e = BatchNorm::new(g, 8)
+        .unwrap()
+        .forward_train(g, &x, Layout::ChannelsLast)
+        .unwrap_err();
+    assert!(matches!(e, NormError::Wgpu(_)), "{e}");
+    // The device still works afterwards.
+    assert!(LayerNorm::new(&[8]).forward(g, &t(g, &[4, 8])).is_ok());
+}
+
+#[test]
+fn outputs_may_not_alias_the_input() {
+    let g = gpu();
+    let x = t(g, &[4, 8]);
+    let out = LayerNormOutput {
+        y: x.clone(),
+        mean: t(g, &[4]),
+        rstd: t(g, &[4]),
+    };
+    let mut enc = g.device().create_command_encoder(&Default::default());
+    let e = LayerNorm::new(&[8])
+        .encode(g, &mut enc, &x, &out)
+        .unwrap_err();
+    assert!(matches!(e, NormError::InvalidArgument(_)), "{e}");
+    let bn = BatchNorm::new(g, 8).unwrap();
+    let e = bn
+        .encode_eval(g, &mut enc, &x, Layout::ChannelsLast, &x)
+        .unwrap_err();
+    assert!(matches!(e, NormError::InvalidArgument(_)), "{e}");
+}
+
+#[test]
+fn encode_outputs_of_the_wrong_size() {
+    let g = gpu();
+    let x = t(g, &[4, 8]);
+    let out = LayerNormOutput {
+        y: t(g, &[4, 7]),
+        mean: t(g, &[4]),
+        rstd: t(g, &[4]),
+    };
+    let mut enc = g.device().create_command_encoder(&Default::default());
+    let e = LayerNorm::new(&[8])
+        .encode(g, &mut enc, &x, &out)
+        .unwrap_err();
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+    let bn = BatchNorm::new(g, 8).unwrap();
+    let out = BatchNormOutput {
+        y: t(g, &[4, 8]),
+        mean: t(g, &[7]),
+        invstd: t(g, &[8]),
+    };
+    let e = bn
+        .encode_train(g, &mut enc, &x, Layout::ChannelsLast, &out)
+        .unwrap_err();
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+}
+
+#[test]
+fn batch_norm_bad_input_leaves_running_stats_unchanged() {
+    let g = gpu();
+    let x = t(g, &[4, 3, 5]);
+    let mut bn = BatchNorm::new(g, 3).unwrap();
+    bn.forward_train(g, &x, Layout::ChannelsFirst).unwrap();
+    let (m0, v0) = (
+        bn.running_mean().to_vec(g).unwrap(),
+        bn.running_var().to_vec(g).unwrap(),
+    );
+    let cases: Vec<(BatchNorm, Tensor, Layout)> = vec![
+        // one value per channel in training
+        (bn.clone(), t(g, &[1, 3]), Layout::ChannelsFirst),
+        (bn.clone(), t(g, &[1, 1, 3]), Layout::ChannelsLast),
+        // channel count does not match the layout's channel dim
+        (bn.clone(), t(g, &[4, 5, 3]), Layout::ChannelsFirst),
+        (bn.clone(), t(g, &[4, 3, 5]), Layout::ChannelsLast),
+        // rank < 2
+        (bn.clone(), t(g, &[12]), Layout::ChannelsFirst),
+        (
+            bn.clone().weight(t(g, &[4])),
+            x.clone(),
+            Layout::ChannelsFirst,
+        ),
+        (
+            bn.clone().bias(t(g, &[2])),
+            x.clone(),
+            Layout::ChannelsFirst,
+        ),
+        (
+            bn.clone().running_stats(t(g, &[2]), t(g, &[3])),
+            x.clone(),
+            Layout::ChannelsFirst,
+        ),
+        (
+            bn.clone().running_stats(t(g, &[3]), t(g, &[4])),
+            x.clone(),
+            Layout::ChannelsFirst,
+        ),
+        (bn.clone().eps(-1.0), x.clone(), Layout::ChannelsFirst),
+        (bn.clone().eps(f32::NAN), x.clone(), Layout::ChannelsFirst),
+        (
+            bn.clone().momentum(Some(1.5)),
+            x.clone(),
+            Layout::ChannelsFirst,
+        ),
+        (
+            bn.clone().momentum(Some(-0.1)),
+            x.clone(),
+            Layout::ChannelsFirst,
+        ),
+        (
+            bn.clone().momentum(Some(f32::NAN)),
+            x.clone(),
+            Layout::ChannelsFirst,
+        ),
+    ];
+    for (i, (mut b, xi, layout)) in cases.into_iter().enumerate() {
+        let e = b.forward_train(g, &xi, layout).unwrap_err();
+        assert!(
+            matches!(e, NormError::Shape(_) | NormError::InvalidArgument(_)),
+            "case {i}: {e}"
+        );
+        assert_eq!(b.num_batches_tracked(), 1, "case {i}");
+    }
+    assert_eq!(bn.running_mean().to_vec(g).unwrap(), m0);
+    assert_eq!(bn.running_var().to_vec(g).unwrap(), v0);
+    assert!(matches!(BatchNorm::new(g, 0), Err(NormError::Shape(_))));
+    // Eval with one value per channel is fine (running statistics).
+    assert!(bn
+        .forward_eval(g, &t(g, &[1, 3]), Layout::ChannelsFirst)
+        .is_ok());
+}
