@@ -47,7 +47,7 @@ pub struct Capabilities {
     pub subgroup_max_size: u32,
     /// `shader-f16` is enabled.
     pub shader_f16: bool,
-    /// Timestamp queries are enabled (used by the benchmarks).
+    /// Timestamp queries, inside command encoders too, are enabled (used by the benchmarks).
     pub timestamps: bool,
 }
 
@@ -179,8 +179,10 @@ impl Gpu {
                 .unwrap_or_default();
             NormError::NoAdapter(format!("{backend} ({e})"))
         })?;
-        let wanted =
-            wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
+        let wanted = wgpu::Features::SUBGROUP
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
         let mut features = adapter.features() & wanted;
         if opts.disable_subgroups {
             features.remove(wgpu::Features::SUBGROUP);
@@ -203,7 +205,7 @@ impl Gpu {
     }
 
     /// Wraps a device and queue the application already has (a renderer's, say). The crate
-    /// uses whichever of SUBGROUP, SHADER_F16 and TIMESTAMP_QUERY the device was created with.
+    /// uses whichever of SUBGROUP, SHADER_F16 and TIMESTAMP_QUERY(_INSIDE_ENCODERS) the device was created with.
     ///
     /// ```no_run
     /// # fn app_device() -> (wgpu::Device, wgpu::Queue) { unimplemented!() }
@@ -238,7 +240,9 @@ impl Gpu {
             subgroup_min_size: smin,
             subgroup_max_size: smax,
             shader_f16: f.contains(wgpu::Features::SHADER_F16),
-            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamps: f.contains(
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
+            ),
         };
         let mut max_binding = limits.max_storage_buffer_binding_size;
         if let Some(cap) = max_binding_bytes {
@@ -452,8 +456,16 @@ impl Gpu {
             })
     }
 
-    /// Submits and blocks until the device is done, inside error scopes.
-    pub(crate) fn submit_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+    /// Submits `encoder` and blocks until the device is done; wgpu errors come back as
+    /// [`NormError::Wgpu`].
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let enc = gpu.encoder();
+    /// gpu.submit_wait(enc)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn submit_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
         let idx = self.scoped(|_| self.inner.queue.submit([encoder.finish()]))?;
         self.inner
             .device
@@ -465,7 +477,14 @@ impl Gpu {
         Ok(())
     }
 
-    pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
+    /// A new command encoder on this device.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let mut enc = gpu.encoder();
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn encoder(&self) -> wgpu::CommandEncoder {
         self.inner
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {

@@ -8,7 +8,9 @@
 //! # Ok::<(), fused_norm::NormError>(())
 //! ```
 
+pub mod baseline;
 mod batch_norm;
+pub mod bench;
 pub mod cpu;
 mod error;
 mod gpu;

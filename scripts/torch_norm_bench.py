@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Times PyTorch's F.layer_norm / F.batch_norm on the shapes of `cargo run --example bench`,
+on the same GPU, so BENCHMARKS.md can give fused-norm's ratio to PyTorch.
+
+Each op is timed with CUDA events (median of repeated runs after warm-up), next to a plain
+device copy of the same bytes (y.copy_(x)): the same "x copy" ratio the Rust table reports.
+
+usage: python3 scripts/torch_norm_bench.py [--json FILE]
+"""
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+LN = [(65536, 64), (16384, 256), (16384, 768), (4096, 1024), (2048, 4096), (512, 16384), (64, 65536)]
+BN = [((32, 64, 56, 56), "NCHW"), ((256, 256, 14, 14), "NCHW"), ((4096, 1024), "NCHW"), ((32, 56, 56, 64), "NHWC")]
+
+
+def median_ms(fn, reps=50, warm=10):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    out = None
+    if "--json" in sys.argv:
+        out = sys.argv[sys.argv.index("--json") + 1]
+    dev = torch.device("cuda")
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}")
+    print("| op | shape | layout | MB moved | ms | GB/s | x copy |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    rows = []
+
+    def report(op, shape, layout, x, fn):
+        y = torch.empty_like(x)
+        copy = median_ms(lambda: y.copy_(x))
+        ms = median_ms(fn)
+        nbytes = 2 * x.numel() * 4
+        r = dict(op=op, shape=list(shape), layout=layout, dtype="f32", bytes=nbytes, median_ms=ms,
+                 gbps=nbytes / ms / 1e6, copy_ms=copy, ratio_to_copy=ms / copy, impl="torch")
+        rows.append(r)
+        print(f"| {op} | {list(shape)} | {layout} | {nbytes / 1e6:.1f} | {ms:.4f} | {r['gbps']:.1f} | {r['ratio_to_copy']:.2f} |")
+
+    for rows_, d in LN:
+        x = torch.randn(rows_, d, device=dev)
+        w = torch.randn(d, device=dev)
+        b = torch.randn(d, device=dev)
+        report("layer_norm", (rows_, d), "rows", x, lambda: F.layer_norm(x, (d,), w, b, 1e-5))
+    for shape, layout in BN:
+        if layout == "NHWC":
+            n, h, wd, c = shape
+            x = torch.randn(n, c, h, wd, device=dev).to(memory_format=torch.channels_last)
+        else:
+            c = shape[1]
+            x = torch.randn(*shape, device=dev)
+        w = torch.randn(c, device=dev)
+        b = torch.randn(c, device=dev)
+        rm = torch.zeros(c, device=dev)
+        rv = torch.ones(c, device=dev)
+        report("batch_norm_train", shape, layout, x,
+               lambda: F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5))
+        report("batch_norm_eval", shape, layout, x,
+               lambda: F.batch_norm(x, rm, rv, w, b, training=False, eps=1e-5))
+    if out:
+        with open(out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
