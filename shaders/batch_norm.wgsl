@@ -125,7 +125,7 @@ fn batch_norm_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
             }
         }
     }
-    let tot = reduce_group(acc, l);
+    let tot = reduce_welford(acc, l);
     if (valid && t == 0u) {
         let gb = (p.run0 / p.nbr) * p.ssegs + lb;
         partials[ch * p.nbt + gb] = vec2<f32>(tot.mean, tot.m2);
@@ -204,7 +204,7 @@ fn batch_norm_finalize(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
             acc = welford_merge(acc, Welford(block_count(b), q.x, q.y));
         }
     }
-    let tot = reduce_group(acc, l);
+    let tot = reduce_welford(acc, l);
     if (!valid || t != 0u) {
         return;
     }

@@ -42,15 +42,24 @@ fn welford_vec4(v: vec4<f32>) -> Welford {
     return Welford(4.0, m, dot(d, d));
 }
 
-var<workgroup> red_a: array<Welford, MAX_WG>;
-var<workgroup> red_b: array<Welford, MAX_WG>;
+// Partials of a group reduction: a Welford state (n, mean, m2, -) or a plain sum (sum, -, -, -).
+fn combine(a: vec4<f32>, b: vec4<f32>, welford: bool) -> vec4<f32> {
+    if (welford) {
+        let m = welford_merge(Welford(a.x, a.y, a.z), Welford(b.x, b.y, b.z));
+        return vec4<f32>(m.n, m.mean, m.m2, 0.0);
+    }
+    return vec4<f32>(a.x + b.x, 0.0, 0.0, 0.0);
+}
 
-// Merges the partials of each aligned block of TPR threads; every thread of the block gets the
-// block's total. The merge order is fixed (lower block first), so results are bit-identical
-// run to run. Radix 8 keeps the barrier count at ceil(log8(TPR / INNER_SPAN)), since barriers
-// dominate on CPU adapters. Must be called in uniform control flow by the whole workgroup.
-fn reduce_group(w: Welford, l: Lane) -> Welford {
-    var a = group_inner(w, l);
+var<workgroup> red_a: array<vec4<f32>, MAX_WG>;
+var<workgroup> red_b: array<vec4<f32>, MAX_WG>;
+
+// Combines the partials of each aligned block of TPR threads; every thread of the block gets the
+// block's total. The order is fixed (lower block first), so results are bit-identical run to
+// run. Radix 8 keeps the barrier count at ceil(log8(TPR / INNER_SPAN)), since barriers dominate
+// on CPU adapters. Must be called in uniform control flow by the whole workgroup.
+fn reduce_group(w: vec4<f32>, welford: bool, l: Lane) -> vec4<f32> {
+    var a = group_inner(w, welford, l);
     let t = thread_index(l);
     var span = INNER_SPAN;
     var flip = false;
@@ -68,16 +77,16 @@ fn reduce_group(w: Welford, l: Lane) -> Welford {
             red_a[t] = a;
         }
         workgroupBarrier();
-        var acc: Welford;
+        var acc: vec4<f32>;
         if (flip) {
             acc = red_b[base];
             for (var j = 1u; j < fan; j++) {
-                acc = welford_merge(acc, red_b[base + j * span]);
+                acc = combine(acc, red_b[base + j * span], welford);
             }
         } else {
             acc = red_a[base];
             for (var j = 1u; j < fan; j++) {
-                acc = welford_merge(acc, red_a[base + j * span]);
+                acc = combine(acc, red_a[base + j * span], welford);
             }
         }
         a = acc;
@@ -85,4 +94,15 @@ fn reduce_group(w: Welford, l: Lane) -> Welford {
         flip = !flip;
     }
     return a;
+}
+
+// Welford statistics of a group of TPR threads.
+fn reduce_welford(w: Welford, l: Lane) -> Welford {
+    let r = reduce_group(vec4<f32>(w.n, w.mean, w.m2, 0.0), true, l);
+    return Welford(r.x, r.y, r.z);
+}
+
+// Sum over a group of TPR threads.
+fn reduce_sum(v: f32, l: Lane) -> f32 {
+    return reduce_group(vec4<f32>(v, 0.0, 0.0, 0.0), false, l).x;
 }

@@ -12,6 +12,6 @@ fn thread_index(l: Lane) -> u32 {
 // No lanes are combined before the workgroup-memory levels.
 const INNER_SPAN: u32 = 1u;
 
-fn group_inner(w: Welford, l: Lane) -> Welford {
+fn group_inner(w: vec4<f32>, welford: bool, l: Lane) -> vec4<f32> {
     return w;
 }

@@ -22,19 +22,20 @@ fn thread_index(l: Lane) -> u32 {
 
 override INNER_SPAN: u32 = min(TPR, SG_MIN);
 
-fn group_inner(w: Welford, l: Lane) -> Welford {
+fn group_inner(w: vec4<f32>, welford: bool, l: Lane) -> vec4<f32> {
     var a = w;
     for (var off = 1u; off < INNER_SPAN; off = off << 1u) {
-        let b = Welford(
-            subgroupShuffleXor(a.n, off),
-            subgroupShuffleXor(a.mean, off),
-            subgroupShuffleXor(a.m2, off),
-        );
-        // Both partners merge (lower, upper) in that order, so they hold bit-identical results.
-        if ((l.sg_lane & off) == 0u) {
-            a = welford_merge(a, b);
+        if (welford) {
+            let b = subgroupShuffleXor(a, off);
+            // Both partners merge (lower, upper) in that order: bit-identical results.
+            if ((l.sg_lane & off) == 0u) {
+                a = combine(a, b, true);
+            } else {
+                a = combine(b, a, true);
+            }
         } else {
-            a = welford_merge(b, a);
+            // a + b == b + a exactly, so partners agree without ordering.
+            a.x = a.x + subgroupShuffleXor(a.x, off);
         }
     }
     return a;

@@ -2,12 +2,14 @@
 //
 // Entry points:
 // - layer_norm_rows:    one group of TPR threads per row (several rows per workgroup when
-//                       TPR < WG). Statistics and normalization in one dispatch; the first
-//                       ROW_CACHE vec4s each thread reads are kept in registers, so x is read
-//                       from memory once for rows up to TPR * ROW_CACHE * 4 elements.
+//                       TPR < WG). Statistics (an exact two-pass) and normalization in one
+//                       dispatch; the first ROW_CACHE vec4s each thread reads stay in
+//                       registers, so x is read from memory once for rows up to
+//                       TPR * ROW_CACHE * 4 elements.
 // - layer_norm_partial, layer_norm_merge, layer_norm_apply: the split-row path for long rows
-//                       and few rows: per-segment Welford partials, a per-row Chan merge, then
-//                       an elementwise pass. Every workgroup has work even with one row.
+//                       and few rows: per-segment Welford partials (a group of TPR threads per
+//                       segment), a per-row Chan merge, then an elementwise pass. Every
+//                       workgroup has work even with one row.
 //
 // Statistics are of x - pivot, with pivot = the row's first element: for rows with a large mean
 // (1e6 with std 1) x - pivot is exact, so the normalized output keeps full precision.
@@ -83,7 +85,7 @@ fn layer_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let t = thread_index(l);
     let lane = t % TPR;
     let row = group_id(wid) * (WG / TPR) + t / TPR;
-    // Threads past the last row still take part in the reduction's barriers.
+    // Threads past the last row still take part in the reductions' barriers.
     let valid = row < p.rows;
     let xb = p.x_off + row * p.d;
     let yb = p.y_off + row * p.d;
@@ -91,32 +93,55 @@ fn layer_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     if (valid) {
         pivot = ld(xb);
     }
-    var acc = welford_empty();
-    var cache: array<vec4<f32>, ROW_CACHE>;
     let nv = p.d / 4u;
+    let pv = vec4<f32>(pivot);
+    // Exact two-pass over the row: the sum of x - pivot gives the mean, then the sum of squared
+    // deviations from it. The first ROW_CACHE vec4s of each thread stay in registers; the rest
+    // are read again (from cache: the row was just read).
+    var cache: array<vec4<f32>, ROW_CACHE>;
+    var s4 = vec4<f32>(0.0);
     if (VEC) {
         for (var c = 0u; c < ROW_CACHE; c++) {
             let j = lane + c * TPR;
             if (valid && j < nv) {
-                let v = x[xb / 4u + j] - vec4<f32>(pivot);
-                cache[c] = v;
-                acc = welford_merge(acc, welford_vec4(v));
+                cache[c] = x[xb / 4u + j] - pv;
+                s4 += cache[c];
             }
         }
         for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
-            acc = welford_merge(acc, welford_vec4(x[xb / 4u + j] - vec4<f32>(pivot)));
+            s4 += x[xb / 4u + j] - pv;
         }
     } else {
         for (var i = lane; valid && i < p.d; i += TPR) {
-            acc = welford_merge(acc, Welford(1.0, ld(xb + i) - pivot, 0.0));
+            s4.x += ld(xb + i) - pivot;
         }
     }
-    let tot = reduce_group(acc, l);
+    let m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / f32(p.d);
+    let mv = vec4<f32>(m);
+    var q4 = vec4<f32>(0.0);
+    if (VEC) {
+        for (var c = 0u; c < ROW_CACHE; c++) {
+            let j = lane + c * TPR;
+            if (valid && j < nv) {
+                let e = cache[c] - mv;
+                q4 += e * e;
+            }
+        }
+        for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
+            let e = x[xb / 4u + j] - pv - mv;
+            q4 += e * e;
+        }
+    } else {
+        for (var i = lane; valid && i < p.d; i += TPR) {
+            let e = ld(xb + i) - pivot - m;
+            q4.x += e * e;
+        }
+    }
+    let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
     if (!valid) {
         return;
     }
-    let m = tot.mean;
-    let rstd = inverseSqrt(tot.m2 / f32(p.d) + p.eps);
+    let rstd = inverseSqrt(q / f32(p.d) + p.eps);
     if (lane == 0u) {
         mean_out[p.stat_off + row] = pivot + m;
         rstd_out[p.stat_off + row] = rstd;
@@ -125,12 +150,12 @@ fn layer_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         for (var c = 0u; c < ROW_CACHE; c++) {
             let j = lane + c * TPR;
             if (j < nv) {
-                y[yb / 4u + j] = affine4((cache[c] - vec4<f32>(m)) * rstd, j);
+                y[yb / 4u + j] = affine4((cache[c] - mv) * rstd, j);
             }
         }
         for (var j = lane + ROW_CACHE * TPR; j < nv; j += TPR) {
-            let v = x[xb / 4u + j] - vec4<f32>(pivot);
-            y[yb / 4u + j] = affine4((v - vec4<f32>(m)) * rstd, j);
+            let v = x[xb / 4u + j] - pv;
+            y[yb / 4u + j] = affine4((v - mv) * rstd, j);
         }
     } else {
         for (var i = lane; i < p.d; i += TPR) {
@@ -141,11 +166,12 @@ fn layer_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     }
 }
 
-// One workgroup per (row, segment). Workgroup ids run over rows * segs.
+// One group of TPR threads per (row, segment); groups run over rows * segs.
 @compute @workgroup_size(WG)
 fn layer_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let t = thread_index(l);
-    let g = group_id(wid);
+    let lane = t % TPR;
+    let g = group_id(wid) * (WG / TPR) + t / TPR;
     let valid = g < p.rows * p.segs;
     let row = g / p.segs;
     let seg = g % p.segs;
@@ -156,19 +182,19 @@ fn layer_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         if (VEC) {
             let j0 = seg * p.seg_v4;
             let j1 = min(j0 + p.seg_v4, p.d / 4u);
-            for (var j = j0 + t; j < j1; j += WG) {
+            for (var j = j0 + lane; j < j1; j += TPR) {
                 acc = welford_merge(acc, welford_vec4(x[xb / 4u + j] - vec4<f32>(pivot)));
             }
         } else {
             let i0 = seg * p.seg_v4 * 4u;
             let i1 = min(i0 + p.seg_v4 * 4u, p.d);
-            for (var i = i0 + t; i < i1; i += WG) {
+            for (var i = i0 + lane; i < i1; i += TPR) {
                 acc = welford_merge(acc, Welford(1.0, ld(xb + i) - pivot, 0.0));
             }
         }
     }
-    let tot = reduce_group(acc, l);
-    if (valid && t == 0u) {
+    let tot = reduce_welford(acc, l);
+    if (valid && lane == 0u) {
         partials[g] = vec4<f32>(tot.n, tot.mean, tot.m2, 0.0);
     }
 }

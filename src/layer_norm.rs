@@ -12,6 +12,10 @@ const ROW_CACHE: u32 = 8;
 /// with the count, while the tree merges grow with its log): 1024 keeps both far away.
 pub(crate) const MAX_THREAD_ITERS: u64 = 1024;
 
+/// On CPU adapters, rows up to this length get one thread each: lanes then never exchange
+/// data, which beats every cooperative layout there (measured in BENCHMARKS.md).
+const CPU_THREAD_PER_ROW_MAX_D: usize = 128;
+
 /// Which LayerNorm kernel runs. `Auto` lets [`LayerNorm::plan`] choose from the shape and
 /// the adapter; the others force a kernel (tests and benchmarks run each one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -38,6 +42,10 @@ pub struct LnPlan {
     pub variant: LnVariant,
     /// Threads per workgroup.
     pub workgroup_size: u32,
+    /// Threads cooperating on one reduction: per row (rows) or per segment (split-row).
+    pub group_threads: u32,
+    /// Split-row: segments per row and vec4s per segment (0 for the rows kernel).
+    pub segments: (u32, u32),
     /// Whether the reductions use subgroup shuffles.
     pub subgroups: bool,
     /// Why the policy chose it.
@@ -48,7 +56,10 @@ impl std::fmt::Display for LnPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let v = match self.variant {
             LnVariant::Rows { threads_per_row } => format!("rows(tpr={threads_per_row})"),
-            LnVariant::SplitRow => "split-row".to_string(),
+            LnVariant::SplitRow => format!(
+                "split-row(segs={}, tps={})",
+                self.segments.0, self.group_threads
+            ),
             LnVariant::Auto => "auto".to_string(),
         };
         let sg = if self.subgroups { "subgroup" } else { "shared" };
@@ -275,80 +286,98 @@ impl LayerNorm {
     }
 
     fn plan_for(&self, gpu: &Gpu, g: &Geometry) -> LnPlan {
-        let subgroups = gpu.capabilities().subgroups;
+        let caps = gpu.capabilities();
         let max_wg = gpu.max_wg();
-        // Barriers cost ~0.2 us (64 threads) to ~0.6 us (256) per workgroup on CPU adapters:
-        // smaller workgroups there; GPUs want 256 threads to hide latency.
-        let wg = if gpu.is_cpu() { 64 } else { 256 }.min(max_wg);
-        let wg = wg.max(gpu.capabilities().subgroup_max_size.min(max_wg));
+        let cpu = gpu.is_cpu();
+        // Smallest subgroup, or 1: the widest group that reduces without a barrier.
+        let sg = if caps.subgroups { caps.subgroup_min_size.min(max_wg) } else { 1 };
+        // On CPU adapters a workgroup that meets a barrier costs microseconds (lavapipe runs
+        // its subgroups as coroutines), so reductions there stay inside one subgroup. GPUs
+        // want 256 threads per workgroup to hide memory latency.
+        let wg = if cpu { 64 } else { 256 }.min(max_wg).max(caps.subgroup_max_size.min(max_wg));
         let d4 = g.d.div_ceil(4) as u32;
+        // Loop iterations of one thread over a row of `tpr` threads.
+        let iters = |tpr: u32| {
+            let per = if g.d % 4 == 0 { d4 } else { g.d as u32 };
+            u64::from(per.div_ceil(tpr))
+        };
         let (variant, reason) = match self.variant {
-            LnVariant::Auto => {
-                // About four vec4s per thread: enough work per thread to amortize the
-                // reduction, few enough threads that short rows share a workgroup.
-                let tpr = d4.div_ceil(4).next_power_of_two().clamp(1, wg);
-                if d4 > tpr * ROW_CACHE {
-                    (
-                        LnVariant::SplitRow,
-                        format!(
-                            "a row of {} values does not fit {tpr} threads' registers: split \
-                             rows so every workgroup has a segment",
-                            g.d
-                        ),
-                    )
+            LnVariant::Auto if cpu => {
+                let tpr = if g.d <= CPU_THREAD_PER_ROW_MAX_D { 1 } else { sg };
+                if iters(tpr) <= u64::from(ROW_CACHE) * 4 {
+                    let why = format!(
+                        "CPU adapter, {} values per row: {tpr} thread(s) per row, no barriers",
+                        g.d
+                    );
+                    (LnVariant::Rows { threads_per_row: tpr }, why)
                 } else {
-                    (
-                        LnVariant::Rows {
-                            threads_per_row: tpr,
-                        },
-                        format!(
-                            "{} values per row: {tpr} threads per row, {} rows per workgroup, \
-                             x read once",
-                            g.d,
-                            wg / tpr
-                        ),
-                    )
+                    let why = format!(
+                        "CPU adapter, {} values per row: too long for {tpr} thread(s), split \
+                         into segments reduced without barriers",
+                        g.d
+                    );
+                    (LnVariant::SplitRow, why)
+                }
+            }
+            LnVariant::Auto => {
+                // About four vec4s per thread, at least a subgroup's worth of rows sharing a
+                // subgroup for short rows, at most a workgroup per row.
+                let tpr = d4.div_ceil(4).next_power_of_two().clamp(1, wg);
+                if d4 <= tpr * ROW_CACHE {
+                    let why = format!(
+                        "{} values per row: {tpr} threads per row, {} rows per workgroup, x \
+                         read once from memory",
+                        g.d,
+                        wg / tpr
+                    );
+                    (LnVariant::Rows { threads_per_row: tpr }, why)
+                } else {
+                    let why = format!(
+                        "{} values per row do not fit {tpr} threads' registers: split rows so \
+                         every workgroup has a segment",
+                        g.d
+                    );
+                    (LnVariant::SplitRow, why)
                 }
             }
             LnVariant::Rows { threads_per_row } => {
                 let tpr = threads_per_row.clamp(1, wg).next_power_of_two().min(wg);
-                let iters = if g.d.is_multiple_of(4) {
-                    d4
-                } else {
-                    g.d as u32
-                };
-                let need = (u64::from(iters).div_ceil(MAX_THREAD_ITERS) as u32).next_power_of_two();
+                let need = (iters(1).div_ceil(MAX_THREAD_ITERS) as u32).next_power_of_two();
                 if need > wg {
-                    (
-                        LnVariant::SplitRow,
-                        format!("forced rows, but {} values per row need split rows", g.d),
-                    )
+                    let why = format!("forced rows, but {} values per row need split rows", g.d);
+                    (LnVariant::SplitRow, why)
                 } else if need > tpr {
                     let why = format!(
                         "forced rows(tpr={threads_per_row}), raised to {need} threads per row \
                          so no thread loops over more than {MAX_THREAD_ITERS} values"
                     );
-                    (
-                        LnVariant::Rows {
-                            threads_per_row: need,
-                        },
-                        why,
-                    )
+                    (LnVariant::Rows { threads_per_row: need }, why)
                 } else {
-                    (
-                        LnVariant::Rows {
-                            threads_per_row: tpr,
-                        },
-                        "forced".to_string(),
-                    )
+                    (LnVariant::Rows { threads_per_row: tpr }, "forced".to_string())
                 }
             }
             LnVariant::SplitRow => (LnVariant::SplitRow, "forced".to_string()),
         };
+        let (group_threads, segments) = match variant {
+            LnVariant::Rows { threads_per_row } => (threads_per_row, (0, 0)),
+            _ => {
+                // A segment per group of `tps` threads: enough groups to fill the device, at
+                // least 4 vec4s per thread, at most MAX_THREAD_ITERS.
+                let tps = if cpu { sg } else { wg };
+                let target: u64 = if cpu { 256 } else { 4096 };
+                let max_segs = u64::from(d4.div_ceil(tps * 4)).max(1);
+                let min_segs = u64::from(d4).div_ceil(u64::from(tps) * MAX_THREAD_ITERS);
+                let segs = target.div_ceil(g.rows as u64).clamp(1, max_segs).max(min_segs);
+                let seg_v4 = u64::from(d4).div_ceil(segs);
+                (tps, (u64::from(d4).div_ceil(seg_v4) as u32, seg_v4 as u32))
+            }
+        };
         LnPlan {
             variant,
             workgroup_size: wg,
-            subgroups,
+            group_threads,
+            segments,
+            subgroups: caps.subgroups,
             reason,
         }
     }
@@ -422,14 +451,9 @@ impl LayerNorm {
         let plan = self.plan_for(gpu, &g);
         let (rows, d) = (g.rows as u64, g.d as u64);
         let wg = plan.workgroup_size;
-        let (split, tpr) = match plan.variant {
-            LnVariant::Rows { threads_per_row } => (false, threads_per_row),
-            _ => (true, wg),
-        };
-        // Split-row segments: at least 8 vec4s per thread, and at most 64 segments per row.
-        let d4 = d.div_ceil(4);
-        let seg_v4 = (u64::from(wg) * 8).max(d4.div_ceil(64));
-        let segs = d4.div_ceil(seg_v4);
+        let tpr = plan.group_threads;
+        let split = plan.variant == LnVariant::SplitRow;
+        let (segs, seg_v4) = (u64::from(plan.segments.0), u64::from(plan.segments.1));
         let mut per_chunk = units_per_binding(gpu, d);
         if split {
             per_chunk = per_chunk.min(units_per_binding(gpu, 4 * (segs + 1)));
@@ -481,11 +505,12 @@ impl LayerNorm {
                 Step::new(gpu, entry, grid, &params(grid.0), binds, (r0, r1))
             };
             if split {
-                let grid = gpu.grid((n * segs) as u32)?;
+                let pgrid = gpu.grid(((n * segs) as u32).div_ceil(wg / tpr))?;
                 let mgrid = gpu.grid((n as u32).div_ceil(wg))?;
-                steps.push(step("layer_norm_partial", grid, &[1, 7]));
+                let agrid = gpu.grid((n * segs) as u32)?;
+                steps.push(step("layer_norm_partial", pgrid, &[1, 7]));
                 steps.push(step("layer_norm_merge", mgrid, &[1, 5, 6, 7]));
-                steps.push(step("layer_norm_apply", grid, &[1, 2, 3, 4, 7]));
+                steps.push(step("layer_norm_apply", agrid, &[1, 2, 3, 4, 7]));
             } else {
                 let grid = gpu.grid((n as u32).div_ceil(wg / tpr))?;
                 steps.push(step("layer_norm_rows", grid, &[1, 2, 3, 4, 5, 6]));
