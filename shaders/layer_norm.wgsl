@@ -8,8 +8,8 @@
 //                       TPR * ROW_CACHE * 4 elements.
 // - layer_norm_partial, layer_norm_merge, layer_norm_apply: the split-row path for long rows
 //                       and few rows: per-segment Welford partials (a group of TPR threads per
-//                       segment), a per-row Chan merge, then an elementwise pass. Every
-//                       workgroup has work even with one row.
+//                       segment, an exact two-pass from cache), a per-row Chan merge, then an
+//                       elementwise pass. Every workgroup has work even with one row.
 //
 // Statistics are of x - pivot, with pivot = the row's first element: for rows with a large mean
 // (1e6 with std 1) x - pivot is exact, so the normalized output keeps full precision.
@@ -166,7 +166,9 @@ fn layer_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     }
 }
 
-// One group of TPR threads per (row, segment); groups run over rows * segs.
+// One group of TPR threads per (row, segment); groups run over rows * segs. The segment's
+// statistics are an exact two-pass (its mean, then squared deviations from it), re-reading the
+// segment from cache; segments combine with Chan's merge in layer_norm_merge.
 @compute @workgroup_size(WG)
 fn layer_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let t = thread_index(l);
@@ -176,26 +178,45 @@ fn layer_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let row = g / p.segs;
     let seg = g % p.segs;
     let xb = p.x_off + row * p.d;
-    var acc = welford_empty();
+    var pivot = 0.0;
     if (valid) {
-        let pivot = ld(xb);
-        if (VEC) {
-            let j0 = seg * p.seg_v4;
-            let j1 = min(j0 + p.seg_v4, p.d / 4u);
-            for (var j = j0 + lane; j < j1; j += TPR) {
-                acc = welford_merge(acc, welford_vec4(x[xb / 4u + j] - vec4<f32>(pivot)));
-            }
-        } else {
-            let i0 = seg * p.seg_v4 * 4u;
-            let i1 = min(i0 + p.seg_v4 * 4u, p.d);
-            for (var i = i0 + lane; i < i1; i += TPR) {
-                acc = welford_merge(acc, Welford(1.0, ld(xb + i) - pivot, 0.0));
-            }
+        pivot = ld(xb);
+    }
+    let pv = vec4<f32>(pivot);
+    // Element range [i0, i1) of the segment; vec4 range [i0 / 4, i1 / 4) when VEC.
+    let i0 = min(seg * p.seg_v4 * 4u, p.d);
+    var i1 = min(i0 + p.seg_v4 * 4u, p.d);
+    if (!valid) {
+        i1 = i0;
+    }
+    var s4 = vec4<f32>(0.0);
+    if (VEC) {
+        for (var j = i0 / 4u + lane; j < i1 / 4u; j += TPR) {
+            s4 += x[xb / 4u + j] - pv;
+        }
+    } else {
+        for (var i = i0 + lane; i < i1; i += TPR) {
+            s4.x += ld(xb + i) - pivot;
         }
     }
-    let tot = reduce_welford(acc, l);
+    let n = f32(i1 - i0);
+    let m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / max(n, 1.0);
+    let mv = vec4<f32>(m);
+    var q4 = vec4<f32>(0.0);
+    if (VEC) {
+        for (var j = i0 / 4u + lane; j < i1 / 4u; j += TPR) {
+            let e = x[xb / 4u + j] - pv - mv;
+            q4 += e * e;
+        }
+    } else {
+        for (var i = i0 + lane; i < i1; i += TPR) {
+            let e = ld(xb + i) - pivot - m;
+            q4.x += e * e;
+        }
+    }
+    let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
     if (valid && lane == 0u) {
-        partials[g] = vec4<f32>(tot.n, tot.mean, tot.m2, 0.0);
+        partials[g] = vec4<f32>(n, m, q, 0.0);
     }
 }
 
@@ -214,38 +235,33 @@ fn layer_norm_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let rstd = inverseSqrt(acc.m2 / f32(p.d) + p.eps);
     mean_out[p.stat_off + row] = ld(p.x_off + row * p.d) + acc.mean;
     rstd_out[p.stat_off + row] = rstd;
-    // Stored after the partials of all rows, read by layer_norm_apply.
-    partials[p.rows * p.segs + row] = vec4<f32>(acc.mean, rstd, 0.0, 0.0);
+    // Stored after the partials of all rows, read by layer_norm_apply with the pivot.
+    partials[p.rows * p.segs + row] = vec4<f32>(acc.mean, rstd, ld(p.x_off + row * p.d), 0.0);
 }
 
-// One workgroup per (row, segment), elementwise.
+// Elementwise, one vec4 (or value) per thread, like the copy kernel: measured on lavapipe, a
+// workgroup looping over a segment ran 1.5x slower than this flat layout.
 @compute @workgroup_size(WG)
 fn layer_norm_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let g = group_id(wid);
-    if (g >= p.rows * p.segs) {
-        return;
-    }
-    let row = g / p.segs;
-    let seg = g % p.segs;
-    let xb = p.x_off + row * p.d;
-    let yb = p.y_off + row * p.d;
-    let pivot = ld(xb);
-    let st = partials[p.rows * p.segs + row];
-    let m = st.x;
-    let rstd = st.y;
+    let e = group_id(wid) * WG + t;
     if (VEC) {
-        let j0 = seg * p.seg_v4;
-        let j1 = min(j0 + p.seg_v4, p.d / 4u);
-        for (var j = j0 + t; j < j1; j += WG) {
-            let v = x[xb / 4u + j] - vec4<f32>(pivot);
-            y[yb / 4u + j] = affine4((v - vec4<f32>(m)) * rstd, j);
+        let nv = p.d / 4u;
+        if (e >= p.rows * nv) {
+            return;
         }
+        let row = e / nv;
+        let j = e % nv;
+        let st = partials[p.rows * p.segs + row];
+        let v = x[p.x_off / 4u + e] - vec4<f32>(st.z);
+        y[p.y_off / 4u + e] = affine4((v - vec4<f32>(st.x)) * st.y, j);
     } else {
-        let i0 = seg * p.seg_v4 * 4u;
-        let i1 = min(i0 + p.seg_v4 * 4u, p.d);
-        for (var i = i0 + t; i < i1; i += WG) {
-            let v = ld(xb + i) - pivot;
-            y[(yb + i) >> 2u][(yb + i) & 3u] = affine1((v - m) * rstd, i);
+        if (e >= p.rows * p.d) {
+            return;
         }
+        let row = e / p.d;
+        let i = e % p.d;
+        let st = partials[p.rows * p.segs + row];
+        let v = ld(p.x_off + e) - st.z;
+        y[(p.y_off + e) >> 2u][(p.y_off + e) & 3u] = affine1((v - st.x) * st.y, i);
     }
 }

@@ -12,9 +12,9 @@ const ROW_CACHE: u32 = 8;
 /// with the count, while the tree merges grow with its log): 1024 keeps both far away.
 pub(crate) const MAX_THREAD_ITERS: u64 = 1024;
 
-/// On CPU adapters, rows up to this length get one thread each: lanes then never exchange
-/// data, which beats every cooperative layout there (measured in BENCHMARKS.md).
-const CPU_THREAD_PER_ROW_MAX_D: usize = 128;
+/// Fewest workgroups the rows kernel may leave a CPU adapter (a few per core); fewer rows
+/// than that take the split-row path.
+const CPU_MIN_WORKGROUPS: u64 = 16;
 
 /// Which LayerNorm kernel runs. `Auto` lets [`LayerNorm::plan`] choose from the shape and
 /// the adapter; the others force a kernel (tests and benchmarks run each one).
@@ -303,8 +303,13 @@ impl LayerNorm {
         };
         let (variant, reason) = match self.variant {
             LnVariant::Auto if cpu => {
-                let tpr = if g.d <= CPU_THREAD_PER_ROW_MAX_D { 1 } else { sg };
-                if iters(tpr) <= u64::from(ROW_CACHE) * 4 {
+                // One thread per row while a thread's loop stays short: lanes never exchange
+                // data. Longer rows take the fewest threads that keep loops short; few rows
+                // split so every core gets workgroups.
+                let need = iters(1).div_ceil(MAX_THREAD_ITERS).max(1) as u32;
+                let tpr = need.next_power_of_two();
+                let groups = (g.rows as u64).div_ceil(u64::from(wg / tpr.min(wg)));
+                if tpr <= sg.max(1) && groups >= CPU_MIN_WORKGROUPS {
                     let why = format!(
                         "CPU adapter, {} values per row: {tpr} thread(s) per row, no barriers",
                         g.d
@@ -312,9 +317,9 @@ impl LayerNorm {
                     (LnVariant::Rows { threads_per_row: tpr }, why)
                 } else {
                     let why = format!(
-                        "CPU adapter, {} values per row: too long for {tpr} thread(s), split \
-                         into segments reduced without barriers",
-                        g.d
+                        "CPU adapter, {} rows of {}: split rows into segments reduced without \
+                         barriers, so every core gets work",
+                        g.rows, g.d
                     );
                     (LnVariant::SplitRow, why)
                 }
@@ -361,14 +366,19 @@ impl LayerNorm {
         let (group_threads, segments) = match variant {
             LnVariant::Rows { threads_per_row } => (threads_per_row, (0, 0)),
             _ => {
-                // A segment per group of `tps` threads: enough groups to fill the device, at
-                // least 4 vec4s per thread, at most MAX_THREAD_ITERS.
+                // A segment per group of `tps` threads, read twice (two-pass) while it is in
+                // cache. CPU adapters: 1024-value (4 KiB) segments, so a workgroup's segments
+                // stay in L1. GPUs: enough segments to fill the device. Always at least 4 and at
+                // most MAX_THREAD_ITERS vec4s per thread.
                 let tps = if cpu { sg } else { wg };
-                let target: u64 = if cpu { 256 } else { 4096 };
-                let max_segs = u64::from(d4.div_ceil(tps * 4)).max(1);
-                let min_segs = u64::from(d4).div_ceil(u64::from(tps) * MAX_THREAD_ITERS);
-                let segs = target.div_ceil(g.rows as u64).clamp(1, max_segs).max(min_segs);
-                let seg_v4 = u64::from(d4).div_ceil(segs);
+                let lo = u64::from(tps) * 4;
+                let hi = u64::from(tps) * MAX_THREAD_ITERS;
+                let seg_v4 = if cpu {
+                    256
+                } else {
+                    (u64::from(d4) * g.rows as u64).div_ceil(4096)
+                };
+                let seg_v4 = seg_v4.clamp(lo, hi).min(u64::from(d4).max(1));
                 (tps, (u64::from(d4).div_ceil(seg_v4) as u32, seg_v4 as u32))
             }
         };
@@ -507,7 +517,8 @@ impl LayerNorm {
             if split {
                 let pgrid = gpu.grid(((n * segs) as u32).div_ceil(wg / tpr))?;
                 let mgrid = gpu.grid((n as u32).div_ceil(wg))?;
-                let agrid = gpu.grid((n * segs) as u32)?;
+                let per_row = if g.d % 4 == 0 { d / 4 } else { d };
+                let agrid = gpu.grid(((n * per_row) as u32).div_ceil(wg))?;
                 steps.push(step("layer_norm_partial", pgrid, &[1, 7]));
                 steps.push(step("layer_norm_merge", mgrid, &[1, 5, 6, 7]));
                 steps.push(step("layer_norm_apply", agrid, &[1, 2, 3, 4, 7]));
