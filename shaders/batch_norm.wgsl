@@ -5,12 +5,13 @@
 //   batch_norm_pivot     per channel, its first value: statistics are of x - pivot, so channel
 //                        means of 1e4 or more keep full precision.
 //   batch_norm_partial_cf / batch_norm_partial_cl
-//                        stage 1: Welford partials per (channel, block) in memory order.
-//   batch_norm_finalize  stage 2: per channel, Chan merge of the partials in block order, mean
-//                        and invstd, running statistics update, and the per-channel coefficients.
-//   batch_norm_apply_*   y = ((x - pivot) - mean_shifted) * (invstd * gamma) + beta.
-// Inference: batch_norm_eval_coef folds running stats, eps, gamma and beta into the same
-// coefficients (pivot = running_mean), then the same apply pass.
+//                        stage 1: (mean, m2) per (channel, block), an exact two-pass over the
+//                        block (re-read from cache), reading memory in its natural order.
+//   batch_norm_finalize  stage 2: per channel, Chan merge of the partials in a fixed order,
+//                        mean and invstd, running statistics update, per-channel coefficients.
+//   batch_norm_apply     y = ((x - pivot) - mean_shifted) * (invstd * gamma) + beta.
+// Inference: batch_norm_eval_coef folds running_var, eps and gamma into one scale per channel,
+// then batch_norm_apply with FOLD: y = (x - running_mean) * scale + beta, one elementwise pass.
 
 struct BnParams {
     n: u32,          // runs in the whole tensor (N, or M for channels-last)
@@ -31,8 +32,13 @@ struct BnParams {
     _pad: u32,
 }
 
-// CF: s % 4 == 0; CL: c % 4 == 0. Vector loads; scalar indexing into vec4s otherwise.
+// Stage 1 reads vec4s (CF: s % 4 == 0; CL: c % 4 == 0); scalar indexing into vec4s otherwise.
 override VEC: bool = true;
+// batch_norm_apply: 0 = a value per thread, 1 = a vec4 of one channel (CF, s % 4 == 0),
+// 2 = a vec4 of four channels (CL, c % 4 == 0).
+override APPLY_MODE: u32 = 0u;
+// batch_norm_apply with inference's folded coefficients (no shifted mean).
+override FOLD: bool = false;
 override HAS_W: bool = false;
 override HAS_B: bool = false;
 override UPDATE: bool = false;    // update running statistics (training with tracking on)
@@ -43,7 +49,8 @@ override UNBIASED: bool = true;   // running_var from the unbiased batch varianc
 @group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
 // Per (channel, block): (mean, m2) of x - pivot. Counts follow from the block's index.
 @group(0) @binding(3) var<storage, read_write> partials: array<vec2<f32>>;
-// Four planes of cp = round_up(c, 4) values: pivot | mean_shifted | scale | shift.
+// Four planes of cp = round_up(c, 4) values: pivot | mean_shifted | scale | shift. Inference
+// uses running_mean | - | scale | beta.
 @group(0) @binding(4) var<storage, read_write> coef: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> gamma: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> beta: array<vec4<f32>>;
@@ -92,48 +99,73 @@ fn batch_norm_pivot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     }
 }
 
-// Channels-first: one workgroup per (channel, block); a block is nbr runs times one seg of
-// each run, read along the contiguous run.
+// Channels-first: a group of TPR threads per (channel, block); a block is nbr runs times one
+// seg of each run, read along the contiguous run.
 @compute @workgroup_size(WG)
 fn batch_norm_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let t = thread_index(l);
-    let g = group_id(wid);
+    let lane = t % TPR;
+    let g = group_id(wid) * (WG / TPR) + t / TPR;
     let blocks = ((p.runs + p.nbr - 1u) / p.nbr) * p.ssegs;
     let valid = g < p.c * blocks;
-    let ch = g / blocks;
-    let lb = g % blocks;
-    let nb = lb / p.ssegs;
-    let ss = lb % p.ssegs;
-    var acc = welford_empty();
+    // Groups run in memory order (n-block, channel, seg): neighbours read neighbouring memory.
+    let ss = g % p.ssegs;
+    let ch = (g / p.ssegs) % p.c;
+    let nb = g / (p.ssegs * p.c);
+    let lb = nb * p.ssegs + ss;
+    let s0 = ss * p.seg;
+    var pivot = 0.0;
+    var nruns = 0u;
+    var len = 0u;
     if (valid) {
-        let pivot = coef1(0u, ch);
-        let nruns = min(p.nbr, p.runs - nb * p.nbr);
-        let s0 = ss * p.seg;
-        let len = min(p.seg, p.s - s0);
+        pivot = coef1(0u, ch);
+        nruns = min(p.nbr, p.runs - nb * p.nbr);
+        len = min(p.seg, p.s - s0);
+    }
+    let pv = vec4<f32>(pivot);
+    // Element offset of run r of this block.
+    let base = p.x_off + ((nb * p.nbr) * p.c + ch) * p.s + s0;
+    let stride = p.c * p.s;
+    var s4 = vec4<f32>(0.0);
+    for (var r = 0u; r < nruns; r++) {
+        let e0 = base + r * stride;
         if (VEC) {
-            let len4 = len / 4u;
-            for (var i = t; i < nruns * len4; i += WG) {
-                let r = nb * p.nbr + i / len4;
-                let e = p.x_off + (r * p.c + ch) * p.s + s0 + (i % len4) * 4u;
-                acc = welford_merge(acc, welford_vec4(x[e / 4u] - vec4<f32>(pivot)));
+            for (var j = lane; j < len / 4u; j += TPR) {
+                s4 += x[e0 / 4u + j] - pv;
             }
         } else {
-            for (var i = t; i < nruns * len; i += WG) {
-                let r = nb * p.nbr + i / len;
-                let e = p.x_off + (r * p.c + ch) * p.s + s0 + i % len;
-                acc = welford_merge(acc, Welford(1.0, ld(e) - pivot, 0.0));
+            for (var i = lane; i < len; i += TPR) {
+                s4.x += ld(e0 + i) - pivot;
             }
         }
     }
-    let tot = reduce_welford(acc, l);
-    if (valid && t == 0u) {
+    let n = f32(nruns) * f32(len);
+    let m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / max(n, 1.0);
+    let mv = vec4<f32>(m);
+    var q4 = vec4<f32>(0.0);
+    for (var r = 0u; r < nruns; r++) {
+        let e0 = base + r * stride;
+        if (VEC) {
+            for (var j = lane; j < len / 4u; j += TPR) {
+                let e = x[e0 / 4u + j] - pv - mv;
+                q4 += e * e;
+            }
+        } else {
+            for (var i = lane; i < len; i += TPR) {
+                let e = ld(e0 + i) - pivot - m;
+                q4.x += e * e;
+            }
+        }
+    }
+    let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
+    if (valid && lane == 0u) {
         let gb = (p.run0 / p.nbr) * p.ssegs + lb;
-        partials[ch * p.nbt + gb] = vec2<f32>(tot.mean, tot.m2);
+        partials[ch * p.nbt + gb] = vec2<f32>(m, q);
     }
 }
 
-// Channels-last: one thread per (block of nbr rows, 4 channels), walking down its rows; the
-// threads of a workgroup read consecutive vec4s of a row. No reduction inside the workgroup.
+// Channels-last: one thread per (block of nbr rows, 4 channels), walking down its rows twice
+// (sum, then squared deviations); the threads of a workgroup read consecutive vec4s of a row.
 @compute @workgroup_size(WG)
 fn batch_norm_partial_cl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let item = group_id(wid) * WG + lid;
@@ -149,30 +181,35 @@ fn batch_norm_partial_cl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     let r0 = lb * p.nbr;
     let r1 = min(r0 + p.nbr, p.runs);
     let gb = p.run0 / p.nbr + lb;
+    let inv_n = 1.0 / f32(r1 - r0);
     if (VEC) {
         let pivot = coef[cv];
-        var mean = vec4<f32>(0.0);
-        var m2 = vec4<f32>(0.0);
+        var s = vec4<f32>(0.0);
         for (var r = r0; r < r1; r++) {
-            let v = x[(p.x_off + r * p.c) / 4u + cv] - pivot;
-            let d = v - mean;
-            mean += d / f32(r - r0 + 1u);
-            m2 += d * (v - mean);
+            s += x[(p.x_off + r * p.c) / 4u + cv] - pivot;
+        }
+        let mean = s * inv_n;
+        var q = vec4<f32>(0.0);
+        for (var r = r0; r < r1; r++) {
+            let e = x[(p.x_off + r * p.c) / 4u + cv] - pivot - mean;
+            q += e * e;
         }
         for (var k = 0u; k < 4u; k++) {
-            partials[(cv * 4u + k) * p.nbt + gb] = vec2<f32>(mean[k], m2[k]);
+            partials[(cv * 4u + k) * p.nbt + gb] = vec2<f32>(mean[k], q[k]);
         }
     } else {
         let pivot = coef1(0u, cv);
-        var mean = 0.0;
-        var m2 = 0.0;
+        var s = 0.0;
         for (var r = r0; r < r1; r++) {
-            let v = ld(p.x_off + r * p.c + cv) - pivot;
-            let d = v - mean;
-            mean += d / f32(r - r0 + 1u);
-            m2 += d * (v - mean);
+            s += ld(p.x_off + r * p.c + cv) - pivot;
         }
-        partials[cv * p.nbt + gb] = vec2<f32>(mean, m2);
+        let mean = s * inv_n;
+        var q = 0.0;
+        for (var r = r0; r < r1; r++) {
+            let e = ld(p.x_off + r * p.c + cv) - pivot - mean;
+            q += e * e;
+        }
+        partials[cv * p.nbt + gb] = vec2<f32>(mean, q);
     }
 }
 
@@ -190,22 +227,23 @@ fn bias_of(ch: u32) -> f32 {
     return 0.0;
 }
 
-// One workgroup per channel: thread t merges blocks t, t + WG, ... in order, then the fixed-order
-// group reduction combines the threads, so the result does not depend on timing.
+// A group of TPR threads per channel: lane k merges blocks k, k + TPR, ... in order, then the
+// fixed-order group reduction combines the lanes, so the result does not depend on timing.
 @compute @workgroup_size(WG)
 fn batch_norm_finalize(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let t = thread_index(l);
-    let ch = group_id(wid);
+    let lane = t % TPR;
+    let ch = group_id(wid) * (WG / TPR) + t / TPR;
     let valid = ch < p.c;
     var acc = welford_empty();
     if (valid) {
-        for (var b = t; b < p.nbt; b += WG) {
+        for (var b = lane; b < p.nbt; b += TPR) {
             let q = partials[ch * p.nbt + b];
             acc = welford_merge(acc, Welford(block_count(b), q.x, q.y));
         }
     }
     let tot = reduce_welford(acc, l);
-    if (!valid || t != 0u) {
+    if (!valid || lane != 0u) {
         return;
     }
     let count = f32(p.n) * f32(p.s);
@@ -227,67 +265,65 @@ fn batch_norm_finalize(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     }
 }
 
-// One thread per channel: inference coefficients from the running statistics.
+// One thread per channel: inference scale and shift from the running statistics.
 @compute @workgroup_size(WG)
 fn batch_norm_eval_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let ch = group_id(wid) * WG + lid;
     if (ch >= p.c) {
         return;
     }
+    // Folded around the running mean, not into x * scale + (bias - mean * scale): that form
+    // rounds the shift to ulp(|mean * scale|), 8e-5 absolute already for a running mean of 3
+    // with running_var 0 (scale 316).
     set_coef(0u, ch, running_mean[ch]);
-    set_coef(1u, ch, 0.0);
     set_coef(2u, ch, inverseSqrt(running_var[ch] + p.eps) * weight_of(ch));
     set_coef(3u, ch, bias_of(ch));
 }
 
-// Channels-first apply: one workgroup per (run, seg); the channel's coefficients are loaded once.
-@compute @workgroup_size(WG)
-fn batch_norm_apply_cf(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let g = group_id(wid);
-    if (g >= p.runs * p.ssegs) {
-        return;
+fn normalize1(v: f32, ch: u32) -> f32 {
+    if (FOLD) {
+        return fma(v - coef1(0u, ch), coef1(2u, ch), coef1(3u, ch));
     }
-    let r = g / p.ssegs;
-    let s0 = (g % p.ssegs) * p.seg;
-    let len = min(p.seg, p.s - s0);
-    let ch = (p.run0 + r) % p.c;
-    let pivot = coef1(0u, ch);
-    let m = coef1(1u, ch);
-    let sc = coef1(2u, ch);
-    let sh = coef1(3u, ch);
-    let xb = p.x_off + r * p.s + s0;
-    let yb = p.y_off + r * p.s + s0;
-    if (VEC) {
-        for (var j = t; j < len / 4u; j += WG) {
-            let v = x[xb / 4u + j] - vec4<f32>(pivot);
-            y[yb / 4u + j] = (v - vec4<f32>(m)) * sc + sh;
-        }
-    } else {
-        for (var i = t; i < len; i += WG) {
-            let v = ld(xb + i) - pivot;
-            y[(yb + i) >> 2u][(yb + i) & 3u] = (v - m) * sc + sh;
-        }
-    }
+    return ((v - coef1(0u, ch)) - coef1(1u, ch)) * coef1(2u, ch) + coef1(3u, ch);
 }
 
-// Elementwise apply for channels-last (4 channels per thread when VEC) and for channels-first
-// tensors with short runs, where a workgroup per run would idle.
+// Elementwise, one vec4 (or value) per thread, like the copy kernel (a workgroup looping over a
+// run measured 1.5x slower on lavapipe). `e` counts this chunk's vec4s (or values).
 @compute @workgroup_size(WG)
-fn batch_norm_apply_flat(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn batch_norm_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let e = group_id(wid) * WG + lid;
     if (e >= p.work) {
         return;
     }
-    if (VEC) {
+    if (APPLY_MODE == 2u) {
         // Channels-last, c % 4 == 0: the vec4 holds channels cv*4 .. cv*4+3.
         let cv = e % (p.c / 4u);
         let q = cp() / 4u;
-        let v = x[p.x_off / 4u + e] - coef[cv];
-        y[p.y_off / 4u + e] = (v - coef[q + cv]) * coef[2u * q + cv] + coef[3u * q + cv];
+        let v = x[p.x_off / 4u + e];
+        var o: vec4<f32>;
+        if (FOLD) {
+            o = fma(v - coef[cv], coef[2u * q + cv], coef[3u * q + cv]);
+        } else {
+            o = ((v - coef[cv]) - coef[q + cv]) * coef[2u * q + cv] + coef[3u * q + cv];
+        }
+        y[p.y_off / 4u + e] = o;
+    } else if (APPLY_MODE == 1u) {
+        // Channels-first, s % 4 == 0: the vec4 lies in one run, of one channel.
+        let ch = ((p.run0 * p.s + e * 4u) / p.s) % p.c;
+        let v = x[p.x_off / 4u + e];
+        var o: vec4<f32>;
+        if (FOLD) {
+            let c0 = vec4<f32>(coef1(0u, ch));
+            o = fma(v - c0, vec4<f32>(coef1(2u, ch)), vec4<f32>(coef1(3u, ch)));
+        } else {
+            let c0 = vec4<f32>(coef1(0u, ch));
+            let c1 = vec4<f32>(coef1(1u, ch));
+            o = ((v - c0) - c1) * coef1(2u, ch) + coef1(3u, ch);
+        }
+        y[p.y_off / 4u + e] = o;
     } else {
         let ch = ((p.run0 * p.s + e) / p.s) % p.c;
-        let v = ld(p.x_off + e) - coef1(0u, ch);
-        let o = (v - coef1(1u, ch)) * coef1(2u, ch) + coef1(3u, ch);
+        let o = normalize1(ld(p.x_off + e), ch);
         y[(p.y_off + e) >> 2u][(p.y_off + e) & 3u] = o;
     }
 }

@@ -494,14 +494,20 @@ impl BatchNorm {
         }
     }
 
-    fn blocks(gpu: &Gpu, d: Dims, wg: u64, runs_per_chunk: u64) -> Blocks {
-        let per_channel = d.n * d.s;
+    /// Stage-1 blocking. Blocks are read twice (two-pass), so on CPU adapters they are sized
+    /// to stay in a core's cache; on GPUs there are enough of them to fill the device. A
+    /// thread never loops over more than MAX_THREAD_ITERS values per pass.
+    fn blocks(gpu: &Gpu, d: Dims, tpr: u64, runs_per_chunk: u64) -> Blocks {
+        let cpu = gpu.is_cpu();
         if d.s == 1 {
-            // Channels-last: a thread walks down nbr rows for 4 channels. Enough threads to
-            // fill the device, and at most ~1024 blocks for the per-channel merge.
+            // Channels-last: a thread walks down nbr rows for 4 channels (or 1).
             let lanes = if d.c.is_multiple_of(4) { d.c / 4 } else { d.c };
-            let threads = if gpu.is_cpu() { 8192 } else { 131072 };
-            let nbr = (d.n * lanes).div_ceil(threads).max(d.n.div_ceil(1024));
+            let nbr = if cpu {
+                // A workgroup's 64 lanes x nbr rows: 64 rows of 1 KiB each stay in L1/L2.
+                64
+            } else {
+                (d.n * lanes).div_ceil(131072).max(d.n.div_ceil(4096))
+            };
             let nbr = nbr.min(MAX_THREAD_ITERS).min(runs_per_chunk).max(1);
             Blocks {
                 nbr,
@@ -510,11 +516,14 @@ impl BatchNorm {
                 nbt: d.n.div_ceil(nbr),
             }
         } else {
-            // Channels-first: blocks of 64 to MAX_THREAD_ITERS values per thread, ~1024 blocks
-            // per channel for the largest tensors.
-            let target = (wg * 64)
-                .max(per_channel.div_ceil(1024))
-                .min(wg * MAX_THREAD_ITERS);
+            // Channels-first: a group of tpr threads per block of about `target` values.
+            let per_channel = d.n * d.s;
+            let target = if cpu {
+                2048
+            } else {
+                (tpr * 16).max(per_channel.div_ceil(1024))
+            };
+            let target = target.min(tpr * MAX_THREAD_ITERS).max(tpr);
             let mut seg = d.s.min(target);
             if d.s.is_multiple_of(4) {
                 seg = seg.div_ceil(4) * 4;
@@ -542,9 +551,22 @@ impl BatchNorm {
         y: &Tensor,
         stats: Option<(&Tensor, &Tensor, bool, f32)>,
     ) -> Result<()> {
-        let wg = u64::from(if gpu.is_cpu() { 64 } else { 256 }.min(gpu.max_wg())).max(u64::from(
-            gpu.capabilities().subgroup_max_size.min(gpu.max_wg()),
-        ));
+        let caps = gpu.capabilities();
+        let cpu = gpu.is_cpu();
+        let max_wg = gpu.max_wg();
+        let wg = u64::from(
+            if cpu { 64 } else { 256 }
+                .min(max_wg)
+                .max(caps.subgroup_max_size.min(max_wg)),
+        );
+        // On CPU adapters reductions stay inside one subgroup (a barrier costs microseconds per
+        // workgroup there); GPUs reduce a block with the whole workgroup.
+        let sg = u64::from(if caps.subgroups {
+            caps.subgroup_min_size.min(max_wg)
+        } else {
+            1
+        });
+        let part_tpr = if cpu { sg } else { wg };
         let slab = d.c * d.s; // elements per run of all channels
         let runs_per_chunk = units_per_binding(gpu, slab);
         if runs_per_chunk == 0 {
@@ -553,7 +575,13 @@ impl BatchNorm {
                 gpu.max_binding_bytes()
             )));
         }
-        let b = Self::blocks(gpu, d, wg, runs_per_chunk);
+        let b = Self::blocks(gpu, d, part_tpr, runs_per_chunk);
+        // Finalize: lanes per channel so no lane merges more than MAX_THREAD_ITERS partials.
+        let fin_tpr = b
+            .nbt
+            .div_ceil(if cpu { MAX_THREAD_ITERS } else { 16 })
+            .next_power_of_two();
+        let fin_tpr = fin_tpr.max(if cpu { sg } else { 1 }).min(wg);
         // Chunks hold whole blocks, so no block straddles two bindings.
         let chunk = runs_per_chunk / b.nbr * b.nbr;
         let cl = d.s == 1;
@@ -562,41 +590,36 @@ impl BatchNorm {
         } else {
             d.s.is_multiple_of(4)
         };
-        // Apply pass: channels-first with long runs gets a workgroup per run segment.
-        let apply_runs = !cl && d.s >= 64;
-        let apply_seg = if apply_runs {
-            d.s.min(wg * 64).div_ceil(4) * 4
-        } else {
-            1
-        };
-        let apply_seg = if apply_runs {
-            apply_seg.min(d.s.div_ceil(4) * 4)
-        } else {
-            1
+        let apply_mode = match () {
+            _ if cl && d.c.is_multiple_of(4) => 2,
+            _ if !cl && d.s.is_multiple_of(4) => 1,
+            _ => 0,
         };
         let on = |v: bool| if v { 1.0 } else { 0.0 };
         let (update, factor) = stats.map_or((false, 0.0), |s| (s.2, s.3));
-        let constants: Constants = vec![
-            ("WG", wg as f64),
-            ("TPR", wg as f64),
-            ("VEC", on(vec)),
-            ("HAS_W", on(self.weight.is_some())),
-            ("HAS_B", on(self.bias.is_some())),
-            ("UPDATE", on(update)),
-            ("UNBIASED", on(self.unbiased)),
-        ];
-        let apply_constants: Constants = vec![
-            ("WG", wg as f64),
-            ("TPR", wg as f64),
-            (
-                "VEC",
-                on(if apply_runs {
-                    d.s.is_multiple_of(4)
-                } else {
-                    cl && d.c.is_multiple_of(4)
-                }),
-            ),
-        ];
+        let consts = |entry: &str| -> Constants {
+            let tpr = match entry {
+                "batch_norm_partial_cf" => part_tpr,
+                "batch_norm_finalize" => fin_tpr,
+                _ => wg,
+            };
+            let mut c = vec![("WG", wg as f64), ("TPR", tpr as f64)];
+            match entry {
+                "batch_norm_apply" => {
+                    c.push(("APPLY_MODE", f64::from(apply_mode)));
+                    c.push(("FOLD", on(stats.is_none())));
+                }
+                "batch_norm_partial_cf" | "batch_norm_partial_cl" => c.push(("VEC", on(vec))),
+                "batch_norm_finalize" | "batch_norm_eval_coef" => {
+                    c.push(("HAS_W", on(self.weight.is_some())));
+                    c.push(("HAS_B", on(self.bias.is_some())));
+                    c.push(("UPDATE", on(update)));
+                    c.push(("UNBIASED", on(self.unbiased)));
+                }
+                _ => {}
+            }
+            c
+        };
         let cp = d.c.div_ceil(4) * 4;
         let coef = Tensor::empty(gpu, &[(4 * cp) as usize])?;
         let partials = Tensor::empty(gpu, &[(2 * d.c * b.nbt.max(1)) as usize])?;
@@ -686,36 +709,27 @@ impl BatchNorm {
                 (0, 0),
             ));
         }
-        let stats_steps = steps.len();
         for &(n0, n1) in &chunks {
-            let runs = n1 - n0;
-            let mut p = BnParams {
+            let elems = (n1 - n0) * slab;
+            let work = if apply_mode == 0 { elems } else { elems / 4 } as u32;
+            let grid = gpu.grid(work.div_ceil(wg as u32))?;
+            let p = BnParams {
                 run0: (n0 * d.c) as u32,
-                runs: (runs * d.c) as u32,
+                runs: ((n1 - n0) * d.c) as u32,
                 x_off: xv(n0, n1).elem_off,
                 y_off: yv(n0, n1).elem_off,
-                seg: apply_seg as u32,
-                ssegs: if apply_runs {
-                    d.s.div_ceil(apply_seg) as u32
-                } else {
-                    1
-                },
+                work,
+                grid_x: grid.0,
                 ..base
             };
-            let (entry, groups) = if apply_runs {
-                ("batch_norm_apply_cf", p.runs * p.ssegs)
-            } else {
-                let elems = runs * slab;
-                p.work = if cl && d.c.is_multiple_of(4) {
-                    elems / 4
-                } else {
-                    elems
-                } as u32;
-                ("batch_norm_apply_flat", p.work.div_ceil(wg as u32))
-            };
-            let grid = gpu.grid(groups)?;
-            p.grid_x = grid.0;
-            steps.push(Step::new(gpu, entry, grid, &p, &[1, 2, 4], (n0, n1)));
+            steps.push(Step::new(
+                gpu,
+                "batch_norm_apply",
+                grid,
+                &p,
+                &[1, 2, 4],
+                (n0, n1),
+            ));
         }
 
         let (rm, rv) = (&self.running_mean, &self.running_var);
@@ -743,13 +757,8 @@ impl BatchNorm {
             _ => invstd_out.buffer().as_entire_binding(),
         };
         let mut launches = Vec::with_capacity(steps.len());
-        for (i, s) in steps.iter().enumerate() {
-            let c = if i < stats_steps {
-                &constants
-            } else {
-                &apply_constants
-            };
-            let pipeline = gpu.pipeline(Family::BatchNorm, s.entry, c)?;
+        for s in &steps {
+            let pipeline = gpu.pipeline(Family::BatchNorm, s.entry, &consts(s.entry))?;
             launches.push(s.launch(pipeline, resource));
         }
         if let Some((m, v)) = &self.pending_init {

@@ -290,15 +290,25 @@ impl LayerNorm {
         let max_wg = gpu.max_wg();
         let cpu = gpu.is_cpu();
         // Smallest subgroup, or 1: the widest group that reduces without a barrier.
-        let sg = if caps.subgroups { caps.subgroup_min_size.min(max_wg) } else { 1 };
+        let sg = if caps.subgroups {
+            caps.subgroup_min_size.min(max_wg)
+        } else {
+            1
+        };
         // On CPU adapters a workgroup that meets a barrier costs microseconds (lavapipe runs
         // its subgroups as coroutines), so reductions there stay inside one subgroup. GPUs
         // want 256 threads per workgroup to hide memory latency.
-        let wg = if cpu { 64 } else { 256 }.min(max_wg).max(caps.subgroup_max_size.min(max_wg));
+        let wg = if cpu { 64 } else { 256 }
+            .min(max_wg)
+            .max(caps.subgroup_max_size.min(max_wg));
         let d4 = g.d.div_ceil(4) as u32;
         // Loop iterations of one thread over a row of `tpr` threads.
         let iters = |tpr: u32| {
-            let per = if g.d % 4 == 0 { d4 } else { g.d as u32 };
+            let per = if g.d.is_multiple_of(4) {
+                d4
+            } else {
+                g.d as u32
+            };
             u64::from(per.div_ceil(tpr))
         };
         let (variant, reason) = match self.variant {
@@ -314,7 +324,12 @@ impl LayerNorm {
                         "CPU adapter, {} values per row: {tpr} thread(s) per row, no barriers",
                         g.d
                     );
-                    (LnVariant::Rows { threads_per_row: tpr }, why)
+                    (
+                        LnVariant::Rows {
+                            threads_per_row: tpr,
+                        },
+                        why,
+                    )
                 } else {
                     let why = format!(
                         "CPU adapter, {} rows of {}: split rows into segments reduced without \
@@ -335,7 +350,12 @@ impl LayerNorm {
                         g.d,
                         wg / tpr
                     );
-                    (LnVariant::Rows { threads_per_row: tpr }, why)
+                    (
+                        LnVariant::Rows {
+                            threads_per_row: tpr,
+                        },
+                        why,
+                    )
                 } else {
                     let why = format!(
                         "{} values per row do not fit {tpr} threads' registers: split rows so \
@@ -356,9 +376,19 @@ impl LayerNorm {
                         "forced rows(tpr={threads_per_row}), raised to {need} threads per row \
                          so no thread loops over more than {MAX_THREAD_ITERS} values"
                     );
-                    (LnVariant::Rows { threads_per_row: need }, why)
+                    (
+                        LnVariant::Rows {
+                            threads_per_row: need,
+                        },
+                        why,
+                    )
                 } else {
-                    (LnVariant::Rows { threads_per_row: tpr }, "forced".to_string())
+                    (
+                        LnVariant::Rows {
+                            threads_per_row: tpr,
+                        },
+                        "forced".to_string(),
+                    )
                 }
             }
             LnVariant::SplitRow => (LnVariant::SplitRow, "forced".to_string()),
