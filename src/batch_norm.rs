@@ -91,12 +91,63 @@ struct Dims {
 }
 
 /// Blocking of stage 1: `nbr` runs (rows) by `seg` elements of a run per block.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Blocks {
     nbr: u64,
     seg: u64,
     ssegs: u64,
     nbt: u64,
+}
+
+/// The kernels a BatchNorm call runs and their parameters (see [`BatchNorm::plan`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnPlan {
+    /// Threads per workgroup.
+    pub workgroup_size: u32,
+    /// Threads reducing one stage-1 block (1 for channels-last: a thread per 4 channels).
+    pub partial_threads: u32,
+    /// Threads merging one channel's partials.
+    pub finalize_threads: u32,
+    /// Stage 1 reads rows of channels (`batch_norm_partial_cl`), else runs of one channel.
+    pub channels_last: bool,
+    blocks: Blocks,
+    apply_mode: u32,
+    chunk_runs: u64,
+}
+
+impl BnPlan {
+    /// The elementwise pass's layout: "scalar", "vec4-cf" or "vec4-cl".
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// let plan = BatchNorm::new(&gpu, 64)?.plan(&gpu, &[8, 64, 7, 7], Layout::ChannelsFirst)?;
+    /// assert_eq!(plan.apply_name(), "scalar"); // 7 * 7 is not a multiple of 4
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn apply_name(&self) -> &'static str {
+        ["scalar", "vec4-cf", "vec4-cl"][self.apply_mode as usize]
+    }
+}
+
+impl std::fmt::Display for BnPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.blocks;
+        let stage1 = if self.channels_last {
+            format!("partial_cl({} rows/thread)", b.nbr)
+        } else {
+            format!(
+                "partial_cf({}x{} per {} threads)",
+                b.nbr, b.seg, self.partial_threads
+            )
+        };
+        let apply = self.apply_name();
+        write!(
+            f,
+            "{stage1}, {} blocks/channel, finalize {} threads/channel, apply {apply}, wg={}",
+            b.nbt, self.finalize_threads, self.workgroup_size
+        )
+    }
 }
 
 impl BatchNorm {
@@ -494,6 +545,67 @@ impl BatchNorm {
         }
     }
 
+    /// The kernels a call on `shape` in `layout` runs on `gpu`, with their parameters.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// let bn = BatchNorm::new(&gpu, 64)?;
+    /// println!("{}", bn.plan(&gpu, &[32, 64, 56, 56], Layout::ChannelsFirst)?);
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn plan(&self, gpu: &Gpu, shape: &[usize], layout: Layout) -> Result<BnPlan> {
+        let x = Tensor::shape_only(gpu, shape)?;
+        Self::plan_dims(gpu, self.check(gpu, &x, layout)?)
+    }
+
+    fn plan_dims(gpu: &Gpu, d: Dims) -> Result<BnPlan> {
+        let caps = gpu.capabilities();
+        let cpu = gpu.is_cpu();
+        let max_wg = gpu.max_wg();
+        let wg = if cpu { 64 } else { 256 }
+            .min(max_wg)
+            .max(caps.subgroup_max_size.min(max_wg));
+        // On CPU adapters reductions stay inside one subgroup (a barrier costs microseconds per
+        // workgroup there); GPUs reduce a block with the whole workgroup.
+        let sg = if caps.subgroups {
+            caps.subgroup_min_size.min(max_wg)
+        } else {
+            1
+        };
+        let part_tpr = if cpu { sg } else { wg };
+        let slab = d.c * d.s; // elements per run of all channels
+        let runs_per_chunk = units_per_binding(gpu, slab);
+        if runs_per_chunk == 0 {
+            return Err(NormError::TooLarge(format!(
+                "one batch item of {slab} f32 values exceeds a storage binding of {} bytes",
+                gpu.max_binding_bytes()
+            )));
+        }
+        let blocks = Self::blocks(gpu, d, u64::from(part_tpr), runs_per_chunk);
+        // Finalize: lanes per channel so no lane merges more than MAX_THREAD_ITERS partials
+        // (CPU) or 16 (GPU, where lanes are plentiful).
+        let per_lane = if cpu { MAX_THREAD_ITERS } else { 16 };
+        let fin_tpr = blocks.nbt.div_ceil(per_lane).next_power_of_two() as u32;
+        let fin_tpr = fin_tpr.max(if cpu { sg } else { 1 }).min(wg);
+        let cl = d.s == 1;
+        let apply_mode = match () {
+            _ if cl && d.c.is_multiple_of(4) => 2,
+            _ if !cl && d.s.is_multiple_of(4) => 1,
+            _ => 0,
+        };
+        Ok(BnPlan {
+            workgroup_size: wg,
+            partial_threads: if cl { 1 } else { part_tpr },
+            finalize_threads: fin_tpr,
+            channels_last: cl,
+            blocks,
+            apply_mode,
+            // Chunks hold whole blocks, so no block straddles two bindings.
+            chunk_runs: runs_per_chunk / blocks.nbr * blocks.nbr,
+        })
+    }
+
     /// Stage-1 blocking. Blocks are read twice (two-pass), so on CPU adapters they are sized
     /// to stay in a core's cache; on GPUs there are enough of them to fill the device. A
     /// thread never loops over more than MAX_THREAD_ITERS values per pass.
@@ -551,49 +663,23 @@ impl BatchNorm {
         y: &Tensor,
         stats: Option<(&Tensor, &Tensor, bool, f32)>,
     ) -> Result<()> {
-        let caps = gpu.capabilities();
-        let cpu = gpu.is_cpu();
-        let max_wg = gpu.max_wg();
-        let wg = u64::from(
-            if cpu { 64 } else { 256 }
-                .min(max_wg)
-                .max(caps.subgroup_max_size.min(max_wg)),
-        );
-        // On CPU adapters reductions stay inside one subgroup (a barrier costs microseconds per
-        // workgroup there); GPUs reduce a block with the whole workgroup.
-        let sg = u64::from(if caps.subgroups {
-            caps.subgroup_min_size.min(max_wg)
-        } else {
-            1
-        });
-        let part_tpr = if cpu { sg } else { wg };
-        let slab = d.c * d.s; // elements per run of all channels
-        let runs_per_chunk = units_per_binding(gpu, slab);
-        if runs_per_chunk == 0 {
-            return Err(NormError::TooLarge(format!(
-                "one batch item of {slab} f32 values exceeds a storage binding of {} bytes",
-                gpu.max_binding_bytes()
-            )));
-        }
-        let b = Self::blocks(gpu, d, part_tpr, runs_per_chunk);
-        // Finalize: lanes per channel so no lane merges more than MAX_THREAD_ITERS partials.
-        let fin_tpr = b
-            .nbt
-            .div_ceil(if cpu { MAX_THREAD_ITERS } else { 16 })
-            .next_power_of_two();
-        let fin_tpr = fin_tpr.max(if cpu { sg } else { 1 }).min(wg);
-        // Chunks hold whole blocks, so no block straddles two bindings.
-        let chunk = runs_per_chunk / b.nbr * b.nbr;
+        let plan = Self::plan_dims(gpu, d)?;
+        let BnPlan {
+            workgroup_size: wg,
+            partial_threads: part_tpr,
+            finalize_threads: fin_tpr,
+            ..
+        } = plan;
+        let (wg, part_tpr, fin_tpr) = (u64::from(wg), u64::from(part_tpr), u64::from(fin_tpr));
+        let b = plan.blocks;
+        let apply_mode = plan.apply_mode;
+        let slab = d.c * d.s;
+        let chunk = plan.chunk_runs;
         let cl = d.s == 1;
         let vec = if cl {
             d.c.is_multiple_of(4)
         } else {
             d.s.is_multiple_of(4)
-        };
-        let apply_mode = match () {
-            _ if cl && d.c.is_multiple_of(4) => 2,
-            _ if !cl && d.s.is_multiple_of(4) => 1,
-            _ => 0,
         };
         let on = |v: bool| if v { 1.0 } else { 0.0 };
         let (update, factor) = stats.map_or((false, 0.0), |s| (s.2, s.3));

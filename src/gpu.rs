@@ -34,6 +34,22 @@ pub struct GpuOptions {
     pub max_binding_bytes: Option<u64>,
     /// Prefer this power preference when picking an adapter.
     pub power_preference: wgpu::PowerPreference,
+    /// Which kernel-selection tables to use (default: from the adapter's device type).
+    pub tuning: Tuning,
+}
+
+/// Kernel-selection tables. CPU adapters (lavapipe, llvmpipe, WARP) pay microseconds per
+/// workgroup barrier, so their kernels reduce inside one subgroup; GPUs reduce across whole
+/// 256-thread workgroups. Forcing one lets tests run both sets of kernels on any adapter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tuning {
+    /// CPU tables on `DeviceType::Cpu` adapters, GPU tables otherwise.
+    #[default]
+    Auto,
+    /// The CPU adapter tables.
+    Cpu,
+    /// The GPU tables.
+    Gpu,
 }
 
 /// Optional device features this context obtained.
@@ -111,6 +127,7 @@ struct PipelineKey {
 
 struct Inner {
     id: u64,
+    cpu_tuning: bool,
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
@@ -196,12 +213,7 @@ impl Gpu {
             ..Default::default()
         }))
         .map_err(|e| NormError::Device(e.to_string()))?;
-        Ok(Gpu::build(
-            device,
-            queue,
-            adapter.get_info(),
-            opts.max_binding_bytes,
-        ))
+        Ok(Gpu::build(device, queue, adapter.get_info(), &opts))
     }
 
     /// Wraps a device and queue the application already has (a renderer's, say). The crate
@@ -214,14 +226,14 @@ impl Gpu {
     /// ```
     pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
         let info = device.adapter_info();
-        Gpu::build(device, queue, info, None)
+        Gpu::build(device, queue, info, &GpuOptions::default())
     }
 
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
-        max_binding_bytes: Option<u64>,
+        opts: &GpuOptions,
     ) -> Gpu {
         let f = device.features();
         let limits = device.limits();
@@ -245,12 +257,17 @@ impl Gpu {
             ),
         };
         let mut max_binding = limits.max_storage_buffer_binding_size;
-        if let Some(cap) = max_binding_bytes {
+        if let Some(cap) = opts.max_binding_bytes {
             max_binding = max_binding.min(cap);
         }
         Gpu {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                cpu_tuning: match opts.tuning {
+                    Tuning::Auto => info.device_type == wgpu::DeviceType::Cpu,
+                    Tuning::Cpu => true,
+                    Tuning::Gpu => false,
+                },
                 device,
                 queue,
                 info,
@@ -356,9 +373,9 @@ impl Gpu {
         )
     }
 
-    /// Whether a CPU (software) adapter runs the kernels; the tuning differs.
+    /// Whether kernels are picked from the CPU-adapter tables (see [`Tuning`]).
     pub(crate) fn is_cpu(&self) -> bool {
-        self.inner.info.device_type == wgpu::DeviceType::Cpu
+        self.inner.cpu_tuning
     }
 
     /// Identity of this context and its clones: tensors made through it carry it.

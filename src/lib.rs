@@ -17,8 +17,8 @@ mod gpu;
 mod layer_norm;
 mod tensor;
 
-pub use batch_norm::{BatchNorm, BatchNormOutput, Layout, TrainCommit};
+pub use batch_norm::{BatchNorm, BatchNormOutput, BnPlan, Layout, TrainCommit};
 pub use error::{NormError, Result};
-pub use gpu::{module_source, Capabilities, Gpu, GpuOptions};
+pub use gpu::{module_source, Capabilities, Gpu, GpuOptions, Tuning};
 pub use layer_norm::{gpu_layer_norm, LayerNorm, LayerNormOutput, LnPlan, LnVariant};
 pub use tensor::Tensor;

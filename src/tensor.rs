@@ -247,6 +247,15 @@ impl Tensor {
         Ok(out)
     }
 
+    /// A tensor of `shape` on `gpu` with a 16-byte buffer: for planning, never bound.
+    pub(crate) fn shape_only(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        check_shape(shape)?;
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..Tensor::empty(gpu, &[4])?
+        })
+    }
+
     /// Errors if `out` shares its buffer with `input` (kernels read one and write the other).
     pub(crate) fn check_no_alias(&self, name: &str, input: &Tensor) -> Result<()> {
         if self.owner == input.owner && self.buffer == input.buffer {

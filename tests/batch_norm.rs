@@ -494,3 +494,33 @@ fn large_batch_over_128_mib() {
     assert_close("y", &out.y.to_vec(g).unwrap(), &want);
     assert_close("mean", &out.mean.to_vec(g).unwrap(), &st.mean);
 }
+
+#[test]
+fn plan_describes_the_kernels_and_follows_the_tuning() {
+    use common::{gpu_cpu_tuning, gpu_gpu_tuning};
+    let shape = [32usize, 64, 56, 56];
+    let cpu = BatchNorm::new(gpu_cpu_tuning(), 64).unwrap();
+    let gpu_t = BatchNorm::new(gpu_gpu_tuning(), 64).unwrap();
+    let a = cpu
+        .plan(gpu_cpu_tuning(), &shape, Layout::ChannelsFirst)
+        .unwrap();
+    let b = gpu_t
+        .plan(gpu_gpu_tuning(), &shape, Layout::ChannelsFirst)
+        .unwrap();
+    assert!(
+        !a.channels_last && a.to_string().contains("partial_cf"),
+        "{a}"
+    );
+    assert!(
+        b.workgroup_size >= a.workgroup_size && b.partial_threads > a.partial_threads,
+        "{a} / {b}"
+    );
+    let cl = cpu
+        .plan(gpu_cpu_tuning(), &[32, 56, 56, 64], Layout::ChannelsLast)
+        .unwrap();
+    assert!(cl.channels_last && cl.apply_name() == "vec4-cl", "{cl}");
+    // Planning validates like a call does.
+    assert!(cpu
+        .plan(gpu_cpu_tuning(), &[32, 63, 4], Layout::ChannelsFirst)
+        .is_err());
+}

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use fused_norm::{Gpu, GpuOptions};
+use fused_norm::{Gpu, GpuOptions, Tuning};
 
 /// The tolerance for every GPU-vs-f64 comparison: |gpu - ref| <= TOL * max(1, |ref|).
 ///
@@ -46,12 +46,40 @@ pub fn gpu_small_bindings() -> &'static Gpu {
     })
 }
 
-/// Both reduction paths the adapter offers: subgroup (when present) and workgroup memory.
+/// The same adapter running the kernel choices made for discrete GPUs (whole-workgroup
+/// reductions with barriers, GPU block sizes), whatever the adapter is.
+pub fn gpu_gpu_tuning() -> &'static Gpu {
+    static G: OnceLock<Gpu> = OnceLock::new();
+    G.get_or_init(|| {
+        Gpu::with_options(GpuOptions {
+            tuning: Tuning::Gpu,
+            ..Default::default()
+        })
+        .unwrap()
+    })
+}
+
+/// The same adapter with the CPU-adapter kernel choices, whatever the adapter is.
+pub fn gpu_cpu_tuning() -> &'static Gpu {
+    static G: OnceLock<Gpu> = OnceLock::new();
+    G.get_or_init(|| {
+        Gpu::with_options(GpuOptions {
+            tuning: Tuning::Cpu,
+            ..Default::default()
+        })
+        .unwrap()
+    })
+}
+
+/// Every reduction path and kernel-selection table the adapter can run: workgroup memory,
+/// subgroups (when present), and both the CPU and the GPU tuning.
 pub fn gpus() -> Vec<(&'static str, &'static Gpu)> {
     let mut v = vec![("shared", gpu_no_subgroups())];
     if gpu().capabilities().subgroups {
         v.push(("subgroup", gpu()));
     }
+    v.push(("cpu-tuned", gpu_cpu_tuning()));
+    v.push(("gpu-tuned", gpu_gpu_tuning()));
     v
 }
 
