@@ -38,7 +38,7 @@ override VEC: bool = true;
 override HAS_W: bool = false;
 override HAS_B: bool = false;
 
-const ROW_CACHE: u32 = 8u;
+const ROW_CACHE: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: LnParams;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;

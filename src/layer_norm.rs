@@ -5,7 +5,7 @@ use crate::gpu::{record_all, units_per_binding, view, Constants, Family, Gpu, St
 use crate::tensor::Tensor;
 
 /// Vec4s each thread keeps in registers in `layer_norm_rows` (the shader's ROW_CACHE).
-const ROW_CACHE: u32 = 8;
+const ROW_CACHE: u32 = 16;
 
 /// Most loop iterations one thread runs over a row. llvmpipe stops loops after 65535
 /// iterations per invocation, and a long sequential Welford loses precision (its error grows
