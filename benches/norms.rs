@@ -15,15 +15,7 @@ use fused_norm::bench::{grid, GpuTimer, Op};
 use fused_norm::{cpu, BatchNorm, BatchNormOutput, Gpu, LayerNorm, LayerNormOutput, Tensor};
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 3.0 - 1.25
-        })
-        .collect()
+    fused_norm::bench::pseudo_random(n, seed, 0.25, 0.87)
 }
 
 fn gpu_time(

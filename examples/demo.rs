@@ -5,19 +5,8 @@
 
 use std::time::Instant;
 
+use fused_norm::bench::pseudo_random;
 use fused_norm::{cpu, BatchNorm, Gpu, LayerNorm, Layout, Tensor};
-
-fn pseudo_random(n: usize, seed: u64, mean: f32, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            mean + scale * ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.46
-        })
-        .collect()
-}
 
 fn max_abs_err(got: &[f32], want: &[f64]) -> f64 {
     got.iter()

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::baseline::{self, Naive};
-use crate::error::{NormError, Result};
+use crate::error::Result;
 use crate::{
     cpu, BatchNorm, BatchNormOutput, Gpu, LayerNorm, LayerNormOutput, Layout, LnVariant, Tensor,
 };
@@ -133,24 +133,8 @@ impl GpuTimer {
         enc.resolve_query_set(qs, 0..2, resolve, 0);
         enc.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
         gpu.submit_wait(enc)?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        read.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        gpu.device()
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| NormError::Readback(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| NormError::Readback(e.to_string()))?
-            .map_err(|e| NormError::Readback(e.to_string()))?;
-        let ticks: [u64; 2] = {
-            let v = read
-                .get_mapped_range(..)
-                .map_err(|e| NormError::Readback(e.to_string()))?;
-            let t: &[u64] = bytemuck::cast_slice(&v);
-            [t[0], t[1]]
-        };
-        read.unmap();
+        let bytes = gpu.read_mapped(read)?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         let ns = ticks[1].saturating_sub(ticks[0]) as f64
             * f64::from(gpu.queue().get_timestamp_period());
         Ok(ns / 1e6 / iters as f64)
@@ -344,14 +328,22 @@ impl Row {
     }
 }
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+/// `n` deterministic pseudo-random values, uniform in [mean - 1.73 std, mean + 1.73 std)
+/// (xorshift64), for benchmarks and demos: reproducible without a random-number crate.
+///
+/// ```
+/// let v = fused_norm::bench::pseudo_random(1000, 7, 1.0, 2.0);
+/// let mean = v.iter().sum::<f32>() / 1000.0;
+/// assert!((mean - 1.0).abs() < 0.2);
+/// ```
+pub fn pseudo_random(n: usize, seed: u64, mean: f32, std: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0 + 0.25
+            mean + std * ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.46
         })
         .collect()
 }
@@ -378,7 +370,7 @@ pub fn run_case(
 ) -> Result<Row> {
     let shape = &case.shape;
     let numel: usize = shape.iter().product();
-    let xh = pseudo_random(numel, 7);
+    let xh = pseudo_random(numel, 7, 0.25, 0.87);
     let x = Tensor::from_slice(gpu, &xh, shape)?;
     let y = Tensor::empty(gpu, shape)?;
     let copy_ms = timer.median_ms(samples, iters, |e| baseline::encode_copy(gpu, e, &x, &y))?;
@@ -389,8 +381,8 @@ pub fn run_case(
         }
         _ => (shape[shape.len() - 1], 1),
     };
-    let wh = pseudo_random(c, 8);
-    let bh = pseudo_random(c, 9);
+    let wh = pseudo_random(c, 8, 0.25, 0.87);
+    let bh = pseudo_random(c, 9, 0.25, 0.87);
     let w = Tensor::from_slice(gpu, &wh, &[c])?;
     let b = Tensor::from_slice(gpu, &bh, &[c])?;
     let stat_len = if case.op == Op::LayerNorm {

@@ -85,10 +85,15 @@ impl Family {
     }
 }
 
-/// The full WGSL text of a family: the lane prelude (subgroup or workgroup-memory reductions),
-/// the shared Welford code, then the family's kernels. Public for the shader validation test.
-#[doc(hidden)]
-pub fn module_source(family_file: &str, subgroups: bool) -> String {
+/// The full WGSL text of a shader family (`"layer_norm"`, `"batch_norm"`, `"baseline"`): the
+/// lane prelude (subgroup or workgroup-memory reductions), the shared Welford code, then the
+/// family's kernels. `None` for an unknown family. For validating or translating the shaders.
+///
+/// ```
+/// let src = fused_norm::module_source("layer_norm", false).unwrap();
+/// assert!(src.contains("fn layer_norm_rows"));
+/// ```
+pub fn module_source(family_file: &str, subgroups: bool) -> Option<String> {
     let lanes = if subgroups {
         include_str!("../shaders/lanes_subgroup.wgsl")
     } else {
@@ -98,12 +103,12 @@ pub fn module_source(family_file: &str, subgroups: bool) -> String {
         "layer_norm" => Family::LayerNorm.source(),
         "batch_norm" => Family::BatchNorm.source(),
         "baseline" => Family::Baseline.source(),
-        other => panic!("unknown shader family {other}"),
+        _ => return None,
     };
-    format!(
+    Some(format!(
         "{lanes}\n{}\n{body}",
         include_str!("../shaders/common.wgsl")
-    )
+    ))
 }
 
 fn family_file(f: Family) -> &'static str {
@@ -373,6 +378,18 @@ impl Gpu {
         )
     }
 
+    /// How many compute pipelines this context has compiled and cached: each (kernel, override
+    /// constants) pair once per device, however many calls use it.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// println!("{} pipelines", gpu.cached_pipelines());
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn cached_pipelines(&self) -> usize {
+        self.inner.pipelines.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
     /// Whether kernels are picked from the CPU-adapter tables (see [`Tuning`]).
     pub(crate) fn is_cpu(&self) -> bool {
         self.inner.cpu_tuning
@@ -432,7 +449,7 @@ impl Gpu {
         if let Some(m) = self.inner.modules.lock().unwrap().get(&(family, subgroups)) {
             return Ok(m.clone());
         }
-        let src = module_source(family_file(family), subgroups);
+        let src = module_source(family_file(family), subgroups).expect("every Family has a file");
         let m = self.scoped(|d| {
             d.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(family_file(family)),
@@ -492,6 +509,23 @@ impl Gpu {
             })
             .map_err(|e| NormError::Wgpu(e.to_string()))?;
         Ok(())
+    }
+
+    /// Maps a MAP_READ buffer (after its copy was submitted) and returns its bytes. Blocks.
+    pub(crate) fn read_mapped(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let err = |e: &dyn std::fmt::Display| NormError::Readback(e.to_string());
+        let (tx, rx) = std::sync::mpsc::channel();
+        buffer.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| err(&e))?;
+        rx.recv().map_err(|e| err(&e))?.map_err(|e| err(&e))?;
+        let bytes = buffer.get_mapped_range(..).map_err(|e| err(&e))?.to_vec();
+        buffer.unmap();
+        Ok(bytes)
     }
 
     /// A new command encoder on this device.

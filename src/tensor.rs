@@ -216,7 +216,7 @@ impl Tensor {
                 "to_vec needs a buffer with COPY_SRC usage".into(),
             ));
         }
-        let bytes = (self.numel() as u64 * 4).div_ceil(4) * 4;
+        let bytes = self.numel() as u64 * 4;
         let staging = gpu.scoped(|d| {
             d.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("fused-norm readback"),
@@ -228,23 +228,7 @@ impl Tensor {
         let mut enc = gpu.encoder();
         enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, bytes);
         gpu.submit_wait(enc)?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        gpu.device()
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| NormError::Readback(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| NormError::Readback(e.to_string()))?
-            .map_err(|e| NormError::Readback(e.to_string()))?;
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| NormError::Readback(e.to_string()))?;
-        let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
-        drop(view);
-        staging.unmap();
-        Ok(out)
+        Ok(bytemuck::pod_collect_to_vec(&gpu.read_mapped(&staging)?))
     }
 
     /// A tensor of `shape` on `gpu` with a 16-byte buffer: for planning, never bound.

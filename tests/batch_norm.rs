@@ -524,3 +524,36 @@ fn plan_describes_the_kernels_and_follows_the_tuning() {
         .plan(gpu_cpu_tuning(), &[32, 63, 4], Layout::ChannelsFirst)
         .is_err());
 }
+
+#[test]
+fn extreme_channel_counts_and_long_channels() {
+    let mut rng = Rng::new(32);
+    // C = 4096 with few values each, and C = 1 with 2^26 values (a 256 MiB tensor).
+    for (shape, layout) in [
+        (vec![3usize, 4096], Layout::ChannelsFirst),
+        (vec![5, 4096], Layout::ChannelsLast),
+        (vec![64usize, 1, 1 << 20], Layout::ChannelsFirst),
+    ] {
+        let x = data(&mut rng, &shape, layout, 7.0);
+        let (c, s) = cs(&shape, layout);
+        let st = cpu::batch_stats(&x, c, s);
+        let want = cpu::batch_norm_apply(&x, c, s, &st.mean, &st.var, None, None, 1e-5);
+        let g = gpu();
+        let xt = Tensor::from_slice(g, &x, &shape).unwrap();
+        let mut bn = BatchNorm::new(g, c).unwrap();
+        let out = bn.forward_train(g, &xt, layout).unwrap();
+        assert_close(&format!("{shape:?} y"), &out.y.to_vec(g).unwrap(), &want);
+        assert_close(
+            &format!("{shape:?} mean"),
+            &out.mean.to_vec(g).unwrap(),
+            &st.mean,
+        );
+        let mut rv = vec![1.0; c];
+        cpu::update_running(&mut rv, &st.var_unbiased, 0.1);
+        assert_close(
+            &format!("{shape:?} running_var"),
+            &bn.running_var().to_vec(g).unwrap(),
+            &rv,
+        );
+    }
+}

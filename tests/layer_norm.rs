@@ -398,3 +398,48 @@ fn plan_names_the_variant_and_honours_forcing() {
         }
     );
 }
+
+#[test]
+fn rows_of_a_million_values() {
+    let mut rng = Rng::new(14);
+    for d in [1usize << 20, (1 << 20) + 1] {
+        let x = rng.normals(2 * d, -3.0, 2.0);
+        let r = cpu::layer_norm(&x, d, None, None, 1e-5);
+        for v in [
+            LnVariant::Auto,
+            LnVariant::SplitRow,
+            LnVariant::Rows { threads_per_row: 1 },
+        ] {
+            let (y, mean, rstd) = run(gpu(), &plain(&x, &[2, d]), v);
+            assert_close(&format!("d={d} {v:?} y"), &y, &r.y);
+            assert_close(&format!("d={d} {v:?} mean"), &mean, &r.mean);
+            assert_close(&format!("d={d} {v:?} rstd"), &rstd, &r.rstd);
+        }
+    }
+}
+
+#[test]
+fn pipelines_are_created_once_per_device() {
+    let g = Gpu::new().unwrap();
+    let x = Tensor::from_slice(&g, &[1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    LayerNorm::new(&[2]).forward(&g, &x).unwrap();
+    let n = g.cached_pipelines();
+    assert!(n >= 1);
+    for _ in 0..5 {
+        LayerNorm::new(&[2]).forward(&g, &x).unwrap();
+    }
+    assert_eq!(g.cached_pipelines(), n, "a call created pipelines again");
+    // Clones share the cache.
+    let g2 = g.clone();
+    LayerNorm::new(&[2]).forward(&g2, &x).unwrap();
+    assert_eq!(g.cached_pipelines(), n);
+}
+
+#[test]
+fn gpu_is_clone_send_sync() {
+    fn check<T: Clone + Send + Sync>() {}
+    check::<Gpu>();
+    check::<Tensor>();
+    check::<LayerNorm>();
+    check::<fused_norm::BatchNorm>();
+}

@@ -68,7 +68,7 @@ type OverrideSets = Vec<Vec<(&'static str, f64)>>;
 fn check_family(file: &str, sets: &dyn Fn(&str) -> OverrideSets) -> usize {
     let mut n = 0;
     for subgroups in [false, true] {
-        let src = fused_norm::module_source(file, subgroups);
+        let src = fused_norm::module_source(file, subgroups).expect("a known family");
         let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
             panic!("{file} (subgroups {subgroups}): {}", e.emit_to_string(&src))
         });
