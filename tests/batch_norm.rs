@@ -64,6 +64,11 @@ fn module(gpu: &Gpu, c: usize, o: &Opts) -> BatchNorm {
 
 /// One training step on every reduction path: y, batch mean/invstd and running statistics.
 fn check_train(x: &[f32], shape: &[usize], layout: Layout, o: &Opts) {
+    check_train_on(&gpus(), x, shape, layout, o);
+}
+
+/// One training step on the given contexts: y, batch mean/invstd, running statistics.
+fn check_train_on(on: &[(&str, &Gpu)], x: &[f32], shape: &[usize], layout: Layout, o: &Opts) {
     let (c, s) = cs(shape, layout);
     let st = cpu::batch_stats(x, c, s);
     let want_y = cpu::batch_norm_apply(
@@ -85,7 +90,7 @@ fn check_train(x: &[f32], shape: &[usize], layout: Layout, o: &Opts) {
     let mut rv = vec![1.0; c];
     cpu::update_running(&mut rm, &st.mean, 0.1);
     cpu::update_running(&mut rv, &st.var_unbiased, 0.1);
-    for (path, g) in gpus() {
+    for &(path, g) in on {
         let what = format!("{shape:?} {layout:?} {path}");
         let xt = Tensor::from_slice(g, x, shape).unwrap();
         let mut bn = module(g, c, o);
@@ -461,21 +466,12 @@ fn chunked_bindings_match_the_reference() {
         (vec![40, 5, 999], Layout::ChannelsFirst),
     ] {
         let x = data(&mut rng, &shape, layout, 10.0);
-        let (c, s) = cs(&shape, layout);
-        let st = cpu::batch_stats(&x, c, s);
-        let want = cpu::batch_norm_apply(&x, c, s, &st.mean, &st.var, None, None, 1e-5);
-        let g = gpu_small_bindings();
-        let xt = Tensor::from_slice(g, &x, &shape).unwrap();
-        let mut bn = BatchNorm::new(g, c).unwrap();
-        let out = bn.forward_train(g, &xt, layout).unwrap();
-        assert_close(&format!("{shape:?} y"), &out.y.to_vec(g).unwrap(), &want);
-        assert_close(
-            &format!("{shape:?} mean"),
-            &out.mean.to_vec(g).unwrap(),
-            &st.mean,
-        );
-        let ye = bn.forward_eval(g, &xt, layout).unwrap();
-        assert!(ye.to_vec(g).unwrap().iter().all(|v| v.is_finite()));
+        let o = Opts {
+            weight: None,
+            bias: None,
+            eps: 1e-5,
+        };
+        check_train_on(&[("chunked", gpu_small_bindings())], &x, &shape, layout, &o);
     }
 }
 
@@ -485,14 +481,12 @@ fn large_batch_over_128_mib() {
     assert!(shape.iter().product::<usize>() * 4 > 128 << 20);
     let mut rng = Rng::new(31);
     let x = data(&mut rng, &shape, Layout::ChannelsFirst, 2.0);
-    let st = cpu::batch_stats(&x, 16, 230 * 230);
-    let want = cpu::batch_norm_apply(&x, 16, 230 * 230, &st.mean, &st.var, None, None, 1e-5);
-    let g = gpu();
-    let xt = Tensor::from_slice(g, &x, &shape).unwrap();
-    let mut bn = BatchNorm::new(g, 16).unwrap();
-    let out = bn.forward_train(g, &xt, Layout::ChannelsFirst).unwrap();
-    assert_close("y", &out.y.to_vec(g).unwrap(), &want);
-    assert_close("mean", &out.mean.to_vec(g).unwrap(), &st.mean);
+    let o = Opts {
+        weight: None,
+        bias: None,
+        eps: 1e-5,
+    };
+    check_train_on(&[("default", gpu())], &x, &shape, Layout::ChannelsFirst, &o);
 }
 
 #[test]
@@ -535,25 +529,11 @@ fn extreme_channel_counts_and_long_channels() {
         (vec![64usize, 1, 1 << 20], Layout::ChannelsFirst),
     ] {
         let x = data(&mut rng, &shape, layout, 7.0);
-        let (c, s) = cs(&shape, layout);
-        let st = cpu::batch_stats(&x, c, s);
-        let want = cpu::batch_norm_apply(&x, c, s, &st.mean, &st.var, None, None, 1e-5);
-        let g = gpu();
-        let xt = Tensor::from_slice(g, &x, &shape).unwrap();
-        let mut bn = BatchNorm::new(g, c).unwrap();
-        let out = bn.forward_train(g, &xt, layout).unwrap();
-        assert_close(&format!("{shape:?} y"), &out.y.to_vec(g).unwrap(), &want);
-        assert_close(
-            &format!("{shape:?} mean"),
-            &out.mean.to_vec(g).unwrap(),
-            &st.mean,
-        );
-        let mut rv = vec![1.0; c];
-        cpu::update_running(&mut rv, &st.var_unbiased, 0.1);
-        assert_close(
-            &format!("{shape:?} running_var"),
-            &bn.running_var().to_vec(g).unwrap(),
-            &rv,
-        );
+        let o = Opts {
+            weight: None,
+            bias: None,
+            eps: 1e-5,
+        };
+        check_train_on(&[("default", gpu())], &x, &shape, layout, &o);
     }
 }
