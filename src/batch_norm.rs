@@ -583,11 +583,11 @@ impl BatchNorm {
             )));
         }
         let blocks = Self::blocks(gpu, d, u64::from(part_tpr), runs_per_chunk);
-        // Finalize: lanes per channel so no lane merges more than MAX_THREAD_ITERS partials
-        // (CPU) or 16 (GPU, where lanes are plentiful).
-        let per_lane = if cpu { MAX_THREAD_ITERS } else { 16 };
-        let fin_tpr = blocks.nbt.div_ceil(per_lane).next_power_of_two() as u32;
-        let fin_tpr = fin_tpr.max(if cpu { sg } else { 1 }).min(wg);
+        // Finalize: on CPU adapters one lane per channel while it merges at most 4096 partials
+        // (llvmpipe stops loops at 65535 iterations; Chan merges lose nothing over a few
+        // thousand), so no shuffles or barriers; on GPUs ~16 partials per lane.
+        let per_lane = if cpu { 4 * MAX_THREAD_ITERS } else { 16 };
+        let fin_tpr = (blocks.nbt.div_ceil(per_lane).next_power_of_two() as u32).min(wg);
         let cl = d.s == 1;
         let apply_mode = match () {
             _ if cl && d.c.is_multiple_of(4) => 2,

@@ -445,12 +445,16 @@ pub fn run_case(
             let r = cpu::batch_norm_apply(&xh, c, s, &st.mean, &st.var, Some(&wh), Some(&bh), 1e-5);
             let cpu_ms = t.elapsed().as_secs_f64() * 1e3;
             drop(r);
-            let v = if train {
-                "stats+finalize+apply"
-            } else {
-                "fold+apply"
+            let plan = bn.plan(gpu, shape, case.layout)?;
+            let v = match train {
+                true => plan.to_string(),
+                false => format!(
+                    "eval_coef + apply {}, wg={}",
+                    plan.apply_name(),
+                    plan.workgroup_size
+                ),
             };
-            (fused, naive_ms, cpu_ms, v.to_string())
+            (fused, naive_ms, cpu_ms, v)
         }
     };
     Ok(Row {
