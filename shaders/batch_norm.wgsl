@@ -11,7 +11,9 @@
 //                        mean and invstd, running statistics update, per-channel coefficients.
 //   batch_norm_apply     y = ((x - pivot) - mean_shifted) * (invstd * gamma) + beta.
 // Inference: batch_norm_eval_coef folds running_var, eps and gamma into one scale per channel,
-// then batch_norm_apply with FOLD: y = (x - running_mean) * scale + beta, one elementwise pass.
+// then the same batch_norm_apply: y = (x - running_mean) * scale + beta, one elementwise pass.
+// Both modes apply y = (x - centre) * scale + shift; training's centre is the pivot and its
+// shift beta - mean_shifted * scale, both free of cancellation (mean_shifted is small).
 
 struct BnParams {
     n: u32,          // runs in the whole tensor (N, or M for channels-last)
@@ -37,8 +39,6 @@ override VEC: bool = true;
 // batch_norm_apply: 0 = a value per thread, 1 = a vec4 of one channel (CF, s % 4 == 0),
 // 2 = a vec4 of four channels (CL, c % 4 == 0).
 override APPLY_MODE: u32 = 0u;
-// batch_norm_apply with inference's folded coefficients (no shifted mean).
-override FOLD: bool = false;
 override HAS_W: bool = false;
 override HAS_B: bool = false;
 override UPDATE: bool = false;    // update running statistics (training with tracking on)
@@ -49,8 +49,9 @@ override UNBIASED: bool = true;   // running_var from the unbiased batch varianc
 @group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
 // Per (channel, block): (mean, m2) of x - pivot. Counts follow from the block's index.
 @group(0) @binding(3) var<storage, read_write> partials: array<vec2<f32>>;
-// Four planes of cp = round_up(c, 4) values: pivot | mean_shifted | scale | shift. Inference
-// uses running_mean | - | scale | beta.
+// Three planes of cp = round_up(c, 4) values, centre (pivot) | scale | shift, read as vec4s of
+// four channels by the channels-last apply; then one vec4 (centre, scale, shift, -) per
+// channel, a single load for the channels-first apply.
 @group(0) @binding(4) var<storage, read_write> coef: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> gamma: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> beta: array<vec4<f32>>;
@@ -75,6 +76,13 @@ fn coef1(plane: u32, ch: u32) -> f32 {
 fn set_coef(plane: u32, ch: u32, v: f32) {
     let i = plane * cp() + ch;
     coef[i >> 2u][i & 3u] = v;
+}
+
+fn set_apply_coef(ch: u32, centre: f32, scale: f32, shift: f32) {
+    set_coef(0u, ch, centre);
+    set_coef(1u, ch, scale);
+    set_coef(2u, ch, shift);
+    coef[3u * cp() / 4u + ch] = vec4<f32>(centre, scale, shift, 0.0);
 }
 
 
@@ -252,9 +260,8 @@ fn batch_norm_finalize(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let mean = coef1(0u, ch) + tot.mean;
     mean_out[ch] = mean;
     invstd_out[ch] = invstd;
-    set_coef(1u, ch, tot.mean);
-    set_coef(2u, ch, invstd * weight_of(ch));
-    set_coef(3u, ch, bias_of(ch));
+    let scale = invstd * weight_of(ch);
+    set_apply_coef(ch, coef1(0u, ch), scale, bias_of(ch) - tot.mean * scale);
     if (UPDATE) {
         var v = var_b;
         if (UNBIASED) {
@@ -275,16 +282,8 @@ fn batch_norm_eval_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
     // Folded around the running mean, not into x * scale + (bias - mean * scale): that form
     // rounds the shift to ulp(|mean * scale|), 8e-5 absolute already for a running mean of 3
     // with running_var 0 (scale 316).
-    set_coef(0u, ch, running_mean[ch]);
-    set_coef(2u, ch, inverseSqrt(running_var[ch] + p.eps) * weight_of(ch));
-    set_coef(3u, ch, bias_of(ch));
-}
-
-fn normalize1(v: f32, ch: u32) -> f32 {
-    if (FOLD) {
-        return fma(v - coef1(0u, ch), coef1(2u, ch), coef1(3u, ch));
-    }
-    return ((v - coef1(0u, ch)) - coef1(1u, ch)) * coef1(2u, ch) + coef1(3u, ch);
+    let scale = inverseSqrt(running_var[ch] + p.eps) * weight_of(ch);
+    set_apply_coef(ch, running_mean[ch], scale, bias_of(ch));
 }
 
 // Elementwise, one vec4 (or value) per thread, like the copy kernel (a workgroup looping over a
@@ -300,30 +299,16 @@ fn batch_norm_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         let cv = e % (p.c / 4u);
         let q = cp() / 4u;
         let v = x[p.x_off / 4u + e];
-        var o: vec4<f32>;
-        if (FOLD) {
-            o = fma(v - coef[cv], coef[2u * q + cv], coef[3u * q + cv]);
-        } else {
-            o = ((v - coef[cv]) - coef[q + cv]) * coef[2u * q + cv] + coef[3u * q + cv];
-        }
-        y[p.y_off / 4u + e] = o;
+        y[p.y_off / 4u + e] = fma(v - coef[cv], coef[q + cv], coef[2u * q + cv]);
     } else if (APPLY_MODE == 1u) {
         // Channels-first, s % 4 == 0: the vec4 lies in one run, of one channel.
         let ch = ((p.run0 * p.s + e * 4u) / p.s) % p.c;
+        let k = coef[3u * cp() / 4u + ch];
         let v = x[p.x_off / 4u + e];
-        var o: vec4<f32>;
-        if (FOLD) {
-            let c0 = vec4<f32>(coef1(0u, ch));
-            o = fma(v - c0, vec4<f32>(coef1(2u, ch)), vec4<f32>(coef1(3u, ch)));
-        } else {
-            let c0 = vec4<f32>(coef1(0u, ch));
-            let c1 = vec4<f32>(coef1(1u, ch));
-            o = ((v - c0) - c1) * coef1(2u, ch) + coef1(3u, ch);
-        }
-        y[p.y_off / 4u + e] = o;
+        y[p.y_off / 4u + e] = fma(v - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z));
     } else {
         let ch = ((p.run0 * p.s + e) / p.s) % p.c;
-        let o = normalize1(ld(p.x_off + e), ch);
-        y[(p.y_off + e) >> 2u][(p.y_off + e) & 3u] = o;
+        let k = coef[3u * cp() / 4u + ch];
+        y[(p.y_off + e) >> 2u][(p.y_off + e) & 3u] = fma(ld(p.x_off + e) - k.x, k.y, k.z);
     }
 }

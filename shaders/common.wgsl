@@ -60,6 +60,11 @@ var<workgroup> red_b: array<vec4<f32>, MAX_WG>;
 // on CPU adapters. Must be called in uniform control flow by the whole workgroup.
 fn reduce_group(w: vec4<f32>, welford: bool, l: Lane) -> vec4<f32> {
     var a = group_inner(w, welford, l);
+    // Constant per pipeline: lets the compiler drop the barrier loop, and with it the barrier,
+    // when the group fits in a subgroup (CPU adapters run barrier-free shaders much faster).
+    if (TPR <= INNER_SPAN) {
+        return a;
+    }
     let t = thread_index(l);
     var span = INNER_SPAN;
     var flip = false;

@@ -691,10 +691,7 @@ impl BatchNorm {
             };
             let mut c = vec![("WG", wg as f64), ("TPR", tpr as f64)];
             match entry {
-                "batch_norm_apply" => {
-                    c.push(("APPLY_MODE", f64::from(apply_mode)));
-                    c.push(("FOLD", on(stats.is_none())));
-                }
+                "batch_norm_apply" => c.push(("APPLY_MODE", f64::from(apply_mode))),
                 "batch_norm_partial_cf" | "batch_norm_partial_cl" => c.push(("VEC", on(vec))),
                 "batch_norm_finalize" | "batch_norm_eval_coef" => {
                     c.push(("HAS_W", on(self.weight.is_some())));
@@ -707,7 +704,8 @@ impl BatchNorm {
             c
         };
         let cp = d.c.div_ceil(4) * 4;
-        let coef = Tensor::empty(gpu, &[(4 * cp) as usize])?;
+        // Three planes of cp values, then a vec4 per channel (see batch_norm.wgsl).
+        let coef = Tensor::empty(gpu, &[(3 * cp + 4 * d.c) as usize])?;
         let partials = Tensor::empty(gpu, &[(2 * d.c * b.nbt.max(1)) as usize])?;
         let dummy = Tensor::empty(gpu, &[4])?;
         let base = BnParams {

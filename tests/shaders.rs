@@ -142,8 +142,19 @@ fn layer_norm_module_compiles_for_every_backend() {
 
 #[test]
 fn batch_norm_module_compiles_for_every_backend() {
-    let n = check_family("batch_norm", &|_| {
-        sized_sets(&["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED"], false)
+    let n = check_family("batch_norm", &|entry| {
+        let mut sets = sized_sets(&["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED"], false);
+        if entry == "batch_norm_apply" {
+            // Every layout of the elementwise pass: scalar, vec4 of one channel, of four.
+            let base = sets.clone();
+            for mode in [1.0, 2.0] {
+                sets.extend(
+                    base.iter()
+                        .map(|s| [s.clone(), vec![("APPLY_MODE", mode)]].concat()),
+                );
+            }
+        }
+        sets
     });
     assert!(n > 100);
 }
