@@ -707,7 +707,7 @@ impl BatchNorm {
         // Three planes of cp values, then a vec4 per channel (see batch_norm.wgsl).
         let coef = Tensor::empty(gpu, &[(3 * cp + 4 * d.c) as usize])?;
         let partials = Tensor::empty(gpu, &[(2 * d.c * b.nbt.max(1)) as usize])?;
-        let dummy = Tensor::empty(gpu, &[4])?;
+        let dummy = gpu.placeholder()?;
         let base = BnParams {
             n: d.n as u32,
             c: d.c as u32,

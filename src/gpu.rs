@@ -93,18 +93,16 @@ impl Family {
 /// let src = fused_norm::module_source("layer_norm", false).unwrap();
 /// assert!(src.contains("fn layer_norm_rows"));
 /// ```
-pub fn module_source(family_file: &str, subgroups: bool) -> Option<String> {
+pub fn module_source(family: &str, subgroups: bool) -> Option<String> {
     let lanes = if subgroups {
         include_str!("../shaders/lanes_subgroup.wgsl")
     } else {
         include_str!("../shaders/lanes_shared.wgsl")
     };
-    let body = match family_file {
-        "layer_norm" => Family::LayerNorm.source(),
-        "batch_norm" => Family::BatchNorm.source(),
-        "baseline" => Family::Baseline.source(),
-        _ => return None,
-    };
+    let body = [Family::LayerNorm, Family::BatchNorm, Family::Baseline]
+        .into_iter()
+        .find(|f| family_file(*f) == family)?
+        .source();
     Some(format!(
         "{lanes}\n{}\n{body}",
         include_str!("../shaders/common.wgsl")
@@ -141,6 +139,7 @@ struct Inner {
     max_binding: u64,
     modules: Mutex<HashMap<(Family, bool), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    placeholder: Mutex<Option<crate::tensor::Tensor>>,
 }
 
 /// A wgpu device and queue with this crate's pipeline cache. Cheap to clone (an `Arc`), and
@@ -281,6 +280,7 @@ impl Gpu {
                 max_binding,
                 modules: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
+                placeholder: Mutex::new(None),
             }),
         }
     }
@@ -388,6 +388,22 @@ impl Gpu {
     /// ```
     pub fn cached_pipelines(&self) -> usize {
         self.inner.pipelines.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// A 16-byte tensor bound (read-only) where an optional input such as weight or bias is
+    /// absent; the kernels never read it. Made once per context.
+    pub(crate) fn placeholder(&self) -> Result<crate::tensor::Tensor> {
+        let mut slot = self
+            .inner
+            .placeholder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = slot.as_ref() {
+            return Ok(t.clone());
+        }
+        let t = crate::tensor::Tensor::empty(self, &[4])?;
+        *slot = Some(t.clone());
+        Ok(t)
     }
 
     /// Whether kernels are picked from the CPU-adapter tables (see [`Tuning`]).

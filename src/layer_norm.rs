@@ -523,8 +523,8 @@ impl LayerNorm {
             ("HAS_W", if self.weight.is_some() { 1.0 } else { 0.0 }),
             ("HAS_B", if self.bias.is_some() { 1.0 } else { 0.0 }),
         ];
-        // A 16-byte stand-in binds where weight or bias is absent; the kernel never reads it.
-        let dummy = Tensor::empty(gpu, &[4])?;
+        // The context's placeholder binds where weight or bias is absent; never read.
+        let dummy = gpu.placeholder()?;
         let gamma = self.weight.as_ref().unwrap_or(&dummy).buffer();
         let beta = self.bias.as_ref().unwrap_or(&dummy).buffer();
         let scratch = match split {
