@@ -1,0 +1,582 @@
+//! The measurements behind `why_layernorm/report.md`, shared by the example (which runs them at
+//! report size and draws the figures) and `tests/why_layernorm.rs` (which runs them at small
+//! sizes and asserts the report's claims). Everything here runs the crate's GPU kernels; nothing
+//! is computed on the CPU except the inputs and the comparisons.
+//!
+//! Every norm call goes through [`normalize`] and every timing through [`time_ms`]: the only two
+//! places that know which kernel realizes which norm.
+
+use fused_norm::bench::{pseudo_random, GpuTimer};
+use fused_norm::{
+    baseline, BatchNorm, BatchNormOutput, Gpu, LayerNorm, LayerNormOutput, Layout, Result, Tensor,
+};
+
+/// eps of every norm in the report (PyTorch's default for BatchNorm, LayerNorm and GroupNorm).
+pub const EPS: f32 = 1e-5;
+/// BatchNorm's running-statistics momentum (PyTorch's default).
+pub const MOMENTUM: f32 = 0.1;
+/// Why RMSNorm rows are empty: there is no kernel to measure yet, and the report never
+/// substitutes a CPU computation for a kernel measurement.
+pub const RMS_PENDING: &str = "pending the RmsNorm kernel (issue 8)";
+
+/// The norms compared. All without affine parameters: weight and bias act after the statistics
+/// and change none of the report's claims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    BatchNorm,
+    LayerNorm,
+    InstanceNorm,
+    GroupNorm { groups: usize },
+    RmsNorm,
+}
+
+impl NormKind {
+    /// The five norms of figure 1, GroupNorm with `groups` groups.
+    pub fn all(groups: usize) -> [NormKind; 5] {
+        [
+            NormKind::BatchNorm,
+            NormKind::LayerNorm,
+            NormKind::InstanceNorm,
+            NormKind::GroupNorm { groups },
+            NormKind::RmsNorm,
+        ]
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            NormKind::BatchNorm => "BatchNorm".into(),
+            NormKind::LayerNorm => "LayerNorm".into(),
+            NormKind::InstanceNorm => "InstanceNorm".into(),
+            NormKind::GroupNorm { groups } => format!("GroupNorm (G={groups})"),
+            NormKind::RmsNorm => "RMSNorm".into(),
+        }
+    }
+
+    /// True for the norms whose statistics come from one sample alone.
+    pub fn per_sample(self) -> bool {
+        self != NormKind::BatchNorm
+    }
+}
+
+/// How a norm runs on the crate's current kernels. `x` is `[N, C, spatial...]` for
+/// `Layout::ChannelsFirst` (images: a sample is one `[C, spatial...]` item) or `[tokens..., C]`
+/// for `Layout::ChannelsLast` (sequences: a sample is one token's C features).
+enum Kernel {
+    /// LayerNorm over `[rows, d]`: LayerNorm itself, and InstanceNorm / GroupNorm as LayerNorm
+    /// over a reshape (channels-first only) until their kernels land.
+    Rows { rows: usize, d: usize },
+    /// The BatchNorm kernels, per channel over everything else.
+    Channels { c: usize, layout: Layout },
+}
+
+fn kernel(
+    kind: NormKind,
+    shape: &[usize],
+    layout: Layout,
+) -> std::result::Result<Kernel, &'static str> {
+    let numel: usize = shape.iter().product();
+    let (n, c) = match layout {
+        Layout::ChannelsFirst => (shape[0], shape[1]),
+        Layout::ChannelsLast => (numel / shape[shape.len() - 1], shape[shape.len() - 1]),
+    };
+    let rows = |rows: usize| Kernel::Rows {
+        rows,
+        d: numel / rows,
+    };
+    let channels_first = |k: Kernel| match layout {
+        Layout::ChannelsFirst => Ok(k),
+        Layout::ChannelsLast => Err("channels-last: pending the InstanceNorm/GroupNorm kernels"),
+    };
+    match kind {
+        NormKind::BatchNorm => Ok(Kernel::Channels { c, layout }),
+        NormKind::LayerNorm => Ok(rows(n)),
+        NormKind::InstanceNorm => channels_first(rows(n * c)),
+        NormKind::GroupNorm { groups } if c.is_multiple_of(groups) => {
+            channels_first(rows(n * groups))
+        }
+        NormKind::GroupNorm { .. } => Err("GroupNorm needs C divisible by the groups"),
+        NormKind::RmsNorm => Err(RMS_PENDING),
+    }
+}
+
+/// `kind` applied to `x` of `shape` on the GPU in training mode (BatchNorm: batch statistics);
+/// `None` where the crate has no kernel for it yet.
+pub fn normalize(
+    gpu: &Gpu,
+    kind: NormKind,
+    x: &[f32],
+    shape: &[usize],
+    layout: Layout,
+) -> Result<Option<Vec<f32>>> {
+    let Ok(k) = kernel(kind, shape, layout) else {
+        return Ok(None);
+    };
+    let xt = Tensor::from_slice(gpu, x, shape)?;
+    let y = match k {
+        Kernel::Rows { rows, d } => {
+            LayerNorm::new(&[d])
+                .eps(EPS)
+                .forward(gpu, &xt.reshape(&[rows, d])?)?
+                .y
+        }
+        Kernel::Channels { c, layout } => {
+            BatchNorm::new(gpu, c)?
+                .eps(EPS)
+                .forward_train(gpu, &xt, layout)?
+                .y
+        }
+    };
+    Ok(Some(y.to_vec(gpu)?))
+}
+
+/// The crate kernel `normalize` runs for `kind` on `shape` (its plan, without the reason).
+pub fn kernel_name(gpu: &Gpu, kind: NormKind, shape: &[usize], layout: Layout) -> Result<String> {
+    Ok(match kernel(kind, shape, layout) {
+        Ok(Kernel::Rows { rows, d }) => {
+            let plan = LayerNorm::new(&[d]).plan(gpu, &[rows, d])?.to_string();
+            plan.split(':').next().unwrap_or_default().to_string()
+        }
+        Ok(Kernel::Channels { c, layout }) => {
+            BatchNorm::new(gpu, c)?.plan(gpu, shape, layout)?.apply_name().to_string()
+        }
+        Err(why) => why.to_string(),
+    })
+}
+
+/// Training or inference forward (only BatchNorm differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// Median milliseconds of one `kind` forward over `x` (device time where the adapter has
+/// timestamps), `None` where there is no kernel yet.
+pub fn time_ms(
+    gpu: &Gpu,
+    timer: &GpuTimer,
+    kind: NormKind,
+    mode: Mode,
+    x: &Tensor,
+    layout: Layout,
+    samples: usize,
+) -> Result<Option<f64>> {
+    let Ok(k) = kernel(kind, x.shape(), layout) else {
+        return Ok(None);
+    };
+    let y = Tensor::empty(gpu, x.shape())?;
+    let ms = match k {
+        Kernel::Rows { rows, d } => {
+            let ln = LayerNorm::new(&[d]).eps(EPS);
+            let x = x.reshape(&[rows, d])?;
+            let out = LayerNormOutput {
+                y: y.reshape(&[rows, d])?,
+                mean: Tensor::empty(gpu, &[rows])?,
+                rstd: Tensor::empty(gpu, &[rows])?,
+            };
+            timer.median_ms(samples, 1, |e| ln.encode(gpu, e, &x, &out))?
+        }
+        Kernel::Channels { c, layout } => {
+            let bn = BatchNorm::new(gpu, c)?.eps(EPS);
+            let out = BatchNormOutput {
+                y: y.clone(),
+                mean: Tensor::empty(gpu, &[c])?,
+                invstd: Tensor::empty(gpu, &[c])?,
+            };
+            timer.median_ms(samples, 1, |e| match mode {
+                // Never committed: the batch counter stays, momentum is fixed.
+                Mode::Train => bn.encode_train(gpu, e, x, layout, &out).map(drop),
+                Mode::Eval => bn.encode_eval(gpu, e, x, layout, &y),
+            })?
+        }
+    };
+    Ok(Some(ms))
+}
+
+/// Median milliseconds of the vec4 copy of `x` (reads and writes the bytes a norm must).
+pub fn copy_ms(gpu: &Gpu, timer: &GpuTimer, x: &Tensor, samples: usize) -> Result<f64> {
+    let y = Tensor::empty(gpu, x.shape())?;
+    timer.median_ms(samples, 1, |e| baseline::encode_copy(gpu, e, x, &y))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+/// `n` images of `c` channels and `s` pixels, NCHW: channel k has mean 1 + k/2 and std
+/// 0.5 + k/8 (so normalizing matters), uniform noise from `seed`.
+pub fn images(n: usize, c: usize, s: usize, seed: u64) -> Vec<f32> {
+    let mut x = pseudo_random(n * c * s, seed, 0.0, 1.0);
+    for (i, v) in x.iter_mut().enumerate() {
+        let k = (i / s % c) as f32;
+        *v = 1.0 + k / 2.0 + (0.5 + k / 8.0) * *v;
+    }
+    x
+}
+
+fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    let s: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs())
+        .sum();
+    s / a.len().max(1) as f64
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs())
+        .fold(0.0, f64::max)
+}
+
+fn bitwise_eq(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// How one sample's output of a per-sample norm compares across contexts (batch sizes, or with
+/// and without padding), each context recorded with the kernel that ran.
+#[derive(Clone, Debug)]
+pub struct Invariance {
+    /// The kernel per context (the CPU-adapter policy picks by the number of rows).
+    pub kernels: Vec<String>,
+    /// Bitwise the same in every context.
+    pub bitwise: bool,
+    /// Bitwise the same between every two contexts that ran the same kernel.
+    pub bitwise_same_kernel: bool,
+    /// Largest |difference| between any context and the first.
+    pub max_diff: f64,
+}
+
+impl Invariance {
+    fn of(outputs: &[(String, Vec<f32>)]) -> Invariance {
+        let y0 = &outputs[0].1;
+        let mut inv = Invariance {
+            kernels: outputs.iter().map(|(k, _)| k.clone()).collect(),
+            bitwise: true,
+            bitwise_same_kernel: true,
+            max_diff: 0.0,
+        };
+        for (i, (k, y)) in outputs.iter().enumerate() {
+            inv.bitwise &= bitwise_eq(y, y0);
+            inv.max_diff = inv.max_diff.max(max_abs_diff(y, y0));
+            let first_same = outputs.iter().position(|(k2, _)| k2 == k).unwrap_or(i);
+            inv.bitwise_same_kernel &= bitwise_eq(y, &outputs[first_same].1);
+        }
+        inv
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Which elements share statistics
+
+/// An `[N, C, H*W]` grid of cells (index `(n * C + c) * HW + s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+}
+
+impl Grid {
+    pub fn len(self) -> usize {
+        self.n * self.c * self.hw
+    }
+
+    pub fn index(self, n: usize, c: usize, s: usize) -> usize {
+        (n * self.c + c) * self.hw + s
+    }
+}
+
+/// Perturbs element `at = (n, c, s)` of an `[N, C, H*W]` input by +1 and returns, per element,
+/// whether `kind`'s GPU output changed (any bit). `None`: no kernel yet.
+pub fn sharing(
+    gpu: &Gpu,
+    kind: NormKind,
+    g: Grid,
+    at: (usize, usize, usize),
+) -> Result<Option<Vec<bool>>> {
+    let shape = [g.n, g.c, g.hw];
+    let x = images(g.n, g.c, g.hw, 11);
+    let mut xp = x.clone();
+    xp[g.index(at.0, at.1, at.2)] += 1.0;
+    let run = |x: &[f32]| normalize(gpu, kind, x, &shape, Layout::ChannelsFirst);
+    let (Some(y), Some(yp)) = (run(&x)?, run(&xp)?) else {
+        return Ok(None);
+    };
+    Ok(Some(
+        y.iter()
+            .zip(&yp)
+            .map(|(a, b)| a.to_bits() != b.to_bits())
+            .collect(),
+    ))
+}
+
+/// The textbook set of elements that share statistics with `at` (Wu & He, Group Normalization,
+/// figure 2): what [`sharing`] must measure.
+pub fn definition(kind: NormKind, g: Grid, at: (usize, usize, usize)) -> Vec<bool> {
+    let mut v = Vec::with_capacity(g.len());
+    for n in 0..g.n {
+        for c in 0..g.c {
+            for _ in 0..g.hw {
+                v.push(match kind {
+                    NormKind::BatchNorm => c == at.1,
+                    NormKind::LayerNorm | NormKind::RmsNorm => n == at.0,
+                    NormKind::InstanceNorm => n == at.0 && c == at.1,
+                    NormKind::GroupNorm { groups } => {
+                        let per = g.c / groups;
+                        n == at.0 && c / per == at.1 / per
+                    }
+                });
+            }
+        }
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Batch dependence
+
+/// Sample 0's output inside batches of growing size drawn from one pool.
+#[derive(Clone, Debug)]
+pub struct BatchDependence {
+    pub sizes: Vec<usize>,
+    /// Per batch size: mean |BN output of sample 0 - its output in the largest batch|.
+    pub bn_mean_err: Vec<f64>,
+    /// Per batch size: the max of the same difference.
+    pub bn_max_err: Vec<f64>,
+    /// Per per-sample norm: sample 0's output across the batch sizes (`None`: no kernel yet).
+    pub per_sample: Vec<(NormKind, Option<Invariance>)>,
+}
+
+/// Batches are the first `b` images of one pool of `max(sizes)` images `[C, H*W]`; the
+/// reference is sample 0's output in the largest batch.
+pub fn batch_dependence(
+    gpu: &Gpu,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    sizes: &[usize],
+) -> Result<BatchDependence> {
+    let full = *sizes.iter().max().expect("batch sizes");
+    let pool = images(full, c, hw, 21);
+    let sample = c * hw;
+    let sample0 = |kind, b: usize| -> Result<Option<Vec<f32>>> {
+        let y = normalize(
+            gpu,
+            kind,
+            &pool[..b * sample],
+            &[b, c, hw],
+            Layout::ChannelsFirst,
+        )?;
+        Ok(y.map(|mut y| {
+            y.truncate(sample);
+            y
+        }))
+    };
+    let reference = sample0(NormKind::BatchNorm, full)?.expect("BatchNorm has a kernel");
+    let mut out = BatchDependence {
+        sizes: sizes.to_vec(),
+        bn_mean_err: Vec::new(),
+        bn_max_err: Vec::new(),
+        per_sample: Vec::new(),
+    };
+    for &b in sizes {
+        let y = sample0(NormKind::BatchNorm, b)?.expect("BatchNorm has a kernel");
+        out.bn_mean_err.push(mean_abs_diff(&y, &reference));
+        out.bn_max_err.push(max_abs_diff(&y, &reference));
+    }
+    for kind in NormKind::all(groups).into_iter().filter(|k| k.per_sample()) {
+        let mut outputs = Vec::new();
+        for &b in sizes {
+            let Some(y) = sample0(kind, b)? else { break };
+            let name = kernel_name(gpu, kind, &[b, c, hw], Layout::ChannelsFirst)?;
+            outputs.push((name, y));
+        }
+        let inv = (!outputs.is_empty()).then(|| Invariance::of(&outputs));
+        out.per_sample.push((kind, inv));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The train/eval gap
+
+/// BatchNorm's output with batch statistics against running statistics during training.
+#[derive(Clone, Debug)]
+pub struct TrainEvalGap {
+    /// Training steps after which the gap is measured (0: the initial running statistics).
+    pub steps: Vec<usize>,
+    pub batch_sizes: Vec<usize>,
+    /// `[batch size][checkpoint]`: mean |train-mode output - eval-mode output| over
+    /// `eval_batches` held-out batches of that size.
+    pub gap: Vec<Vec<f64>>,
+    pub eval_batches: usize,
+}
+
+/// Trains a BatchNorm (momentum 0.1) on fresh batches of `[b, C, H*W]` images and, at each of
+/// `steps`, compares training-mode output (the batch's own statistics) with eval-mode output
+/// (the running statistics) on held-out batches of the same size.
+pub fn train_eval_gap(
+    gpu: &Gpu,
+    c: usize,
+    hw: usize,
+    batch_sizes: &[usize],
+    steps: &[usize],
+    eval_batches: usize,
+) -> Result<TrainEvalGap> {
+    let mut gap = Vec::new();
+    for &b in batch_sizes {
+        let shape = [b, c, hw];
+        let held_out: Vec<Vec<f32>> = (0..eval_batches)
+            .map(|i| images(b, c, hw, 1_000_000 + i as u64))
+            .collect();
+        let mut bn = BatchNorm::new(gpu, c)?.eps(EPS).momentum(Some(MOMENTUM));
+        let mut row = Vec::new();
+        let mut done = 0;
+        for &k in steps {
+            while done < k {
+                let x = images(b, c, hw, 1000 * b as u64 + done as u64);
+                bn.forward_train(gpu, &Tensor::from_slice(gpu, &x, &shape)?, Layout::ChannelsFirst)?;
+                done += 1;
+            }
+            let mut sum = 0.0;
+            for x in &held_out {
+                let train = normalize(gpu, NormKind::BatchNorm, x, &shape, Layout::ChannelsFirst)?
+                    .expect("BatchNorm has a kernel");
+                let xt = Tensor::from_slice(gpu, x, &shape)?;
+                let eval = bn.forward_eval(gpu, &xt, Layout::ChannelsFirst)?.to_vec(gpu)?;
+                sum += mean_abs_diff(&train, &eval);
+            }
+            row.push(sum / eval_batches as f64);
+        }
+        gap.push(row);
+    }
+    Ok(TrainEvalGap {
+        steps: steps.to_vec(),
+        batch_sizes: batch_sizes.to_vec(),
+        gap,
+        eval_batches,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Padding in NLP batches
+
+/// `b` sequence lengths in `1..=t_max`, skewed towards short ones: the first is `t_max` (the
+/// batch's longest), the others `ceil(t_max * u^alpha)` for u uniform in [0, 1) from `seed`.
+/// A larger `alpha` gives shorter sequences and more padding.
+pub fn skewed_lengths(b: usize, t_max: usize, alpha: f64, seed: u64) -> Vec<usize> {
+    let u = pseudo_random(b, seed, 0.5, 1.0 / 3.46);
+    (0..b)
+        .map(|i| match i {
+            0 => t_max,
+            _ => ((t_max as f64 * f64::from(u[i]).clamp(0.0, 1.0).powf(alpha)).ceil() as usize)
+                .clamp(1, t_max),
+        })
+        .collect()
+}
+
+/// One padded batch: BatchNorm and LayerNorm on `[B, T, D]` with zero padding against the same
+/// norm on the real tokens alone.
+#[derive(Clone, Debug)]
+pub struct PaddingPoint {
+    pub lengths: Vec<usize>,
+    /// Padding tokens / all tokens.
+    pub pad_fraction: f64,
+    /// Mean |BN output - BN over the real tokens only| over the real tokens.
+    pub bn_err: f64,
+    pub bn_max_err: f64,
+    /// The real tokens' LayerNorm outputs with padding against without.
+    pub ln: Invariance,
+}
+
+/// Runs one batch of sequences with `lengths`, `d` features per token (feature k has mean
+/// 1 + k/16, as embeddings do not average to zero), padded with zeros to the longest.
+pub fn padding(gpu: &Gpu, lengths: &[usize], d: usize, seed: u64) -> Result<PaddingPoint> {
+    let (b, t) = (lengths.len(), *lengths.iter().max().expect("lengths"));
+    let real: usize = lengths.iter().sum();
+    let mut tokens = pseudo_random(real * d, seed, 0.0, 1.0);
+    for (i, v) in tokens.iter_mut().enumerate() {
+        let k = (i % d) as f32;
+        *v = 1.0 + k / 16.0 + (0.5 + k / 64.0) * *v;
+    }
+    let mut padded = vec![0.0f32; b * t * d];
+    let mut at = 0;
+    for (s, &len) in lengths.iter().enumerate() {
+        padded[s * t * d..(s * t + len) * d].copy_from_slice(&tokens[at..at + len * d]);
+        at += len * d;
+    }
+    // Real tokens' outputs, in the packed order.
+    let real_rows = |y: Vec<f32>| -> Vec<f32> {
+        let mut out = Vec::with_capacity(real * d);
+        for (s, &len) in lengths.iter().enumerate() {
+            out.extend_from_slice(&y[s * t * d..(s * t + len) * d]);
+        }
+        out
+    };
+    let run = |kind, x: &[f32], shape: &[usize]| -> Result<Vec<f32>> {
+        Ok(normalize(gpu, kind, x, shape, Layout::ChannelsLast)?.expect("has a kernel"))
+    };
+    let bn_pad = real_rows(run(NormKind::BatchNorm, &padded, &[b, t, d])?);
+    let bn_real = run(NormKind::BatchNorm, &tokens, &[real, d])?;
+    let ln_pad = real_rows(run(NormKind::LayerNorm, &padded, &[b, t, d])?);
+    let ln_real = run(NormKind::LayerNorm, &tokens, &[real, d])?;
+    let ln_kernel = |shape: &[usize]| kernel_name(gpu, NormKind::LayerNorm, shape, Layout::ChannelsLast);
+    Ok(PaddingPoint {
+        lengths: lengths.to_vec(),
+        pad_fraction: 1.0 - real as f64 / (b * t) as f64,
+        bn_err: mean_abs_diff(&bn_pad, &bn_real),
+        bn_max_err: max_abs_diff(&bn_pad, &bn_real),
+        ln: Invariance::of(&[
+            (ln_kernel(&[b, t, d])?, ln_pad),
+            (ln_kernel(&[real, d])?, ln_real),
+        ]),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Cost
+
+/// One norm's time at one shape against the copy of the same bytes.
+#[derive(Clone, Debug)]
+pub struct Cost {
+    pub label: String,
+    /// `None`: no kernel yet (the reason is in `note`).
+    pub ms: Option<f64>,
+    pub copy_ms: f64,
+    pub note: &'static str,
+}
+
+impl Cost {
+    pub fn ratio(&self) -> Option<f64> {
+        self.ms.map(|ms| ms / self.copy_ms)
+    }
+}
+
+/// Times `norms` (label, kind, mode) on one input of `shape` (values from `seed`).
+pub fn costs(
+    gpu: &Gpu,
+    timer: &GpuTimer,
+    shape: &[usize],
+    layout: Layout,
+    norms: &[(&str, NormKind, Mode)],
+    samples: usize,
+) -> Result<Vec<Cost>> {
+    let numel: usize = shape.iter().product();
+    let x = Tensor::from_slice(gpu, &pseudo_random(numel, 5, 0.5, 1.0), shape)?;
+    let copy = copy_ms(gpu, timer, &x, samples)?;
+    let mut out = Vec::new();
+    for &(label, kind, mode) in norms {
+        let ms = time_ms(gpu, timer, kind, mode, &x, layout, samples)?;
+        out.push(Cost {
+            label: label.to_string(),
+            ms,
+            copy_ms: copy,
+            note: match kernel(kind, shape, layout) {
+                Ok(_) => "",
+                Err(why) => why,
+            },
+        });
+    }
+    Ok(out)
+}
