@@ -136,9 +136,10 @@ pub fn kernel_name(gpu: &Gpu, kind: NormKind, shape: &[usize], layout: Layout) -
             let plan = LayerNorm::new(&[d]).plan(gpu, &[rows, d])?.to_string();
             plan.split(':').next().unwrap_or_default().to_string()
         }
-        Ok(Kernel::Channels { c, layout }) => {
-            BatchNorm::new(gpu, c)?.plan(gpu, shape, layout)?.apply_name().to_string()
-        }
+        Ok(Kernel::Channels { c, layout }) => BatchNorm::new(gpu, c)?
+            .plan(gpu, shape, layout)?
+            .apply_name()
+            .to_string(),
         Err(why) => why.to_string(),
     })
 }
@@ -436,7 +437,11 @@ pub fn train_eval_gap(
         for &k in steps {
             while done < k {
                 let x = images(b, c, hw, 1000 * b as u64 + done as u64);
-                bn.forward_train(gpu, &Tensor::from_slice(gpu, &x, &shape)?, Layout::ChannelsFirst)?;
+                bn.forward_train(
+                    gpu,
+                    &Tensor::from_slice(gpu, &x, &shape)?,
+                    Layout::ChannelsFirst,
+                )?;
                 done += 1;
             }
             let mut sum = 0.0;
@@ -444,7 +449,9 @@ pub fn train_eval_gap(
                 let train = normalize(gpu, NormKind::BatchNorm, x, &shape, Layout::ChannelsFirst)?
                     .expect("BatchNorm has a kernel");
                 let xt = Tensor::from_slice(gpu, x, &shape)?;
-                let eval = bn.forward_eval(gpu, &xt, Layout::ChannelsFirst)?.to_vec(gpu)?;
+                let eval = bn
+                    .forward_eval(gpu, &xt, Layout::ChannelsFirst)?
+                    .to_vec(gpu)?;
                 sum += mean_abs_diff(&train, &eval);
             }
             row.push(sum / eval_batches as f64);
@@ -480,7 +487,6 @@ pub fn skewed_lengths(b: usize, t_max: usize, alpha: f64, seed: u64) -> Vec<usiz
 /// norm on the real tokens alone.
 #[derive(Clone, Debug)]
 pub struct PaddingPoint {
-    pub lengths: Vec<usize>,
     /// Padding tokens / all tokens.
     pub pad_fraction: f64,
     /// Mean |BN output - BN over the real tokens only| over the real tokens.
@@ -521,9 +527,9 @@ pub fn padding(gpu: &Gpu, lengths: &[usize], d: usize, seed: u64) -> Result<Padd
     let bn_real = run(NormKind::BatchNorm, &tokens, &[real, d])?;
     let ln_pad = real_rows(run(NormKind::LayerNorm, &padded, &[b, t, d])?);
     let ln_real = run(NormKind::LayerNorm, &tokens, &[real, d])?;
-    let ln_kernel = |shape: &[usize]| kernel_name(gpu, NormKind::LayerNorm, shape, Layout::ChannelsLast);
+    let ln_kernel =
+        |shape: &[usize]| kernel_name(gpu, NormKind::LayerNorm, shape, Layout::ChannelsLast);
     Ok(PaddingPoint {
-        lengths: lengths.to_vec(),
         pad_fraction: 1.0 - real as f64 / (b * t) as f64,
         bn_err: mean_abs_diff(&bn_pad, &bn_real),
         bn_max_err: max_abs_diff(&bn_pad, &bn_real),
