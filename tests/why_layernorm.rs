@@ -32,9 +32,9 @@ fn sharing_sets_equal_the_definitions() {
         (Grid { n: 3, c: 8, hw: 5 }, 2, (2, 7, 0)),
         (Grid { n: 2, c: 4, hw: 9 }, 4, (0, 0, 8)),
     ] {
-        for kind in NormKind::all(groups) {
+        for kind in Norm::all(groups) {
             let Some(set) = sharing(gpu(), kind, g, at).unwrap() else {
-                assert_eq!(kind, NormKind::RmsNorm, "only RMSNorm lacks a kernel");
+                assert_eq!(kind, Norm::Rms, "only RMSNorm lacks a kernel");
                 continue;
             };
             assert_eq!(set, definition(kind, g, at), "{kind:?} on {g:?} at {at:?}");
@@ -61,7 +61,7 @@ fn batch_norm_depends_on_the_batch_and_per_sample_norms_do_not() {
                 assert_invariant(&kind.name(), inv);
                 measured += 1;
             }
-            None => assert_eq!(*kind, NormKind::RmsNorm),
+            None => assert_eq!(*kind, Norm::Rms),
         }
     }
     assert_eq!(measured, 3);
@@ -78,9 +78,9 @@ fn layer_norm_is_bitwise_batch_independent() {
         let mut outputs = Vec::new();
         for &b in sizes {
             let shape = [b, c, s];
-            let k = kernel_name(gpu(), NormKind::LayerNorm, &shape, Layout::ChannelsFirst);
+            let k = kernel_name(gpu(), Norm::Layer, &shape, Layout::ChannelsFirst);
             let x = &pool[..b * c * s];
-            let y = normalize(gpu(), NormKind::LayerNorm, x, &shape, Layout::ChannelsFirst);
+            let y = normalize(gpu(), Norm::Layer, x, &shape, Layout::ChannelsFirst);
             let bits: Vec<u32> = y.unwrap().unwrap()[..c * s]
                 .iter()
                 .map(|v| v.to_bits())
@@ -127,12 +127,12 @@ fn batch_norm_train_eval_gap_has_a_floor_set_by_the_batch_size() {
 fn cost_times_every_norm_with_a_kernel() {
     let timer = GpuTimer::new(gpu());
     let norms = [
-        ("bn", NormKind::BatchNorm, Mode::Train),
-        ("bn eval", NormKind::BatchNorm, Mode::Eval),
-        ("ln", NormKind::LayerNorm, Mode::Train),
-        ("in", NormKind::InstanceNorm, Mode::Train),
-        ("gn", NormKind::GroupNorm { groups: 2 }, Mode::Train),
-        ("rms", NormKind::RmsNorm, Mode::Train),
+        ("bn", Norm::Batch, Mode::Train),
+        ("bn eval", Norm::Batch, Mode::Eval),
+        ("ln", Norm::Layer, Mode::Train),
+        ("in", Norm::Instance, Mode::Train),
+        ("gn", Norm::Group { groups: 2 }, Mode::Train),
+        ("rms", Norm::Rms, Mode::Train),
     ];
     let rows = costs(
         gpu(),
@@ -163,6 +163,6 @@ fn cost_times_every_norm_with_a_kernel() {
         )
         .unwrap()
     };
-    assert!(t(NormKind::LayerNorm).is_some() && t(NormKind::BatchNorm).is_some());
-    assert!(t(NormKind::InstanceNorm).is_none());
+    assert!(t(Norm::Layer).is_some() && t(Norm::Batch).is_some());
+    assert!(t(Norm::Instance).is_none());
 }

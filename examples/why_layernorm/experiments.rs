@@ -22,39 +22,39 @@ pub const RMS_PENDING: &str = "pending the RmsNorm kernel (issue 8)";
 /// The norms compared. All without affine parameters: weight and bias act after the statistics
 /// and change none of the report's claims.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NormKind {
-    BatchNorm,
-    LayerNorm,
-    InstanceNorm,
-    GroupNorm { groups: usize },
-    RmsNorm,
+pub enum Norm {
+    Batch,
+    Layer,
+    Instance,
+    Group { groups: usize },
+    Rms,
 }
 
-impl NormKind {
+impl Norm {
     /// The five norms of figure 1, GroupNorm with `groups` groups.
-    pub fn all(groups: usize) -> [NormKind; 5] {
+    pub fn all(groups: usize) -> [Norm; 5] {
         [
-            NormKind::BatchNorm,
-            NormKind::LayerNorm,
-            NormKind::InstanceNorm,
-            NormKind::GroupNorm { groups },
-            NormKind::RmsNorm,
+            Norm::Batch,
+            Norm::Layer,
+            Norm::Instance,
+            Norm::Group { groups },
+            Norm::Rms,
         ]
     }
 
     pub fn name(self) -> String {
         match self {
-            NormKind::BatchNorm => "BatchNorm".into(),
-            NormKind::LayerNorm => "LayerNorm".into(),
-            NormKind::InstanceNorm => "InstanceNorm".into(),
-            NormKind::GroupNorm { groups } => format!("GroupNorm (G={groups})"),
-            NormKind::RmsNorm => "RMSNorm".into(),
+            Norm::Batch => "BatchNorm".into(),
+            Norm::Layer => "LayerNorm".into(),
+            Norm::Instance => "InstanceNorm".into(),
+            Norm::Group { groups } => format!("GroupNorm (G={groups})"),
+            Norm::Rms => "RMSNorm".into(),
         }
     }
 
     /// True for the norms whose statistics come from one sample alone.
     pub fn per_sample(self) -> bool {
-        self != NormKind::BatchNorm
+        self != Norm::Batch
     }
 }
 
@@ -70,7 +70,7 @@ enum Kernel {
 }
 
 fn kernel(
-    kind: NormKind,
+    kind: Norm,
     shape: &[usize],
     layout: Layout,
 ) -> std::result::Result<Kernel, &'static str> {
@@ -88,14 +88,12 @@ fn kernel(
         Layout::ChannelsLast => Err("channels-last: pending the InstanceNorm/GroupNorm kernels"),
     };
     match kind {
-        NormKind::BatchNorm => Ok(Kernel::Channels { c, layout }),
-        NormKind::LayerNorm => Ok(rows(n)),
-        NormKind::InstanceNorm => channels_first(rows(n * c)),
-        NormKind::GroupNorm { groups } if c.is_multiple_of(groups) => {
-            channels_first(rows(n * groups))
-        }
-        NormKind::GroupNorm { .. } => Err("GroupNorm needs C divisible by the groups"),
-        NormKind::RmsNorm => Err(RMS_PENDING),
+        Norm::Batch => Ok(Kernel::Channels { c, layout }),
+        Norm::Layer => Ok(rows(n)),
+        Norm::Instance => channels_first(rows(n * c)),
+        Norm::Group { groups } if c.is_multiple_of(groups) => channels_first(rows(n * groups)),
+        Norm::Group { .. } => Err("GroupNorm needs C divisible by the groups"),
+        Norm::Rms => Err(RMS_PENDING),
     }
 }
 
@@ -103,7 +101,7 @@ fn kernel(
 /// `None` where the crate has no kernel for it yet.
 pub fn normalize(
     gpu: &Gpu,
-    kind: NormKind,
+    kind: Norm,
     x: &[f32],
     shape: &[usize],
     layout: Layout,
@@ -130,7 +128,7 @@ pub fn normalize(
 }
 
 /// The crate kernel `normalize` runs for `kind` on `shape` (its plan, without the reason).
-pub fn kernel_name(gpu: &Gpu, kind: NormKind, shape: &[usize], layout: Layout) -> Result<String> {
+pub fn kernel_name(gpu: &Gpu, kind: Norm, shape: &[usize], layout: Layout) -> Result<String> {
     Ok(match kernel(kind, shape, layout) {
         Ok(Kernel::Rows { rows, d }) => {
             let plan = LayerNorm::new(&[d]).plan(gpu, &[rows, d])?.to_string();
@@ -156,7 +154,7 @@ pub enum Mode {
 pub fn time_ms(
     gpu: &Gpu,
     timer: &GpuTimer,
-    kind: NormKind,
+    kind: Norm,
     mode: Mode,
     x: &Tensor,
     layout: Layout,
@@ -292,7 +290,7 @@ impl Grid {
 /// whether `kind`'s GPU output changed (any bit). `None`: no kernel yet.
 pub fn sharing(
     gpu: &Gpu,
-    kind: NormKind,
+    kind: Norm,
     g: Grid,
     at: (usize, usize, usize),
 ) -> Result<Option<Vec<bool>>> {
@@ -314,16 +312,16 @@ pub fn sharing(
 
 /// The textbook set of elements that share statistics with `at` (Wu & He, Group Normalization,
 /// figure 2): what [`sharing`] must measure.
-pub fn definition(kind: NormKind, g: Grid, at: (usize, usize, usize)) -> Vec<bool> {
+pub fn definition(kind: Norm, g: Grid, at: (usize, usize, usize)) -> Vec<bool> {
     let mut v = Vec::with_capacity(g.len());
     for n in 0..g.n {
         for c in 0..g.c {
             for _ in 0..g.hw {
                 v.push(match kind {
-                    NormKind::BatchNorm => c == at.1,
-                    NormKind::LayerNorm | NormKind::RmsNorm => n == at.0,
-                    NormKind::InstanceNorm => n == at.0 && c == at.1,
-                    NormKind::GroupNorm { groups } => {
+                    Norm::Batch => c == at.1,
+                    Norm::Layer | Norm::Rms => n == at.0,
+                    Norm::Instance => n == at.0 && c == at.1,
+                    Norm::Group { groups } => {
                         let per = g.c / groups;
                         n == at.0 && c / per == at.1 / per
                     }
@@ -346,7 +344,7 @@ pub struct BatchDependence {
     /// Per batch size: the max of the same difference.
     pub bn_max_err: Vec<f64>,
     /// Per per-sample norm: sample 0's output across the batch sizes (`None`: no kernel yet).
-    pub per_sample: Vec<(NormKind, Option<Invariance>)>,
+    pub per_sample: Vec<(Norm, Option<Invariance>)>,
 }
 
 /// Batches are the first `b` images of one pool of `max(sizes)` images `[C, H*W]`; the
@@ -374,7 +372,7 @@ pub fn batch_dependence(
             y
         }))
     };
-    let reference = sample0(NormKind::BatchNorm, full)?.expect("BatchNorm has a kernel");
+    let reference = sample0(Norm::Batch, full)?.expect("BatchNorm has a kernel");
     let mut out = BatchDependence {
         sizes: sizes.to_vec(),
         bn_mean_err: Vec::new(),
@@ -382,11 +380,11 @@ pub fn batch_dependence(
         per_sample: Vec::new(),
     };
     for &b in sizes {
-        let y = sample0(NormKind::BatchNorm, b)?.expect("BatchNorm has a kernel");
+        let y = sample0(Norm::Batch, b)?.expect("BatchNorm has a kernel");
         out.bn_mean_err.push(mean_abs_diff(&y, &reference));
         out.bn_max_err.push(max_abs_diff(&y, &reference));
     }
-    for kind in NormKind::all(groups).into_iter().filter(|k| k.per_sample()) {
+    for kind in Norm::all(groups).into_iter().filter(|k| k.per_sample()) {
         let mut outputs = Vec::new();
         for &b in sizes {
             let Some(y) = sample0(kind, b)? else { break };
@@ -446,7 +444,7 @@ pub fn train_eval_gap(
             }
             let mut sum = 0.0;
             for x in &held_out {
-                let train = normalize(gpu, NormKind::BatchNorm, x, &shape, Layout::ChannelsFirst)?
+                let train = normalize(gpu, Norm::Batch, x, &shape, Layout::ChannelsFirst)?
                     .expect("BatchNorm has a kernel");
                 let xt = Tensor::from_slice(gpu, x, &shape)?;
                 let eval = bn
@@ -523,12 +521,11 @@ pub fn padding(gpu: &Gpu, lengths: &[usize], d: usize, seed: u64) -> Result<Padd
     let run = |kind, x: &[f32], shape: &[usize]| -> Result<Vec<f32>> {
         Ok(normalize(gpu, kind, x, shape, Layout::ChannelsLast)?.expect("has a kernel"))
     };
-    let bn_pad = real_rows(run(NormKind::BatchNorm, &padded, &[b, t, d])?);
-    let bn_real = run(NormKind::BatchNorm, &tokens, &[real, d])?;
-    let ln_pad = real_rows(run(NormKind::LayerNorm, &padded, &[b, t, d])?);
-    let ln_real = run(NormKind::LayerNorm, &tokens, &[real, d])?;
-    let ln_kernel =
-        |shape: &[usize]| kernel_name(gpu, NormKind::LayerNorm, shape, Layout::ChannelsLast);
+    let bn_pad = real_rows(run(Norm::Batch, &padded, &[b, t, d])?);
+    let bn_real = run(Norm::Batch, &tokens, &[real, d])?;
+    let ln_pad = real_rows(run(Norm::Layer, &padded, &[b, t, d])?);
+    let ln_real = run(Norm::Layer, &tokens, &[real, d])?;
+    let ln_kernel = |shape: &[usize]| kernel_name(gpu, Norm::Layer, shape, Layout::ChannelsLast);
     Ok(PaddingPoint {
         pad_fraction: 1.0 - real as f64 / (b * t) as f64,
         bn_err: mean_abs_diff(&bn_pad, &bn_real),
@@ -565,7 +562,7 @@ pub fn costs(
     timer: &GpuTimer,
     shape: &[usize],
     layout: Layout,
-    norms: &[(&str, NormKind, Mode)],
+    norms: &[(&str, Norm, Mode)],
     samples: usize,
 ) -> Result<Vec<Cost>> {
     let numel: usize = shape.iter().product();

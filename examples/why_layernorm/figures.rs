@@ -7,7 +7,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::experiments::{BatchDependence, Cost, Grid, NormKind, PaddingPoint, TrainEvalGap};
+use crate::experiments::{BatchDependence, Cost, Grid, Norm, PaddingPoint, TrainEvalGap};
 use crate::Res;
 
 const FONT: &str = "sans-serif";
@@ -41,7 +41,7 @@ pub fn sharing(
     path: &Path,
     g: Grid,
     at: (usize, usize, usize),
-    sets: &[(NormKind, Option<Vec<bool>>)],
+    sets: &[(Norm, Option<Vec<bool>>)],
 ) -> Res<()> {
     let root = SVGBackend::new(path, (250 * sets.len() as u32, 300)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -56,7 +56,7 @@ fn cube(
     area: &Area,
     g: Grid,
     at: (usize, usize, usize),
-    kind: NormKind,
+    kind: Norm,
     set: Option<&[bool]>,
 ) -> Res<()> {
     let (w, _) = area.dim_in_pixel();

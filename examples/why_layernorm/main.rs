@@ -54,7 +54,7 @@ fn main() -> Res<()> {
     // 1. Sharing sets.
     let t = Instant::now();
     let mut sets = Vec::new();
-    for kind in NormKind::all(GRID_GROUPS) {
+    for kind in Norm::all(GRID_GROUPS) {
         sets.push((kind, sharing(&gpu, kind, GRID, AT)?));
     }
     figures::sharing(&out_dir.join("fig1_sharing.svg"), GRID, AT, &sets)?;
@@ -99,18 +99,14 @@ fn main() -> Res<()> {
     let cnn = [32, 64, 56, 56];
     let norms = |layout| {
         let mut v = vec![
-            ("BatchNorm train", NormKind::BatchNorm, Mode::Train),
-            ("BatchNorm eval", NormKind::BatchNorm, Mode::Eval),
-            ("LayerNorm", NormKind::LayerNorm, Mode::Train),
-            ("RMSNorm", NormKind::RmsNorm, Mode::Train),
+            ("BatchNorm train", Norm::Batch, Mode::Train),
+            ("BatchNorm eval", Norm::Batch, Mode::Eval),
+            ("LayerNorm", Norm::Layer, Mode::Train),
+            ("RMSNorm", Norm::Rms, Mode::Train),
         ];
         if layout == Layout::ChannelsFirst {
-            v.push(("InstanceNorm", NormKind::InstanceNorm, Mode::Train));
-            v.push((
-                "GroupNorm (G=32)",
-                NormKind::GroupNorm { groups: 32 },
-                Mode::Train,
-            ));
+            v.push(("InstanceNorm", Norm::Instance, Mode::Train));
+            v.push(("GroupNorm (G=32)", Norm::Group { groups: 32 }, Mode::Train));
         }
         v
     };
@@ -150,7 +146,7 @@ fn main() -> Res<()> {
     Ok(())
 }
 
-fn section_sharing(md: &mut String, sets: &[(NormKind, Option<Vec<bool>>)]) -> Res<()> {
+fn section_sharing(md: &mut String, sets: &[(Norm, Option<Vec<bool>>)]) -> Res<()> {
     let (n, c, s) = AT;
     writeln!(
         md,
@@ -164,10 +160,10 @@ fn section_sharing(md: &mut String, sets: &[(NormKind, Option<Vec<bool>>)]) -> R
     )?;
     for (kind, set) in sets {
         let over = match kind {
-            NormKind::BatchNorm => "N, H, W (one channel, the whole batch)",
-            NormKind::LayerNorm | NormKind::RmsNorm => "C, H, W (one sample)",
-            NormKind::InstanceNorm => "H, W (one channel of one sample)",
-            NormKind::GroupNorm { .. } => "C/G, H, W (one group of one sample)",
+            Norm::Batch => "N, H, W (one channel, the whole batch)",
+            Norm::Layer | Norm::Rms => "C, H, W (one sample)",
+            Norm::Instance => "H, W (one channel of one sample)",
+            Norm::Group { .. } => "C/G, H, W (one group of one sample)",
         };
         match set {
             Some(set) => {
