@@ -446,7 +446,7 @@ pub fn cost(path: &Path, tables: &[(&str, Vec<Cost>, Vec<String>)]) -> Res<()> {
                 None => draw_text(
                     &root,
                     "pending its kernel",
-                    (x0 + 6, y + row_h / 2),
+                    (xr(1.0) + 6, y + row_h / 2),
                     &text(12, HPos::Left, VPos::Center),
                 )?,
             }
@@ -460,7 +460,7 @@ pub fn cost(path: &Path, tables: &[(&str, Vec<Cost>, Vec<String>)]) -> Res<()> {
         axis.stroke_width(1),
     ))?;
     root.draw(&PathElement::new(
-        vec![(xr(1.0), top), (xr(1.0), y)],
+        vec![(xr(1.0), top + row_h), (xr(1.0), y)],
         RGBColor(200, 0, 0).stroke_width(1),
     ))?;
     draw_text(
