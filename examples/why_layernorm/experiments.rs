@@ -347,6 +347,17 @@ pub struct BatchDependence {
     pub per_sample: Vec<(Norm, Option<Invariance>)>,
 }
 
+impl BatchDependence {
+    /// The largest change of any per-sample norm across the batch sizes.
+    pub fn per_sample_max_diff(&self) -> f64 {
+        self.per_sample
+            .iter()
+            .filter_map(|(_, i)| i.as_ref())
+            .map(|i| i.max_diff)
+            .fold(0.0, f64::max)
+    }
+}
+
 /// Batches are the first `b` images of one pool of `max(sizes)` images `[C, H*W]`; the
 /// reference is sample 0's output in the largest batch.
 pub fn batch_dependence(

@@ -202,6 +202,24 @@ fn cube(
 // ---------------------------------------------------------------------------------------------
 // Line and scatter charts.
 
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> Res<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font((FONT, 13))
+        .draw()?;
+    Ok(())
+}
+
+fn line_legend(colour: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+}
+
 fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     let (lo, hi) = values
         .filter(|v| *v > 0.0)
@@ -252,24 +270,11 @@ pub fn batch_dependence(path: &Path, bd: &BatchDependence) -> Res<()> {
         chart
             .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))?
             .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-            });
+            .legend(line_legend(colour));
         chart.draw_series(pts.iter().map(|&pt| Circle::new(pt, 3, colour.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()?;
-    let worst = bd
-        .per_sample
-        .iter()
-        .filter_map(|(_, i)| i.as_ref())
-        .map(|i| i.max_diff)
-        .fold(0.0, f64::max);
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+    let worst = bd.per_sample_max_diff();
     draw_text(
         &note,
         &format!(
@@ -317,17 +322,9 @@ pub fn train_eval_gap(path: &Path, gap: &TrainEvalGap) -> Res<()> {
         chart
             .draw_series(LineSeries::new(pts, colour.stroke_width(2)))?
             .label(format!("batch size {b}"))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-            });
+            .legend(line_legend(colour));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     draw_text(
         &note,
         "LayerNorm: no running statistics, train and eval are one computation (gap 0)",
@@ -380,13 +377,7 @@ pub fn padding(path: &Path, points: &[(usize, PaddingPoint)]) -> Res<()> {
         )?
         .label("LayerNorm per token (max |change|)")
         .legend(move |(x, y)| Cross::new((x + 10, y), 4, ln.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
     Ok(())
 }

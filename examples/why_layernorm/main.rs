@@ -228,12 +228,7 @@ fn section_batch_dependence(md: &mut String, bd: &BatchDependence) -> Res<String
             None => writeln!(md, "| {} | — | — | — | {RMS_PENDING} |", kind.name())?,
         }
     }
-    let worst = bd
-        .per_sample
-        .iter()
-        .filter_map(|(_, i)| i.as_ref())
-        .map(|i| i.max_diff)
-        .fold(0.0, f64::max);
+    let worst = bd.per_sample_max_diff();
     writeln!(
         md,
         "\nThe per-sample norms are batch-independent by construction; on this adapter their \
