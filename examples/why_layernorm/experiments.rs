@@ -149,8 +149,10 @@ pub enum Mode {
     Eval,
 }
 
-/// Median milliseconds of one `kind` forward over `x` (device time where the adapter has
-/// timestamps), `None` where there is no kernel yet.
+/// Milliseconds of one `kind` forward over `x` and of a vec4 copy of the same bytes (device
+/// time where the adapter has timestamps): the fastest of `samples` submits of each, taken in
+/// turns so that both see the same load (on a CPU adapter, other work on the machine only ever
+/// adds time). `None` where there is no kernel yet.
 pub fn time_ms(
     gpu: &Gpu,
     timer: &GpuTimer,
@@ -159,7 +161,7 @@ pub fn time_ms(
     x: &Tensor,
     layout: Layout,
     samples: usize,
-) -> Result<Option<f64>> {
+) -> Result<Option<(f64, f64)>> {
     let Ok(k) = kernel(kind, x.shape(), layout) else {
         return Ok(None);
     };
@@ -173,7 +175,9 @@ pub fn time_ms(
                 mean: Tensor::empty(gpu, &[rows])?,
                 rstd: Tensor::empty(gpu, &[rows])?,
             };
-            timer.median_ms(samples, 1, |e| ln.encode(gpu, e, &x, &out))?
+            alternate(gpu, timer, samples, &x, &mut |e| {
+                ln.encode(gpu, e, &x, &out)
+            })?
         }
         Kernel::Channels { c, layout } => {
             let bn = BatchNorm::new(gpu, c)?.eps(EPS);
@@ -182,7 +186,7 @@ pub fn time_ms(
                 mean: Tensor::empty(gpu, &[c])?,
                 invstd: Tensor::empty(gpu, &[c])?,
             };
-            timer.median_ms(samples, 1, |e| match mode {
+            alternate(gpu, timer, samples, x, &mut |e| match mode {
                 // Never committed: the batch counter stays, momentum is fixed.
                 Mode::Train => bn.encode_train(gpu, e, x, layout, &out).map(drop),
                 Mode::Eval => bn.encode_eval(gpu, e, x, layout, &y),
@@ -192,10 +196,25 @@ pub fn time_ms(
     Ok(Some(ms))
 }
 
-/// Median milliseconds of the vec4 copy of `x` (reads and writes the bytes a norm must).
-pub fn copy_ms(gpu: &Gpu, timer: &GpuTimer, x: &Tensor, samples: usize) -> Result<f64> {
+/// The fastest of `samples` timings of `record` and of the vec4 copy of `x`, taken in turns
+/// (after one warm-up of each): (record ms, copy ms).
+fn alternate(
+    gpu: &Gpu,
+    timer: &GpuTimer,
+    samples: usize,
+    x: &Tensor,
+    record: &mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
+) -> Result<(f64, f64)> {
     let y = Tensor::empty(gpu, x.shape())?;
-    timer.median_ms(samples, 1, |e| baseline::encode_copy(gpu, e, x, &y))
+    let mut copy = |e: &mut wgpu::CommandEncoder| baseline::encode_copy(gpu, e, x, &y);
+    timer.sample_ms(1, record)?;
+    timer.sample_ms(1, &mut copy)?;
+    let (mut norm_ms, mut copy_ms) = (f64::MAX, f64::MAX);
+    for _ in 0..samples.max(1) {
+        norm_ms = norm_ms.min(timer.sample_ms(1, record)?);
+        copy_ms = copy_ms.min(timer.sample_ms(1, &mut copy)?);
+    }
+    Ok((norm_ms, copy_ms))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -557,13 +576,14 @@ pub struct Cost {
     pub label: String,
     /// `None`: no kernel yet (the reason is in `note`).
     pub ms: Option<f64>,
-    pub copy_ms: f64,
+    /// The copy of the same bytes, timed in turns with the norm.
+    pub copy_ms: Option<f64>,
     pub note: &'static str,
 }
 
 impl Cost {
     pub fn ratio(&self) -> Option<f64> {
-        self.ms.map(|ms| ms / self.copy_ms)
+        Some(self.ms? / self.copy_ms?)
     }
 }
 
@@ -578,14 +598,13 @@ pub fn costs(
 ) -> Result<Vec<Cost>> {
     let numel: usize = shape.iter().product();
     let x = Tensor::from_slice(gpu, &pseudo_random(numel, 5, 0.5, 1.0), shape)?;
-    let copy = copy_ms(gpu, timer, &x, samples)?;
     let mut out = Vec::new();
     for &(label, kind, mode) in norms {
-        let ms = time_ms(gpu, timer, kind, mode, &x, layout, samples)?;
+        let t = time_ms(gpu, timer, kind, mode, &x, layout, samples)?;
         out.push(Cost {
             label: label.to_string(),
-            ms,
-            copy_ms: copy,
+            ms: t.map(|t| t.0),
+            copy_ms: t.map(|t| t.1),
             note: match kernel(kind, shape, layout) {
                 Ok(_) => "",
                 Err(why) => why,
