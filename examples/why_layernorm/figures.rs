@@ -275,12 +275,13 @@ pub fn batch_dependence(path: &Path, bd: &BatchDependence) -> Res<()> {
     }
     legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     let worst = bd.per_sample_max_diff();
+    let per_sample = match worst {
+        0.0 => "0 (bitwise) for every B".to_string(),
+        w => format!("0 (bitwise) within one kernel, max {w:.1e} across kernels"),
+    };
     draw_text(
         &note,
-        &format!(
-            "LayerNorm, InstanceNorm, GroupNorm: 0 (bitwise) within one kernel, \
-             max {worst:.1e} across kernels; RMSNorm: pending its kernel"
-        ),
+        &format!("LayerNorm, InstanceNorm, GroupNorm: {per_sample}; RMSNorm: pending its kernel"),
         (84, 12),
         &text(12, HPos::Left, VPos::Center),
     )?;

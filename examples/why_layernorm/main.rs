@@ -229,22 +229,47 @@ fn section_batch_dependence(md: &mut String, bd: &BatchDependence) -> Res<String
         }
     }
     let worst = bd.per_sample_max_diff();
+    let same_kernel = bd
+        .per_sample
+        .iter()
+        .filter_map(|(_, i)| i.as_ref())
+        .all(|i| i.bitwise_same_kernel);
+    let (note, short) = if worst == 0.0 {
+        (
+            "their output is bitwise the same for every B, across the kernels listed too."
+                .to_string(),
+            "bitwise the same output for every B".to_string(),
+        )
+    } else {
+        (
+            format!(
+                "their output is bitwise the same {}. The crate's kernel policy for CPU \
+                 adapters picks LayerNorm's kernel by the number of rows (split rows when there \
+                 are too few for every core), and the kernels sum in different orders, so a \
+                 batch whose row count crosses that threshold moves the last bits: at most \
+                 {worst:.1e} here, a few ulp.",
+                if same_kernel {
+                    "whenever the same kernel runs"
+                } else {
+                    "for some batch sizes only, even with the same kernel"
+                }
+            ),
+            format!(
+                "the same output for every B (bitwise within one kernel, at most {worst:.1e} \
+                 across the kernel switch)"
+            ),
+        )
+    };
     writeln!(
         md,
-        "\nThe per-sample norms are batch-independent by construction; on this adapter their \
-         output is bitwise the same whenever the same kernel runs. The crate's kernel policy \
-         for CPU adapters picks LayerNorm's kernel by the number of rows (split rows when there \
-         are too few for every core), and the two kernels sum in different orders, so a row \
-         count that crosses that threshold moves the last bits (at most {worst:.1e} here, a \
-         few ulp).\n"
+        "\nThe per-sample norms are batch-independent by construction; on this adapter {note}\n"
     )?;
     let i8 = bd.sizes.iter().position(|&b| b == 8).unwrap_or(0);
     let i128 = bd.sizes.iter().position(|&b| b == 128).unwrap_or(0);
     Ok(format!(
         "one sample's BatchNorm output moves by {:.3} (mean abs) at B = 2, {:.3} at B = 8, \
-         {:.4} at B = 128 against B = {full}; LayerNorm, InstanceNorm and GroupNorm give the same \
-         output for every B (bitwise within one kernel, at most {worst:.1e} across the kernel \
-         switch).",
+         {:.4} at B = 128 against B = {full}; LayerNorm, InstanceNorm and GroupNorm give \
+         {short}.",
         bd.bn_mean_err[0], bd.bn_mean_err[i8], bd.bn_mean_err[i128]
     ))
 }
@@ -326,29 +351,43 @@ fn section_padding(md: &mut String, points: &[(usize, PaddingPoint)]) -> Res<Str
     let same_kernel = sorted.iter().all(|p| p.ln.bitwise_same_kernel);
     let worst = sorted.iter().map(|p| p.ln.max_diff).fold(0.0, f64::max);
     let (lo, hi) = (sorted[0], sorted[sorted.len() - 1]);
-    let rest = if same_kernel {
-        "in the rest the real tokens alone ran another kernel than the padded batch (the \
-         CPU-adapter policy picks it by the number of rows) and differ"
+    let n = sorted.len();
+    let (rest, short) = if bitwise == n {
+        (
+            String::new(),
+            format!("bitwise unchanged in all {n} batches"),
+        )
     } else {
-        "the rest (some with the same kernel on both sides) differ"
+        (
+            format!(
+                "; {} by at most {worst:.1e}",
+                if same_kernel {
+                    "in the rest the real tokens alone ran another kernel than the padded \
+                     batch (the CPU-adapter policy picks it by the number of rows) and differ"
+                } else {
+                    "the rest (some with the same kernel on both sides) differ"
+                }
+            ),
+            format!(
+                "bitwise unchanged in {bitwise} of {n} batches and within {worst:.1e} in the \
+                 rest (another kernel)"
+            ),
+        )
     };
     writeln!(
         md,
         "\nZero padding drags each feature's batch mean towards 0 and its variance up, by \
          the padding fraction: the error of the real tokens grows with it. LayerNorm's \
          statistics are per token, and padding tokens are rows of their own: {bitwise} of \
-         {} batches are bitwise unchanged; {rest} by at most {worst:.1e}.\n",
-        sorted.len(),
+         {n} batches are bitwise unchanged{rest}.\n"
     )?;
     Ok(format!(
         "BatchNorm's error on the real tokens grows with the padding fraction, from {:.3} \
-         (mean abs) at {:.0}% padding to {:.3} at {:.0}%; LayerNorm per token is bitwise \
-         unchanged in {bitwise} of {} batches and within {worst:.1e} in the rest (another kernel).",
+         (mean abs) at {:.0}% padding to {:.3} at {:.0}%; LayerNorm per token is {short}.",
         lo.bn_err,
         100.0 * lo.pad_fraction,
         hi.bn_err,
         100.0 * hi.pad_fraction,
-        sorted.len()
     ))
 }
 
