@@ -448,7 +448,7 @@ pub fn cost(path: &Path, tables: &[(&str, Vec<Cost>, Vec<String>)]) -> Res<()> {
     // The copy line and the axis.
     let axis = RGBColor(60, 60, 60);
     root.draw(&PathElement::new(
-        vec![(x0, top), (x0, y)],
+        vec![(x0, top + row_h), (x0, y)],
         axis.stroke_width(1),
     ))?;
     root.draw(&PathElement::new(
