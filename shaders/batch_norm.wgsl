@@ -14,6 +14,12 @@
 // then the same batch_norm_apply: y = (x - running_mean) * scale + beta, one elementwise pass.
 // Both modes apply y = (x - centre) * scale + shift; training's centre is the pivot and its
 // shift beta - mean_shifted * scale, both free of cancellation (mean_shifted is small).
+//
+// Stores: every invocation writes whole elements of the array it stores to, never one component
+// of a vec4 (an implementation may rewrite the whole vector, and Metal does, losing a
+// neighbour's value). So the per-channel writers (pivot, finalize, eval_coef) write the
+// coefficients through `coef_w` (array<f32>) and the scalar apply writes y through `y1`;
+// readers see the same buffers as vec4s.
 
 struct BnParams {
     n: u32,          // runs in the whole tensor (N, or M for channels-last)
@@ -36,9 +42,9 @@ struct BnParams {
 
 // Stage 1 reads vec4s (CF: s % 4 == 0; CL: c % 4 == 0); scalar indexing into vec4s otherwise.
 override VEC: bool = true;
-// batch_norm_apply: 0 = a value per thread, 1 = a vec4 of one channel (CF, s % 4 == 0),
-// 2 = a vec4 of four channels (CL, c % 4 == 0).
-override APPLY_MODE: u32 = 0u;
+// batch_norm_apply: 1 = a vec4 of one channel (CF, s % 4 == 0), 2 = a vec4 of four channels
+// (CL, c % 4 == 0). Other shapes run batch_norm_apply_scalar.
+override APPLY_MODE: u32 = 1u;
 override HAS_W: bool = false;
 override HAS_B: bool = false;
 override UPDATE: bool = false;    // update running statistics (training with tracking on)
@@ -52,13 +58,17 @@ override UNBIASED: bool = true;   // running_var from the unbiased batch varianc
 // Three planes of cp = round_up(c, 4) values, centre (pivot) | scale | shift, read as vec4s of
 // four channels by the channels-last apply; then one vec4 (centre, scale, shift, -) per
 // channel, a single load for the channels-first apply.
-@group(0) @binding(4) var<storage, read_write> coef: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> coef: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> gamma: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> beta: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> running_mean: array<f32>;
 @group(0) @binding(8) var<storage, read_write> running_var: array<f32>;
 @group(0) @binding(9) var<storage, read_write> mean_out: array<f32>;
 @group(0) @binding(10) var<storage, read_write> invstd_out: array<f32>;
+// The coefficient buffer as scalars, for the kernels that write it one channel at a time.
+@group(0) @binding(11) var<storage, read_write> coef_w: array<f32>;
+// y as scalars, for batch_norm_apply_scalar.
+@group(0) @binding(12) var<storage, read_write> y1: array<f32>;
 
 fn ld(i: u32) -> f32 {
     return x[i >> 2u][i & 3u];
@@ -73,16 +83,14 @@ fn coef1(plane: u32, ch: u32) -> f32 {
     return coef[i >> 2u][i & 3u];
 }
 
-fn set_coef(plane: u32, ch: u32, v: f32) {
-    let i = plane * cp() + ch;
-    coef[i >> 2u][i & 3u] = v;
-}
-
 fn set_apply_coef(ch: u32, centre: f32, scale: f32, shift: f32) {
-    set_coef(0u, ch, centre);
-    set_coef(1u, ch, scale);
-    set_coef(2u, ch, shift);
-    coef[3u * cp() / 4u + ch] = vec4<f32>(centre, scale, shift, 0.0);
+    coef_w[ch] = centre;
+    coef_w[cp() + ch] = scale;
+    coef_w[2u * cp() + ch] = shift;
+    let v = 3u * cp() + 4u * ch;
+    coef_w[v] = centre;
+    coef_w[v + 1u] = scale;
+    coef_w[v + 2u] = shift;
 }
 
 
@@ -103,7 +111,7 @@ fn block_count(b: u32) -> f32 {
 fn batch_norm_pivot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let ch = group_id(wid) * WG + lid;
     if (ch < p.c) {
-        set_coef(0u, ch, ld(p.x_off + ch * p.s));
+        coef_w[ch] = ld(p.x_off + ch * p.s);
     }
 }
 
@@ -134,35 +142,36 @@ fn batch_norm_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     // Element offset of run r of this block.
     let base = p.x_off + ((nb * p.nbr) * p.c + ch) * p.s + s0;
     let stride = p.c * p.s;
+    // One flat index over the block's runs, so short runs (7 x 7, 14 x 14) still give every
+    // lane work: with a loop per run, 256 threads over a 49-value run leave 207 idle.
+    var per = len;
+    if (VEC) {
+        per = len / 4u;
+    }
+    let total = nruns * per;
     var s4 = vec4<f32>(0.0);
-    for (var r = 0u; r < nruns; r++) {
-        let e0 = base + r * stride;
+    for (var k = lane; k < total; k += TPR) {
+        let e0 = base + (k / per) * stride;
+        let j = k % per;
         if (VEC) {
-            for (var j = lane; j < len / 4u; j += TPR) {
-                s4 += x[e0 / 4u + j] - pv;
-            }
+            s4 += x[e0 / 4u + j] - pv;
         } else {
-            for (var i = lane; i < len; i += TPR) {
-                s4.x += ld(e0 + i) - pivot;
-            }
+            s4.x += ld(e0 + j) - pivot;
         }
     }
     let n = f32(nruns) * f32(len);
     let m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / max(n, 1.0);
     let mv = vec4<f32>(m);
     var q4 = vec4<f32>(0.0);
-    for (var r = 0u; r < nruns; r++) {
-        let e0 = base + r * stride;
+    for (var k = lane; k < total; k += TPR) {
+        let e0 = base + (k / per) * stride;
+        let j = k % per;
         if (VEC) {
-            for (var j = lane; j < len / 4u; j += TPR) {
-                let e = x[e0 / 4u + j] - pv - mv;
-                q4 += e * e;
-            }
+            let e = x[e0 / 4u + j] - pv - mv;
+            q4 += e * e;
         } else {
-            for (var i = lane; i < len; i += TPR) {
-                let e = ld(e0 + i) - pivot - m;
-                q4.x += e * e;
-            }
+            let e = ld(e0 + j) - pivot - m;
+            q4.x += e * e;
         }
     }
     let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
@@ -257,11 +266,12 @@ fn batch_norm_finalize(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let count = f32(p.n) * f32(p.s);
     let var_b = tot.m2 / count;
     let invstd = inverseSqrt(var_b + p.eps);
-    let mean = coef1(0u, ch) + tot.mean;
+    let pivot = coef_w[ch];
+    let mean = pivot + tot.mean;
     mean_out[ch] = mean;
     invstd_out[ch] = invstd;
     let scale = invstd * weight_of(ch);
-    set_apply_coef(ch, coef1(0u, ch), scale, bias_of(ch) - tot.mean * scale);
+    set_apply_coef(ch, pivot, scale, bias_of(ch) - tot.mean * scale);
     if (UPDATE) {
         var v = var_b;
         if (UNBIASED) {
@@ -300,15 +310,23 @@ fn batch_norm_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         let q = cp() / 4u;
         let v = x[p.x_off / 4u + e];
         y[p.y_off / 4u + e] = fma(v - coef[cv], coef[q + cv], coef[2u * q + cv]);
-    } else if (APPLY_MODE == 1u) {
+    } else {
         // Channels-first, s % 4 == 0: the vec4 lies in one run, of one channel.
         let ch = ((p.run0 * p.s + e * 4u) / p.s) % p.c;
         let k = coef[3u * cp() / 4u + ch];
         let v = x[p.x_off / 4u + e];
         y[p.y_off / 4u + e] = fma(v - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z));
-    } else {
-        let ch = ((p.run0 * p.s + e) / p.s) % p.c;
-        let k = coef[3u * cp() / 4u + ch];
-        y[(p.y_off + e) >> 2u][(p.y_off + e) & 3u] = fma(ld(p.x_off + e) - k.x, k.y, k.z);
     }
+}
+
+// One value per thread, for shapes whose channel runs do not fill whole vec4s.
+@compute @workgroup_size(WG)
+fn batch_norm_apply_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = group_id(wid) * WG + lid;
+    if (e >= p.work) {
+        return;
+    }
+    let ch = ((p.run0 * p.s + e) / p.s) % p.c;
+    let k = coef[3u * cp() / 4u + ch];
+    y1[p.y_off + e] = fma(ld(p.x_off + e) - k.x, k.y, k.z);
 }

@@ -2,14 +2,22 @@
 //
 // Entry points:
 // - layer_norm_rows:    one group of TPR threads per row (several rows per workgroup when
-//                       TPR < WG). Statistics (an exact two-pass) and normalization in one
-//                       dispatch; the first ROW_CACHE vec4s each thread reads stay in
-//                       registers, so x is read from memory once for rows up to
-//                       TPR * ROW_CACHE * 4 elements.
+//                       TPR < WG), rows of whole vec4s (d % 4 == 0). Statistics (an exact
+//                       two-pass) and normalization in one dispatch; the first ROW_CACHE vec4s
+//                       each thread reads stay in registers, so x is read from memory once for
+//                       rows up to TPR * ROW_CACHE * 4 elements.
+// - layer_norm_rows_scalar: the same for any d, one value at a time, y written through its
+//                       f32 view.
 // - layer_norm_partial, layer_norm_merge, layer_norm_apply: the split-row path for long rows
 //                       and few rows: per-segment Welford partials (a group of TPR threads per
 //                       segment, an exact two-pass from cache), a per-row Chan merge, then an
-//                       elementwise pass. Every workgroup has work even with one row.
+//                       elementwise pass (vec4 or scalar). Every workgroup has work even with
+//                       one row.
+//
+// Stores: a thread writes whole elements of the array it stores to. Rows with d % 4 != 0 share
+// vec4s with their neighbours, so their kernels write y through `y1` (array<f32>): a store to
+// one component of a vec4 may rewrite the whole vector (Metal does), losing a neighbour's
+// value.
 //
 // Statistics are of x - pivot, with pivot = the row's first element: for rows with a large mean
 // (1e6 with std 1) x - pivot is exact, so the normalized output keeps full precision.
@@ -33,12 +41,13 @@ struct LnParams {
     _pad2: u32,
 }
 
-// Rows are vec4-aligned (d % 4 == 0): vector loads. Otherwise scalar indexing into vec4s.
+// layer_norm_partial: rows are vec4-aligned (d % 4 == 0): vector loads. Otherwise scalar loads.
 override VEC: bool = true;
 override HAS_W: bool = false;
 override HAS_B: bool = false;
 
-const ROW_CACHE: u32 = 16u;
+// ROW_CACHE (vec4s of a row each thread keeps in registers) is prepended by the host: sized from
+// the row length, so short rows do not hold registers (and occupancy) they never use.
 
 @group(0) @binding(0) var<uniform> p: LnParams;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -49,6 +58,8 @@ const ROW_CACHE: u32 = 16u;
 @group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;
 // Split-row scratch: per (row, segment) Welford partials, then per row (mean_shifted, rstd).
 @group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>;
+// y as scalars, for the kernels whose rows do not fill whole vec4s (the same buffer as y).
+@group(0) @binding(8) var<storage, read_write> y1: array<f32>;
 
 fn ld(i: u32) -> f32 {
     return x[i >> 2u][i & 3u];
@@ -80,18 +91,23 @@ fn group_id(wid: vec3<u32>) -> u32 {
     return wid.x + wid.y * p.grid_x;
 }
 
+// The row of thread t of workgroup `wid`, and whether it exists: threads past the last row
+// still take part in the reductions' barriers.
+fn row_of(wid: vec3<u32>, t: u32) -> u32 {
+    return group_id(wid) * (WG / TPR) + t / TPR;
+}
+
 @compute @workgroup_size(WG)
 fn layer_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let t = thread_index(l);
     let lane = t % TPR;
-    let row = group_id(wid) * (WG / TPR) + t / TPR;
-    // Threads past the last row still take part in the reductions' barriers.
+    let row = row_of(wid, t);
     let valid = row < p.rows;
-    let xb = p.x_off + row * p.d;
-    let yb = p.y_off + row * p.d;
+    let xb = (p.x_off + row * p.d) / 4u;
+    let yb = (p.y_off + row * p.d) / 4u;
     var pivot = 0.0;
     if (valid) {
-        pivot = ld(xb);
+        pivot = x[xb].x;
     }
     let nv = p.d / 4u;
     let pv = vec4<f32>(pivot);
@@ -100,46 +116,33 @@ fn layer_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     // are read again (from cache: the row was just read).
     var cache: array<vec4<f32>, ROW_CACHE>;
     var s4 = vec4<f32>(0.0);
-    if (VEC) {
-        for (var c = 0u; c < ROW_CACHE; c++) {
-            // Every slot is written (zero past the row), so the compiler can drop the array's
-            // zero-initialisation: measurable on CPU adapters.
-            let j = lane + c * TPR;
-            var v = vec4<f32>(0.0);
-            if (valid && j < nv) {
-                v = x[xb / 4u + j] - pv;
-            }
-            cache[c] = v;
-            s4 += v;
+    for (var c = 0u; c < ROW_CACHE; c++) {
+        // Every slot is written (zero past the row), so the compiler can drop the array's
+        // zero-initialisation: measurable on CPU adapters.
+        let j = lane + c * TPR;
+        var v = vec4<f32>(0.0);
+        if (valid && j < nv) {
+            v = x[xb + j] - pv;
         }
-        for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
-            s4 += x[xb / 4u + j] - pv;
-        }
-    } else {
-        for (var i = lane; valid && i < p.d; i += TPR) {
-            s4.x += ld(xb + i) - pivot;
-        }
+        cache[c] = v;
+        s4 += v;
+    }
+    for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
+        s4 += x[xb + j] - pv;
     }
     let m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / f32(p.d);
     let mv = vec4<f32>(m);
     var q4 = vec4<f32>(0.0);
-    if (VEC) {
-        for (var c = 0u; c < ROW_CACHE; c++) {
-            let j = lane + c * TPR;
-            if (valid && j < nv) {
-                let e = cache[c] - mv;
-                q4 += e * e;
-            }
-        }
-        for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
-            let e = x[xb / 4u + j] - pv - mv;
+    for (var c = 0u; c < ROW_CACHE; c++) {
+        let j = lane + c * TPR;
+        if (valid && j < nv) {
+            let e = cache[c] - mv;
             q4 += e * e;
         }
-    } else {
-        for (var i = lane; valid && i < p.d; i += TPR) {
-            let e = ld(xb + i) - pivot - m;
-            q4.x += e * e;
-        }
+    }
+    for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
+        let e = x[xb + j] - pv - mv;
+        q4 += e * e;
     }
     let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
     if (!valid) {
@@ -150,23 +153,52 @@ fn layer_norm_rows(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         mean_out[p.stat_off + row] = pivot + m;
         rstd_out[p.stat_off + row] = rstd;
     }
-    if (VEC) {
-        for (var c = 0u; c < ROW_CACHE; c++) {
-            let j = lane + c * TPR;
-            if (j < nv) {
-                y[yb / 4u + j] = affine4((cache[c] - mv) * rstd, j);
-            }
+    for (var c = 0u; c < ROW_CACHE; c++) {
+        let j = lane + c * TPR;
+        if (j < nv) {
+            y[yb + j] = affine4((cache[c] - mv) * rstd, j);
         }
-        for (var j = lane + ROW_CACHE * TPR; j < nv; j += TPR) {
-            let v = x[xb / 4u + j] - pv;
-            y[yb / 4u + j] = affine4((v - mv) * rstd, j);
-        }
-    } else {
-        for (var i = lane; i < p.d; i += TPR) {
-            let v = ld(xb + i) - pivot;
-            let o = affine1((v - m) * rstd, i);
-            y[(yb + i) >> 2u][(yb + i) & 3u] = o;
-        }
+    }
+    for (var j = lane + ROW_CACHE * TPR; j < nv; j += TPR) {
+        let v = x[xb + j] - pv;
+        y[yb + j] = affine4((v - mv) * rstd, j);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn layer_norm_rows_scalar(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let lane = t % TPR;
+    let row = row_of(wid, t);
+    let valid = row < p.rows;
+    let xb = p.x_off + row * p.d;
+    let yb = p.y_off + row * p.d;
+    var pivot = 0.0;
+    if (valid) {
+        pivot = ld(xb);
+    }
+    var s = 0.0;
+    for (var i = lane; valid && i < p.d; i += TPR) {
+        s += ld(xb + i) - pivot;
+    }
+    let m = reduce_sum(s, l) / f32(p.d);
+    var q = 0.0;
+    for (var i = lane; valid && i < p.d; i += TPR) {
+        let e = ld(xb + i) - pivot - m;
+        q += e * e;
+    }
+    q = reduce_sum(q, l);
+    if (!valid) {
+        return;
+    }
+    let rstd = inverseSqrt(q / f32(p.d) + p.eps);
+    if (lane == 0u) {
+        mean_out[p.stat_off + row] = pivot + m;
+        rstd_out[p.stat_off + row] = rstd;
+    }
+    for (var i = lane; i < p.d; i += TPR) {
+        let v = ld(xb + i) - pivot;
+        y1[yb + i] = affine1((v - m) * rstd, i);
     }
 }
 
@@ -243,29 +275,30 @@ fn layer_norm_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     partials[p.rows * p.segs + row] = vec4<f32>(acc.mean, rstd, ld(p.x_off + row * p.d), 0.0);
 }
 
-// Elementwise, one vec4 (or value) per thread, like the copy kernel: measured on lavapipe, a
-// workgroup looping over a segment ran 1.5x slower than this flat layout.
+// Elementwise, one vec4 per thread, like the copy kernel: measured on lavapipe, a workgroup
+// looping over a segment ran 1.5x slower than this flat layout. Rows of whole vec4s.
 @compute @workgroup_size(WG)
 fn layer_norm_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let e = group_id(wid) * WG + t;
-    if (VEC) {
-        let nv = p.d / 4u;
-        if (e >= p.rows * nv) {
-            return;
-        }
-        let row = e / nv;
-        let j = e % nv;
-        let st = partials[p.rows * p.segs + row];
-        let v = x[p.x_off / 4u + e] - vec4<f32>(st.z);
-        y[p.y_off / 4u + e] = affine4((v - vec4<f32>(st.x)) * st.y, j);
-    } else {
-        if (e >= p.rows * p.d) {
-            return;
-        }
-        let row = e / p.d;
-        let i = e % p.d;
-        let st = partials[p.rows * p.segs + row];
-        let v = ld(p.x_off + e) - st.z;
-        y[(p.y_off + e) >> 2u][(p.y_off + e) & 3u] = affine1((v - st.x) * st.y, i);
+    let nv = p.d / 4u;
+    if (e >= p.rows * nv) {
+        return;
     }
+    let row = e / nv;
+    let st = partials[p.rows * p.segs + row];
+    let v = x[p.x_off / 4u + e] - vec4<f32>(st.z);
+    y[p.y_off / 4u + e] = affine4((v - vec4<f32>(st.x)) * st.y, e % nv);
+}
+
+// The same, one value per thread, for any d.
+@compute @workgroup_size(WG)
+fn layer_norm_apply_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let e = group_id(wid) * WG + t;
+    if (e >= p.rows * p.d) {
+        return;
+    }
+    let row = e / p.d;
+    let st = partials[p.rows * p.segs + row];
+    let v = ld(p.x_off + e) - st.z;
+    y1[p.y_off + e] = affine1((v - st.x) * st.y, e % p.d);
 }

@@ -54,6 +54,7 @@ pub fn encode_copy(
     x: &Tensor,
     y: &Tensor,
 ) -> Result<()> {
+    let _turn = gpu.turn();
     x.check_device(gpu, "x")?;
     y.check_device(gpu, "y")?;
     fits(gpu, x)?;
@@ -113,6 +114,7 @@ fn encode_naive(
     stats: bool,
     p: BaseParams,
 ) -> Result<()> {
+    let _turn = gpu.turn();
     for (name, t) in [("x", x), ("y", y), ("mean", &n.mean), ("var", &n.var)] {
         t.check_device(gpu, name)?;
     }
@@ -143,12 +145,12 @@ fn encode_naive(
         names[2],
         agrid,
         &ap,
-        &[1, 2, 3, 4, 5, 6],
+        &[1, 3, 4, 5, 6, 7],
         (0, 0),
     ));
     let resource = |b: u32, _| match b {
         1 => x.buffer().as_entire_binding(),
-        2 => y.buffer().as_entire_binding(),
+        2 | 7 => y.buffer().as_entire_binding(),
         3 => n.mean.buffer().as_entire_binding(),
         4 => n.var.buffer().as_entire_binding(),
         5 => n

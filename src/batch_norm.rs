@@ -108,6 +108,12 @@ pub struct BnPlan {
     pub partial_threads: u32,
     /// Threads merging one channel's partials.
     pub finalize_threads: u32,
+    /// Workgroups of the finalize dispatch: one group of `finalize_threads` per channel, packed
+    /// `workgroup_size / finalize_threads` channels to a workgroup.
+    pub finalize_workgroups: u32,
+    /// Whether the reductions use subgroup shuffles (else workgroup memory; see
+    /// [`Gpu::subgroup_note`]).
+    pub subgroups: bool,
     /// Stage 1 reads rows of channels (`batch_norm_partial_cl`), else runs of one channel.
     pub channels_last: bool,
     blocks: Blocks,
@@ -142,9 +148,10 @@ impl std::fmt::Display for BnPlan {
             )
         };
         let apply = self.apply_name();
+        let lanes = if self.subgroups { "" } else { ", shared" };
         write!(
             f,
-            "{stage1}, {} blocks/channel, finalize {} threads/channel, apply {apply}, wg={}",
+            "{stage1}, {} blocks/channel, finalize {} threads/channel, apply {apply}, wg={}{lanes}",
             b.nbt, self.finalize_threads, self.workgroup_size
         )
     }
@@ -598,6 +605,8 @@ impl BatchNorm {
             workgroup_size: wg,
             partial_threads: if cl { 1 } else { part_tpr },
             finalize_threads: fin_tpr,
+            finalize_workgroups: (d.c as u32).div_ceil(wg / fin_tpr),
+            subgroups: caps.subgroups,
             channels_last: cl,
             blocks,
             apply_mode,
@@ -663,6 +672,8 @@ impl BatchNorm {
         y: &Tensor,
         stats: Option<(&Tensor, &Tensor, bool, f32)>,
     ) -> Result<()> {
+        // Held until the call's temporaries (uniforms, scratch) are freed (see `Gpu::turn`).
+        let _turn = gpu.turn();
         let plan = Self::plan_dims(gpu, d)?;
         let BnPlan {
             workgroup_size: wg,
@@ -692,6 +703,7 @@ impl BatchNorm {
             let mut c = vec![("WG", wg as f64), ("TPR", tpr as f64)];
             match entry {
                 "batch_norm_apply" => c.push(("APPLY_MODE", f64::from(apply_mode))),
+                "batch_norm_apply_scalar" => {}
                 "batch_norm_partial_cf" | "batch_norm_partial_cl" => c.push(("VEC", on(vec))),
                 "batch_norm_finalize" | "batch_norm_eval_coef" => {
                     c.push(("HAS_W", on(self.weight.is_some())));
@@ -739,7 +751,7 @@ impl BatchNorm {
                 "batch_norm_pivot",
                 chan_grid,
                 &p,
-                &[1, 4],
+                &[1, 11],
                 (n0, n1),
             ));
             for &(n0, n1) in &chunks {
@@ -764,12 +776,12 @@ impl BatchNorm {
                 p.grid_x = grid.0;
                 steps.push(Step::new(gpu, entry, grid, &p, &[1, 3, 4], (n0, n1)));
             }
-            let grid = gpu.grid(d.c as u32)?;
+            let grid = gpu.grid(plan.finalize_workgroups)?;
             let p = BnParams {
                 grid_x: grid.0,
                 ..base
             };
-            let binds = &[3, 4, 5, 6, 7, 8, 9, 10];
+            let binds = &[3, 5, 6, 7, 8, 9, 10, 11];
             steps.push(Step::new(
                 gpu,
                 "batch_norm_finalize",
@@ -783,7 +795,7 @@ impl BatchNorm {
                 grid_x: chan_grid.0,
                 ..base
             };
-            let binds = &[4, 5, 6, 7, 8];
+            let binds = &[5, 6, 7, 8, 11];
             steps.push(Step::new(
                 gpu,
                 "batch_norm_eval_coef",
@@ -806,23 +818,20 @@ impl BatchNorm {
                 grid_x: grid.0,
                 ..base
             };
-            steps.push(Step::new(
-                gpu,
-                "batch_norm_apply",
-                grid,
-                &p,
-                &[1, 2, 4],
-                (n0, n1),
-            ));
+            let (entry, binds): (_, &'static [u32]) = match apply_mode {
+                0 => ("batch_norm_apply_scalar", &[1, 4, 12]),
+                _ => ("batch_norm_apply", &[1, 2, 4]),
+            };
+            steps.push(Step::new(gpu, entry, grid, &p, binds, (n0, n1)));
         }
 
         let (rm, rv) = (&self.running_mean, &self.running_var);
         let (mean_out, invstd_out) = stats.map_or((&dummy, &dummy), |s| (s.0, s.1));
         let resource = |bnd: u32, (n0, n1): (u64, u64)| match bnd {
             1 => xv(n0, n1).bind(x.buffer()),
-            2 => yv(n0, n1).bind(y.buffer()),
+            2 | 12 => yv(n0, n1).bind(y.buffer()),
             3 => partials.buffer().as_entire_binding(),
-            4 => coef.buffer().as_entire_binding(),
+            4 | 11 => coef.buffer().as_entire_binding(),
             5 => self
                 .weight
                 .as_ref()
@@ -838,7 +847,8 @@ impl BatchNorm {
             7 => rm.buffer().as_entire_binding(),
             8 => rv.buffer().as_entire_binding(),
             9 => mean_out.buffer().as_entire_binding(),
-            _ => invstd_out.buffer().as_entire_binding(),
+            10 => invstd_out.buffer().as_entire_binding(),
+            b => unreachable!("batch_norm.wgsl has no binding {b}"),
         };
         let mut launches = Vec::with_capacity(steps.len());
         for s in &steps {

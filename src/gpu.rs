@@ -11,6 +11,15 @@ use crate::error::{NormError, Result};
 /// WebGPU caps each grid dimension at 65535 workgroups.
 pub(crate) const MAX_GROUPS_PER_DIM: u32 = 65535;
 
+/// Largest storage binding any kernel plans with, in bytes, whatever the device allows. Metal
+/// reports bindings of tens of GB while the kernels index in u32 and multiply indices (a row
+/// times its length, a run times its size): below 2^31 bytes no such product of in-binding
+/// element indices overflows. Larger tensors run in chunks.
+pub(crate) const MAX_BINDING_CAP: u64 = (1 << 31) - 256;
+
+/// Longest pause between two non-blocking polls while waiting for the device.
+const POLL_NAP: std::time::Duration = std::time::Duration::from_millis(1);
+
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Options for [`Gpu::with_options`].
@@ -29,8 +38,9 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 pub struct GpuOptions {
     /// Do not request the SUBGROUP feature even where the adapter has it.
     pub disable_subgroups: bool,
-    /// Treat storage bindings as at most this many bytes (below the device's own limit), so
-    /// large-tensor chunking can be tested on small tensors.
+    /// Treat storage bindings as at most this many bytes (below the device's own limit and
+    /// below 2^31 bytes, which every context keeps to), so large-tensor chunking can be tested
+    /// on small tensors.
     pub max_binding_bytes: Option<u64>,
     /// Prefer this power preference when picking an adapter.
     pub power_preference: wgpu::PowerPreference,
@@ -55,9 +65,11 @@ pub enum Tuning {
 /// Optional device features this context obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Subgroup operations (`subgroupShuffleXor` etc.) are enabled.
+    /// The kernels reduce with subgroup shuffles: the device has SUBGROUP and the probe
+    /// dispatch found full, in-order subgroups (see [`Gpu::subgroup_note`]).
     pub subgroups: bool,
-    /// Smallest subgroup size the adapter may use (a power of two).
+    /// Subgroup size the kernels count on (a power of two): the smaller of the adapter's
+    /// minimum and the smallest the probe saw.
     pub subgroup_min_size: u32,
     /// Largest subgroup size the adapter may use.
     pub subgroup_max_size: u32,
@@ -70,17 +82,27 @@ pub struct Capabilities {
 /// A WGSL module family. The kernel for an operation lives in `shaders/<family>.wgsl`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Family {
-    LayerNorm,
+    /// With the vec4s each thread of `layer_norm_rows` keeps in registers (its ROW_CACHE): a
+    /// module constant, since WGSL sizes function arrays with constants only.
+    LayerNorm {
+        row_cache: u32,
+    },
     BatchNorm,
     Baseline,
 }
 
+/// The subgroup probe (see `shaders/subgroup_probe.wgsl`): its own module, no preludes.
+const PROBE_SOURCE: &str = include_str!("../shaders/subgroup_probe.wgsl");
+
 impl Family {
-    fn source(self) -> &'static str {
+    fn source(self) -> String {
         match self {
-            Family::LayerNorm => include_str!("../shaders/layer_norm.wgsl"),
-            Family::BatchNorm => include_str!("../shaders/batch_norm.wgsl"),
-            Family::Baseline => include_str!("../shaders/baseline.wgsl"),
+            Family::LayerNorm { row_cache } => format!(
+                "const ROW_CACHE: u32 = {row_cache}u;\n{}",
+                include_str!("../shaders/layer_norm.wgsl")
+            ),
+            Family::BatchNorm => include_str!("../shaders/batch_norm.wgsl").into(),
+            Family::Baseline => include_str!("../shaders/baseline.wgsl").into(),
         }
     }
 }
@@ -94,24 +116,32 @@ impl Family {
 /// assert!(src.contains("fn layer_norm_rows"));
 /// ```
 pub fn module_source(family: &str, subgroups: bool) -> Option<String> {
+    let f = [
+        Family::LayerNorm { row_cache: 16 },
+        Family::BatchNorm,
+        Family::Baseline,
+    ]
+    .into_iter()
+    .find(|f| family_file(*f) == family)?;
+    Some(module_text(f, subgroups))
+}
+
+fn module_text(family: Family, subgroups: bool) -> String {
     let lanes = if subgroups {
         include_str!("../shaders/lanes_subgroup.wgsl")
     } else {
         include_str!("../shaders/lanes_shared.wgsl")
     };
-    let body = [Family::LayerNorm, Family::BatchNorm, Family::Baseline]
-        .into_iter()
-        .find(|f| family_file(*f) == family)?
-        .source();
-    Some(format!(
-        "{lanes}\n{}\n{body}",
-        include_str!("../shaders/common.wgsl")
-    ))
+    format!(
+        "{lanes}\n{}\n{}",
+        include_str!("../shaders/common.wgsl"),
+        family.source()
+    )
 }
 
 fn family_file(f: Family) -> &'static str {
     match f {
-        Family::LayerNorm => "layer_norm",
+        Family::LayerNorm { .. } => "layer_norm",
         Family::BatchNorm => "batch_norm",
         Family::Baseline => "baseline",
     }
@@ -140,6 +170,12 @@ struct Inner {
     modules: Mutex<HashMap<(Family, bool), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     placeholder: Mutex<Option<crate::tensor::Tensor>>,
+    // Why subgroups are off although the device has them (the probe failed), or how they
+    // were checked.
+    subgroup_note: String,
+    // GL only: every call of this crate into the device takes this first, so a thread waits
+    // here (without a time limit) instead of in wgpu's context lock (which panics after 6 s).
+    serial: Option<Arc<Serial>>,
 }
 
 /// A wgpu device and queue with this crate's pipeline cache. Cheap to clone (an `Arc`), and
@@ -168,7 +204,8 @@ impl std::fmt::Debug for Gpu {
 
 impl Gpu {
     /// Picks an adapter (honouring `WGPU_BACKEND`, e.g. `vulkan`, `metal`, `dx12`, `gl`) and
-    /// creates a device with the adapter's own limits. Blocks. Software adapters count.
+    /// creates a device with the adapter's own limits. Blocks: [`Gpu::new_async`] is the same
+    /// without blocking (browsers). Software adapters count.
     ///
     /// ```no_run
     /// let gpu = fused_norm::Gpu::new()?;
@@ -178,28 +215,51 @@ impl Gpu {
         Gpu::with_options(GpuOptions::default())
     }
 
-    /// [`Gpu::new`] with options.
+    /// [`Gpu::new`] with options. Blocks.
     ///
     /// ```no_run
     /// let gpu = fused_norm::Gpu::with_options(fused_norm::GpuOptions::default())?;
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn with_options(opts: GpuOptions) -> Result<Gpu> {
+        block(Gpu::with_options_async(opts))?
+    }
+
+    /// [`Gpu::new`] as a future: what a browser (wasm32) calls.
+    ///
+    /// ```no_run
+    /// let gpu = pollster::block_on(fused_norm::Gpu::new_async())?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub async fn new_async() -> Result<Gpu> {
+        Gpu::with_options_async(GpuOptions::default()).await
+    }
+
+    /// [`Gpu::with_options`] as a future.
+    ///
+    /// ```no_run
+    /// let opts = fused_norm::GpuOptions::default();
+    /// let gpu = pollster::block_on(fused_norm::Gpu::with_options_async(opts))?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub async fn with_options_async(opts: GpuOptions) -> Result<Gpu> {
         // Instance::default() ignores WGPU_BACKEND; this reads it.
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: opts.power_preference,
-            force_fallback_adapter: false,
-            compatible_surface: None,
-            ..Default::default()
-        }))
-        .map_err(|e| {
-            let backend = std::env::var("WGPU_BACKEND")
-                .map(|b| format!(" for WGPU_BACKEND={b}"))
-                .unwrap_or_default();
-            NormError::NoAdapter(format!("{backend} ({e})"))
-        })?;
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: opts.power_preference,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                let backend = std::env::var("WGPU_BACKEND")
+                    .map(|b| format!(" for WGPU_BACKEND={b}"))
+                    .unwrap_or_default();
+                NormError::NoAdapter(format!("{backend} ({e})"))
+            })?;
         let wanted = wgpu::Features::SUBGROUP
             | wgpu::Features::SHADER_F16
             | wgpu::Features::TIMESTAMP_QUERY
@@ -210,18 +270,22 @@ impl Gpu {
         }
         // Limits::default() would cap workgroups at 256 invocations and 16 KiB of shared
         // memory, and bindings at 128 MiB, on adapters that offer more.
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("fused-norm"),
-            required_features: features,
-            required_limits: adapter.limits(),
-            ..Default::default()
-        }))
-        .map_err(|e| NormError::Device(e.to_string()))?;
-        Ok(Gpu::build(device, queue, adapter.get_info(), &opts))
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("fused-norm"),
+                required_features: features,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| NormError::Device(e.to_string()))?;
+        Ok(Gpu::build(device, queue, adapter.get_info(), &opts).await)
     }
 
     /// Wraps a device and queue the application already has (a renderer's, say). The crate
-    /// uses whichever of SUBGROUP, SHADER_F16 and TIMESTAMP_QUERY(_INSIDE_ENCODERS) the device was created with.
+    /// uses whichever of SUBGROUP, SHADER_F16 and TIMESTAMP_QUERY(_INSIDE_ENCODERS) the device
+    /// was created with. Blocks briefly for the subgroup probe; on wasm32, where nothing may
+    /// block, it skips the probe and keeps subgroups off: use [`Gpu::from_wgpu_async`] there.
     ///
     /// ```no_run
     /// # fn app_device() -> (wgpu::Device, wgpu::Queue) { unimplemented!() }
@@ -230,40 +294,91 @@ impl Gpu {
     /// ```
     pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
         let info = device.adapter_info();
-        Gpu::build(device, queue, info, &GpuOptions::default())
+        let opts = GpuOptions::default();
+        #[cfg(target_arch = "wasm32")]
+        {
+            let note = "not probed (Gpu::from_wgpu cannot wait in a browser; use from_wgpu_async)";
+            Gpu::assemble(device, queue, info, &opts, None, note.into())
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        pollster::block_on(Gpu::build(device, queue, info, &opts))
     }
 
-    fn build(
+    /// [`Gpu::from_wgpu`] as a future, with the subgroup probe on every target.
+    ///
+    /// ```no_run
+    /// # fn app_device() -> (wgpu::Device, wgpu::Queue) { unimplemented!() }
+    /// let (device, queue) = app_device();
+    /// let gpu = pollster::block_on(fused_norm::Gpu::from_wgpu_async(device, queue));
+    /// ```
+    pub async fn from_wgpu_async(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
+        let info = device.adapter_info();
+        Gpu::build(device, queue, info, &GpuOptions::default()).await
+    }
+
+    /// Probes the subgroups, then assembles the context.
+    async fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
         opts: &GpuOptions,
     ) -> Gpu {
-        let f = device.features();
         let limits = device.limits();
-        let subgroups = f.contains(wgpu::Features::SUBGROUP);
-        let (smin, smax) = if subgroups {
+        let (smin, smax) = (
+            info.subgroup_min_size.max(1).next_power_of_two(),
+            info.subgroup_max_size.max(1).next_power_of_two(),
+        );
+        let (sg, note) = if !device.features().contains(wgpu::Features::SUBGROUP) {
+            (None, "the device has no SUBGROUP feature".to_string())
+        } else if smax > 256 {
+            // A subgroup wider than our largest workgroup would break the lane numbering.
             (
-                info.subgroup_min_size.max(1).next_power_of_two(),
-                info.subgroup_max_size.max(1).next_power_of_two(),
+                None,
+                format!("subgroups of up to {smax} lanes exceed a workgroup"),
             )
         } else {
-            (1, 1)
+            let wgs: Vec<u32> = [64, 128, 256]
+                .into_iter()
+                .filter(|w| *w <= limits.max_compute_invocations_per_workgroup && *w >= smax)
+                .collect();
+            match probe::run(&device, &queue, &wgs, smin).await {
+                Ok(m) => (
+                    Some(m),
+                    format!("probe passed (workgroups {wgs:?}, {m}+ lanes)"),
+                ),
+                Err(why) => (None, format!("probe failed: {why}")),
+            }
         };
+        Gpu::assemble(device, queue, info, opts, sg, note)
+    }
+
+    fn assemble(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        opts: &GpuOptions,
+        subgroup_min: Option<u32>,
+        subgroup_note: String,
+    ) -> Gpu {
+        let f = device.features();
+        let limits = device.limits();
         let caps = Capabilities {
-            // A subgroup wider than our largest workgroup would break the lane numbering.
-            subgroups: subgroups && smax <= 256 && smin >= 1,
-            subgroup_min_size: smin,
-            subgroup_max_size: smax,
+            subgroups: subgroup_min.is_some(),
+            subgroup_min_size: subgroup_min.unwrap_or(1),
+            subgroup_max_size: match subgroup_min {
+                Some(_) => info.subgroup_max_size.max(1).next_power_of_two(),
+                None => 1,
+            },
             shader_f16: f.contains(wgpu::Features::SHADER_F16),
             timestamps: f.contains(
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
             ),
         };
-        let mut max_binding = limits.max_storage_buffer_binding_size;
-        if let Some(cap) = opts.max_binding_bytes {
-            max_binding = max_binding.min(cap);
-        }
+        let max_binding = binding_budget(
+            limits.max_storage_buffer_binding_size,
+            opts.max_binding_bytes,
+        );
+        let serial = (info.backend == wgpu::Backend::Gl).then(|| Arc::new(Serial::default()));
         Gpu {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -281,8 +396,22 @@ impl Gpu {
                 modules: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
                 placeholder: Mutex::new(None),
+                subgroup_note,
+                serial,
             }),
         }
+    }
+
+    /// Whether the kernels use subgroups, and why: the probe's verdict, or what the device
+    /// lacks.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// println!("subgroups: {}", gpu.subgroup_note());
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn subgroup_note(&self) -> &str {
+        &self.inner.subgroup_note
     }
 
     /// The wgpu device.
@@ -364,7 +493,7 @@ impl Gpu {
         let sg = if c.subgroups {
             format!("subgroups {}..{}", c.subgroup_min_size, c.subgroup_max_size)
         } else {
-            "no subgroups".to_string()
+            format!("no subgroups ({})", self.inner.subgroup_note)
         };
         format!(
             "{} ({:?}, {:?}, driver {} {}): {sg}, shader-f16 {}, timestamps {}",
@@ -465,7 +594,14 @@ impl Gpu {
         if let Some(m) = self.inner.modules.lock().unwrap().get(&(family, subgroups)) {
             return Ok(m.clone());
         }
-        let src = module_source(family_file(family), subgroups).expect("every Family has a file");
+        let src = module_text(family, subgroups);
+        // Browsers require the extension to be enabled; naga (every other target) rejects it.
+        #[cfg(target_arch = "wasm32")]
+        let src = if subgroups {
+            format!("enable subgroups;\n{src}")
+        } else {
+            src
+        };
         let m = self.scoped(|d| {
             d.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(family_file(family)),
@@ -480,18 +616,38 @@ impl Gpu {
         Ok(m)
     }
 
+    /// This thread's turn at the device, on GL (see `Inner::serial`); nothing elsewhere.
+    /// Re-entrant: a call made while the thread holds its turn keeps it.
+    pub(crate) fn turn(&self) -> Option<Turn> {
+        self.inner.serial.as_ref().and_then(|s| s.enter())
+    }
+
+    /// The context's serializer, for tensors to take a turn when they free their buffer.
+    pub(crate) fn serial(&self) -> Option<Arc<Serial>> {
+        self.inner.serial.clone()
+    }
+
     /// Runs `f` inside validation and out-of-memory error scopes, so wgpu errors come back as
-    /// `NormError::Wgpu` instead of reaching the default handler (which panics).
+    /// `NormError::Wgpu` instead of reaching the default handler (which panics). Never blocks:
+    /// native wgpu answers a popped scope at once. Browsers answer later, and an `encode` (run
+    /// every frame by a renderer) must not wait, so on wasm32 errors go to the device's
+    /// uncaptured-error handler as every other WebGPU call's do.
     pub(crate) fn scoped<T>(&self, f: impl FnOnce(&wgpu::Device) -> T) -> Result<T> {
         let d = &self.inner.device;
-        let oom = d.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let val = d.push_error_scope(wgpu::ErrorFilter::Validation);
-        let out = f(d);
-        let val_err = pollster::block_on(val.pop());
-        let oom_err = pollster::block_on(oom.pop());
-        match val_err.or(oom_err) {
-            Some(e) => Err(NormError::Wgpu(e.to_string())),
-            None => Ok(out),
+        let _turn = self.turn();
+        #[cfg(target_arch = "wasm32")]
+        return Ok(f(d));
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let oom = d.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let val = d.push_error_scope(wgpu::ErrorFilter::Validation);
+            let out = f(d);
+            let val_err = ready_now(val.pop());
+            let oom_err = ready_now(oom.pop());
+            match val_err.or(oom_err) {
+                Some(e) => Err(NormError::Wgpu(e.to_string())),
+                None => Ok(out),
+            }
         }
     }
 
@@ -507,7 +663,7 @@ impl Gpu {
     }
 
     /// Submits `encoder` and blocks until the device is done; wgpu errors come back as
-    /// [`NormError::Wgpu`].
+    /// [`NormError::Wgpu`]. [`Gpu::submit_async`] is the same as a future.
     ///
     /// ```no_run
     /// # let gpu = fused_norm::Gpu::new()?;
@@ -516,32 +672,79 @@ impl Gpu {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn submit_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
-        let idx = self.scoped(|_| self.inner.queue.submit([encoder.finish()]))?;
-        self.inner
-            .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(idx),
-                timeout: None,
-            })
-            .map_err(|e| NormError::Wgpu(e.to_string()))?;
+        block(self.submit_async(encoder))?
+    }
+
+    /// Submits `encoder`; the future resolves when the device is done with it.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let enc = gpu.encoder();
+    /// pollster::block_on(gpu.submit_async(enc))?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub async fn submit_async(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.scoped(|_| {
+            self.inner.queue.submit([encoder.finish()]);
+            self.inner.queue.on_submitted_work_done(move || tx.send(()));
+        })?;
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait_until(&rx)?;
+        rx.await;
         Ok(())
     }
 
-    /// Maps a MAP_READ buffer (after its copy was submitted) and returns its bytes. Blocks.
-    pub(crate) fn read_mapped(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+    /// Drives the device (native only) until `rx` has its value. Each poll is a non-blocking
+    /// check: a blocking wait would hold wgpu's GL context lock for its whole length (other
+    /// threads' calls panic after 6 s), and a wait with a timeout can trip an assertion in
+    /// wgpu-core when another thread retires the same submission meanwhile.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn wait_until<T>(&self, rx: &oneshot::Receiver<T>) -> Result<()> {
+        let mut spins = 0u32;
+        loop {
+            {
+                let _turn = self.turn();
+                self.inner
+                    .device
+                    .poll(wgpu::PollType::Poll)
+                    .map_err(|e| NormError::Wgpu(e.to_string()))?;
+            }
+            if rx.is_ready() {
+                return Ok(());
+            }
+            // Yield first (short kernels finish within microseconds), then back off to at most
+            // POLL_NAP so long jobs cost little CPU, which software adapters need.
+            spins += 1;
+            if spins < 32 {
+                std::thread::yield_now();
+            } else {
+                let us = 10u64 << (spins - 32).min(7);
+                std::thread::sleep(std::time::Duration::from_micros(us).min(POLL_NAP));
+            }
+        }
+    }
+
+    /// Maps a MAP_READ buffer (after its copy was submitted) and returns its bytes.
+    pub(crate) async fn read_mapped_async(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
         let err = |e: &dyn std::fmt::Display| NormError::Readback(e.to_string());
-        let (tx, rx) = std::sync::mpsc::channel();
-        buffer.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| err(&e))?;
-        rx.recv().map_err(|e| err(&e))?.map_err(|e| err(&e))?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let _turn = self.turn();
+            buffer.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait_until(&rx)?;
+        rx.await.map_err(|e| err(&e))?;
+        let _turn = self.turn();
         let bytes = buffer.get_mapped_range(..).map_err(|e| err(&e))?.to_vec();
         buffer.unmap();
         Ok(bytes)
+    }
+
+    /// Blocking [`Gpu::read_mapped_async`].
+    pub(crate) fn read_mapped(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+        block(self.read_mapped_async(buffer))?
     }
 
     /// A new command encoder on this device.
@@ -720,5 +923,350 @@ impl View {
             offset: self.offset,
             size: std::num::NonZeroU64::new(self.size),
         })
+    }
+}
+
+/// The binding size kernels plan with: the device's, capped below 2^31 bytes (see
+/// MAX_BINDING_CAP) and by the caller's option.
+pub(crate) fn binding_budget(device_limit: u64, option: Option<u64>) -> u64 {
+    device_limit
+        .min(MAX_BINDING_CAP)
+        .min(option.unwrap_or(u64::MAX))
+}
+
+/// Runs a future to completion on this thread: the blocking API. A browser cannot block, so
+/// there it returns an error that names the async form to call instead.
+pub(crate) fn block<F: std::future::Future>(f: F) -> Result<F::Output> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(f);
+        Err(NormError::InvalidArgument(
+            "blocking calls cannot run in a browser: use the *_async form (Gpu::new_async, \
+             Gpu::submit_async, Tensor::to_vec_async) or encode into your own encoder"
+                .into(),
+        ))
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    Ok(pollster::block_on(f))
+}
+
+/// The value of a future that is already complete, as native wgpu's error scopes are when
+/// popped; one that is not yet is waited for (native only: wasm32 never calls this).
+#[cfg(not(target_arch = "wasm32"))]
+fn ready_now<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => pollster::block_on(f),
+    }
+}
+
+/// A one-value channel whose receiving end is a future: for wgpu callbacks (buffer mapping,
+/// submitted work) that a browser runs from its event loop.
+mod oneshot {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    type Slot<T> = Arc<Mutex<(Option<T>, Option<Waker>)>>;
+
+    pub(crate) struct Sender<T>(Slot<T>);
+    pub(crate) struct Receiver<T>(Slot<T>);
+
+    pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
+        let slot: Slot<T> = Arc::new(Mutex::new((None, None)));
+        (Sender(slot.clone()), Receiver(slot))
+    }
+
+    impl<T> Sender<T> {
+        pub(crate) fn send(self, v: T) {
+            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            s.0 = Some(v);
+            if let Some(w) = s.1.take() {
+                w.wake();
+            }
+        }
+    }
+
+    impl<T> Receiver<T> {
+        /// Whether the value has been sent.
+        #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+        pub(crate) fn is_ready(&self) -> bool {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).0.is_some()
+        }
+    }
+
+    impl<T> Future for Receiver<T> {
+        type Output = T;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match s.0.take() {
+                Some(v) => Poll::Ready(v),
+                None => {
+                    s.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+/// The subgroup probe: one dispatch per workgroup size the policies use, checked on the host.
+mod probe {
+    use super::PROBE_SOURCE;
+
+    /// Runs the probe; the subgroup size the kernels may count on, or why they may not.
+    pub(super) async fn run(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        wgs: &[u32],
+        adapter_min: u32,
+    ) -> Result<u32, String> {
+        if wgs.is_empty() {
+            return Err("no workgroup size of 64..256 holds a subgroup".into());
+        }
+        // A dispatch may use narrower subgroups than the adapter reports: probe once to see the
+        // sizes, then again with the smallest seen, which the butterflies must then respect.
+        let mut sg_min = adapter_min;
+        for _ in 0..2 {
+            let mut seen = u32::MAX;
+            for &wg in wgs {
+                let data = dispatch(device, queue, wg, sg_min).await?;
+                seen = seen.min(check(wg, sg_min, &data)?);
+            }
+            if seen >= sg_min {
+                return Ok(sg_min);
+            }
+            sg_min = seen;
+        }
+        Err(format!("subgroup sizes kept shrinking below {sg_min}"))
+    }
+
+    const GROUPS: u32 = 4;
+
+    async fn dispatch(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        wg: u32,
+        sg_min: u32,
+    ) -> Result<Vec<[u32; 4]>, String> {
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("subgroup probe"),
+            source: wgpu::ShaderSource::Wgsl(probe_source().into()),
+        });
+        let constants = [("WG", f64::from(wg)), ("SG_MIN", f64::from(sg_min))];
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("subgroup probe"),
+            layout: None,
+            module: &module,
+            entry_point: Some("subgroup_probe"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        let size = u64::from(wg * GROUPS) * 16;
+        let out = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("subgroup probe"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("subgroup probe readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: out.as_entire_binding(),
+            }],
+        });
+        let mut enc = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(GROUPS, 1, 1);
+        }
+        enc.copy_buffer_to_buffer(&out, 0, &read, 0, size);
+        queue.submit([enc.finish()]);
+        let val_err = val.pop().await;
+        let oom_err = oom.pop().await;
+        if let Some(e) = val_err.or(oom_err) {
+            return Err(format!("the probe kernel did not run: {e}"));
+        }
+        let (tx, rx) = super::oneshot::channel();
+        read.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
+        #[cfg(not(target_arch = "wasm32"))]
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| e.to_string())?;
+        rx.await.map_err(|e| e.to_string())?;
+        let data = read
+            .get_mapped_range(..)
+            .map_err(|e| e.to_string())?
+            .to_vec();
+        Ok(bytemuck::pod_collect_to_vec(&data))
+    }
+
+    fn probe_source() -> String {
+        #[cfg(target_arch = "wasm32")]
+        return format!("enable subgroups;\n{PROBE_SOURCE}");
+        #[cfg(not(target_arch = "wasm32"))]
+        PROBE_SOURCE.to_string()
+    }
+
+    /// Checks one probe dispatch of workgroups of `wg` threads: every subgroup a full run of
+    /// consecutive thread indices with lane = index % size, sizes powers of two dividing `wg`,
+    /// and the butterfly over xor offsets below `sg_min` summing exactly its aligned block of
+    /// `sg_min` indices. Returns the smallest subgroup size seen.
+    pub(crate) fn check(wg: u32, sg_min: u32, data: &[[u32; 4]]) -> Result<u32, String> {
+        let mut seen = u32::MAX;
+        for (i, &[lane, size, sum, _]) in data.iter().enumerate() {
+            let t = i as u32 % wg;
+            if size == 0 || !size.is_power_of_two() || wg % size != 0 {
+                return Err(format!(
+                    "thread {t} of {wg} is in a subgroup of {size} lanes"
+                ));
+            }
+            if lane != t % size {
+                return Err(format!(
+                    "thread {t} of {wg} is lane {lane} of a subgroup of {size}: lanes are not \
+                     numbered in order"
+                ));
+            }
+            seen = seen.min(size);
+            if size >= sg_min {
+                let base = t - t % sg_min;
+                let want = sg_min * base + sg_min * (sg_min - 1) / 2;
+                if sum != want {
+                    return Err(format!(
+                        "the shuffle butterfly of thread {t} gave {sum}, not {want}"
+                    ));
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::check;
+
+        /// What full, in-order subgroups of `size` lanes report.
+        fn ideal(wg: u32, size: u32, sg_min: u32) -> Vec<[u32; 4]> {
+            (0..2 * wg)
+                .map(|i| {
+                    let t = i % wg;
+                    let base = t - t % sg_min;
+                    [t % size, size, sg_min * base + sg_min * (sg_min - 1) / 2, 0]
+                })
+                .collect()
+        }
+
+        #[test]
+        fn full_in_order_subgroups_pass() {
+            assert_eq!(check(64, 8, &ideal(64, 8, 8)), Ok(8));
+            assert_eq!(check(256, 32, &ideal(256, 32, 32)), Ok(32));
+            assert_eq!(check(64, 4, &ideal(64, 16, 4)), Ok(16));
+        }
+
+        #[test]
+        fn reversed_lanes_fail() {
+            let mut d = ideal(64, 8, 8);
+            for (i, v) in d.iter_mut().enumerate() {
+                v[0] = 7 - (i as u32 % 8);
+            }
+            assert!(check(64, 8, &d).unwrap_err().contains("in order"));
+        }
+
+        #[test]
+        fn partial_subgroups_fail() {
+            // A workgroup of 64 split into subgroups of 48 and 16 lanes (DX12, some browsers).
+            let d: Vec<[u32; 4]> = (0..64).map(|t| [t % 48, 48, 0, 0]).collect();
+            assert!(check(64, 8, &d).is_err());
+        }
+
+        #[test]
+        fn a_wrong_butterfly_fails() {
+            let mut d = ideal(64, 8, 8);
+            d[9][2] += 1;
+            assert!(check(64, 8, &d).unwrap_err().contains("butterfly"));
+        }
+
+        #[test]
+        fn narrower_dispatches_are_reported() {
+            // The adapter said 8, this dispatch ran subgroups of 4: the caller re-probes with 4.
+            assert_eq!(check(64, 8, &ideal(64, 4, 4)), Ok(4));
+        }
+
+        #[test]
+        fn bindings_stay_below_2_31_bytes() {
+            use crate::gpu::binding_budget;
+            // Metal reports tens of GB.
+            assert!(binding_budget(32 << 30, None) < 1 << 31);
+            assert_eq!(binding_budget(128 << 20, None), 128 << 20);
+            assert_eq!(binding_budget(32 << 30, Some(1 << 20)), 1 << 20);
+        }
+    }
+}
+
+/// One thread at a time at a GL device through this crate (see `Inner::serial`): a flag and a
+/// condition variable, so a turn can be held across calls without borrowing the lock.
+#[derive(Default)]
+pub(crate) struct Serial {
+    busy: Mutex<bool>,
+    freed: std::sync::Condvar,
+}
+
+thread_local! {
+    // The serializers this thread holds, so nested calls do not wait for themselves.
+    static HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A held turn; released on drop.
+pub(crate) struct Turn {
+    serial: Arc<Serial>,
+}
+
+impl Serial {
+    fn key(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as usize
+    }
+
+    /// Waits for this thread's turn, unless it already has it.
+    pub(crate) fn enter(self: &Arc<Self>) -> Option<Turn> {
+        let key = self.key();
+        if HELD.with(|h| h.borrow().contains(&key)) {
+            return None;
+        }
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy {
+            busy = self.freed.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy = true;
+        HELD.with(|h| h.borrow_mut().push(key));
+        Some(Turn {
+            serial: self.clone(),
+        })
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let key = self.serial.key();
+        HELD.with(|h| h.borrow_mut().retain(|k| *k != key));
+        *self.serial.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.serial.freed.notify_one();
     }
 }

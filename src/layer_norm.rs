@@ -4,8 +4,17 @@ use crate::error::{NormError, Result};
 use crate::gpu::{record_all, units_per_binding, view, Constants, Family, Gpu, Step};
 use crate::tensor::Tensor;
 
-/// Vec4s each thread keeps in registers in `layer_norm_rows` (the shader's ROW_CACHE).
+/// Most vec4s each thread keeps in registers in `layer_norm_rows` (the shader's ROW_CACHE,
+/// sized per call from the row length up to this).
 const ROW_CACHE: u32 = 16;
+
+/// Fewer rows than this leave a large GPU's compute units idle with several rows per
+/// workgroup (an H100 has 132 SMs): the GPU policy then gives each row a whole workgroup.
+const GPU_FEW_ROWS: u64 = 256;
+
+/// With few rows, rows of at least this many values take the split path: one workgroup per row
+/// would leave most of the device idle while each streams 64 KiB or more.
+const GPU_SPLIT_FEW_ROWS_D: usize = 16384;
 
 /// Most loop iterations one thread runs over a row. llvmpipe stops loops after 65535
 /// iterations per invocation, and a long sequential Welford loses precision (its error grows
@@ -49,6 +58,9 @@ pub struct LnPlan {
     pub group_threads: u32,
     /// Split-row: segments per row and vec4s per segment (0 for the rows kernel).
     pub segments: (u32, u32),
+    /// Rows kernel: vec4s of its row each thread keeps in registers (a power of two up to 16,
+    /// the fewest that hold its share of the row; 0 for split-row).
+    pub row_cache: u32,
     /// Whether the reductions use subgroup shuffles.
     pub subgroups: bool,
     /// Why the policy chose it.
@@ -353,9 +365,21 @@ impl LayerNorm {
             }
             LnVariant::Auto => {
                 // About four vec4s per thread, at least a subgroup's worth of rows sharing a
-                // subgroup for short rows, at most a workgroup per row.
-                let tpr = d4.div_ceil(4).next_power_of_two().clamp(1, wg);
-                if d4 <= tpr * ROW_CACHE {
+                // subgroup for short rows, at most a workgroup per row. With few rows (decoding)
+                // each row gets a workgroup, and long ones are split, so the device fills.
+                let few = (g.rows as u64) < GPU_FEW_ROWS;
+                let mut tpr = d4.div_ceil(4).next_power_of_two().clamp(1, wg);
+                if few {
+                    tpr = wg;
+                }
+                if few && g.d >= GPU_SPLIT_FEW_ROWS_D {
+                    let why = format!(
+                        "{} rows of {} values: too few rows to fill a GPU with a workgroup each; \
+                         split rows into segments",
+                        g.rows, g.d
+                    );
+                    (LnVariant::SplitRow, why)
+                } else if d4 <= tpr * ROW_CACHE {
                     let why = format!(
                         "{} values per row: {tpr} threads per row, {} rows per workgroup, x \
                          read once from memory",
@@ -424,11 +448,26 @@ impl LayerNorm {
                 (tps, (u64::from(d4).div_ceil(seg_v4) as u32, seg_v4 as u32))
             }
         };
+        let row_cache = match variant {
+            LnVariant::Rows { threads_per_row } => d4
+                .div_ceil(threads_per_row)
+                .next_power_of_two()
+                .clamp(1, ROW_CACHE),
+            _ => 0,
+        };
+        let mut reason = reason;
+        if !caps.subgroups {
+            reason = format!(
+                "{reason}; workgroup-memory reductions: {}",
+                gpu.subgroup_note()
+            );
+        }
         LnPlan {
             variant,
             workgroup_size: wg,
             group_threads,
             segments,
+            row_cache,
             subgroups: caps.subgroups,
             reason,
         }
@@ -484,6 +523,8 @@ impl LayerNorm {
         x: &Tensor,
         out: &LayerNormOutput,
     ) -> Result<()> {
+        // Held until the call's temporaries (uniforms, scratch) are freed (see `Gpu::turn`).
+        let _turn = gpu.turn();
         x.check_device(gpu, "x")?;
         let g = self.geometry(gpu, x.shape())?;
         for (name, t, n) in [
@@ -563,29 +604,39 @@ impl LayerNorm {
                 let agrid = gpu.grid(((n * per_row) as u32).div_ceil(wg))?;
                 steps.push(step("layer_norm_partial", pgrid, &[1, 7]));
                 steps.push(step("layer_norm_merge", mgrid, &[1, 5, 6, 7]));
-                steps.push(step("layer_norm_apply", agrid, &[1, 2, 3, 4, 7]));
+                steps.push(match g.d % 4 {
+                    0 => step("layer_norm_apply", agrid, &[1, 2, 3, 4, 7]),
+                    _ => step("layer_norm_apply_scalar", agrid, &[1, 3, 4, 7, 8]),
+                });
             } else {
                 let grid = gpu.grid((n as u32).div_ceil(wg / tpr))?;
-                steps.push(step("layer_norm_rows", grid, &[1, 2, 3, 4, 5, 6]));
+                steps.push(match g.d % 4 {
+                    0 => step("layer_norm_rows", grid, &[1, 2, 3, 4, 5, 6]),
+                    _ => step("layer_norm_rows_scalar", grid, &[1, 3, 4, 5, 6, 8]),
+                });
             }
             r0 = r1;
         }
         let resource = |b: u32, (r0, r1): (u64, u64)| match b {
             1 => view(gpu, r0 * d, r1 * d, x.buffer().size()).bind(x.buffer()),
-            2 => view(gpu, r0 * d, r1 * d, out.y.buffer().size()).bind(out.y.buffer()),
+            2 | 8 => view(gpu, r0 * d, r1 * d, out.y.buffer().size()).bind(out.y.buffer()),
             3 => gamma.as_entire_binding(),
             4 => beta.as_entire_binding(),
             5 => view(gpu, r0, r1, out.mean.buffer().size()).bind(out.mean.buffer()),
             6 => view(gpu, r0, r1, out.rstd.buffer().size()).bind(out.rstd.buffer()),
-            _ => scratch
+            7 => scratch
                 .as_ref()
                 .expect("split-row scratch")
                 .buffer()
                 .as_entire_binding(),
+            b => unreachable!("layer_norm.wgsl has no binding {b}"),
         };
         let mut launches = Vec::with_capacity(steps.len());
         for s in &steps {
-            let pipeline = gpu.pipeline(Family::LayerNorm, s.entry, &constants)?;
+            let family = Family::LayerNorm {
+                row_cache: plan.row_cache.max(1),
+            };
+            let pipeline = gpu.pipeline(family, s.entry, &constants)?;
             launches.push(s.launch(pipeline, resource));
         }
         record_all(gpu, encoder, &launches)

@@ -537,3 +537,20 @@ fn extreme_channel_counts_and_long_channels() {
         check_train_on(&[("default", gpu())], &x, &shape, layout, &o);
     }
 }
+
+#[test]
+fn finalize_launches_a_group_per_channel_not_a_workgroup() {
+    for (path, g) in gpus() {
+        let bn = BatchNorm::new(g, 1000).unwrap();
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let shape = shape_for(4, layout, 1000, 4 * 9 * 9);
+            let p = bn.plan(g, &shape, layout).unwrap();
+            let per_wg = p.workgroup_size / p.finalize_threads;
+            assert_eq!(
+                p.finalize_workgroups,
+                1000u32.div_ceil(per_wg),
+                "{path} {layout:?}"
+            );
+        }
+    }
+}

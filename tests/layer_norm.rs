@@ -443,3 +443,37 @@ fn gpu_is_clone_send_sync() {
     check::<LayerNorm>();
     check::<fused_norm::BatchNorm>();
 }
+
+#[test]
+fn every_context_plans_with_bindings_below_2_31_bytes() {
+    // Kernels index in u32; Metal reports bindings of tens of GB.
+    for (path, g) in gpus() {
+        assert!(g.max_binding_bytes() < 1 << 31, "{path}");
+    }
+}
+
+#[test]
+fn gpu_plan_sizes_the_row_cache_and_spreads_few_rows() {
+    let g = common::gpu_gpu_tuning();
+    let many = LayerNorm::new(&[768]).plan(g, &[4096, 768]).unwrap();
+    let LnVariant::Rows { threads_per_row } = many.variant else {
+        panic!("{many}");
+    };
+    // 192 vec4s over the row's threads, rounded up to a power of two: no unused registers.
+    assert_eq!(
+        many.row_cache,
+        (192u32).div_ceil(threads_per_row).next_power_of_two()
+    );
+    assert!(many.row_cache < 16, "{many}");
+    // Decoding: 4 rows get a workgroup each; few long rows are split.
+    let few = LayerNorm::new(&[768]).plan(g, &[4, 768]).unwrap();
+    assert_eq!(
+        few.variant,
+        LnVariant::Rows {
+            threads_per_row: few.workgroup_size
+        },
+        "{few}"
+    );
+    let long = LayerNorm::new(&[65536]).plan(g, &[8, 65536]).unwrap();
+    assert_eq!(long.variant, LnVariant::SplitRow, "{long}");
+}
