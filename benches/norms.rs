@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fused_norm::baseline::{self, Naive};
 use fused_norm::bench::{grid, GpuTimer, Op};
-use fused_norm::{cpu, BatchNorm, BatchNormOutput, Gpu, LayerNorm, LayerNormOutput, Tensor};
+use fused_norm::{reference, BatchNorm, BatchNormOutput, Gpu, LayerNorm, LayerNormOutput, Tensor};
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
     fused_norm::bench::pseudo_random(n, seed, 0.25, 0.87)
@@ -104,7 +104,7 @@ fn norms(c: &mut Criterion) {
                     bch.iter_custom(|n| {
                         let t = Instant::now();
                         for _ in 0..n {
-                            std::hint::black_box(cpu::layer_norm(
+                            std::hint::black_box(reference::layer_norm(
                                 &xh,
                                 ch,
                                 Some(&wh),
@@ -152,8 +152,8 @@ fn norms(c: &mut Criterion) {
                     bch.iter_custom(|n| {
                         let t = Instant::now();
                         for _ in 0..n {
-                            let st = cpu::batch_stats(&xh, ch, s);
-                            std::hint::black_box(cpu::batch_norm_apply(
+                            let st = reference::batch_stats(&xh, ch, s);
+                            std::hint::black_box(reference::batch_norm_apply(
                                 &xh,
                                 ch,
                                 s,

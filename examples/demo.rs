@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use fused_norm::bench::pseudo_random;
-use fused_norm::{cpu, BatchNorm, Gpu, LayerNorm, Layout, Tensor};
+use fused_norm::{reference, BatchNorm, Gpu, LayerNorm, Layout, Tensor};
 
 fn max_abs_err(got: &[f32], want: &[f64]) -> f64 {
     got.iter()
@@ -46,7 +46,7 @@ fn main() -> Result<(), fused_norm::NormError> {
     let mut out = None;
     let ms = median_ms(|| out = Some(ln.forward(&gpu, &xt).expect("layer_norm")));
     let out = out.expect("ran");
-    let r = cpu::layer_norm(&x, d, Some(&w), Some(&bias), 1e-5);
+    let r = reference::layer_norm(&x, d, Some(&w), Some(&bias), 1e-5);
     let err_y = max_abs_err(&out.y.to_vec(&gpu)?, &r.y);
     let err_m = max_abs_err(&out.mean.to_vec(&gpu)?, &r.mean);
     let err_r = max_abs_err(&out.rstd.to_vec(&gpu)?, &r.rstd);
@@ -68,19 +68,19 @@ fn main() -> Result<(), fused_norm::NormError> {
     let start = Instant::now();
     let train = bn.forward_train(&gpu, &xt, Layout::ChannelsFirst)?;
     let train_ms = start.elapsed().as_secs_f64() * 1e3;
-    let st = cpu::batch_stats(&x, c, s);
-    let want = cpu::batch_norm_apply(&x, c, s, &st.mean, &st.var, Some(&wt), Some(&bt), 1e-5);
+    let st = reference::batch_stats(&x, c, s);
+    let want = reference::batch_norm_apply(&x, c, s, &st.mean, &st.var, Some(&wt), Some(&bt), 1e-5);
     let err_train = max_abs_err(&train.y.to_vec(&gpu)?, &want);
     let mut rm = vec![0.0; c];
     let mut rv = vec![1.0; c];
-    cpu::update_running(&mut rm, &st.mean, 0.1);
-    cpu::update_running(&mut rv, &st.var_unbiased, 0.1);
+    reference::update_running(&mut rm, &st.mean, 0.1);
+    reference::update_running(&mut rv, &st.var_unbiased, 0.1);
     let err_rm = max_abs_err(&bn.running_mean().to_vec(&gpu)?, &rm);
     let err_rv = max_abs_err(&bn.running_var().to_vec(&gpu)?, &rv);
     let start = Instant::now();
     let y_eval = bn.forward_eval(&gpu, &xt, Layout::ChannelsFirst)?;
     let eval_ms = start.elapsed().as_secs_f64() * 1e3;
-    let want_eval = cpu::batch_norm_apply(&x, c, s, &rm, &rv, Some(&wt), Some(&bt), 1e-5);
+    let want_eval = reference::batch_norm_apply(&x, c, s, &rm, &rv, Some(&wt), Some(&bt), 1e-5);
     let err_eval = max_abs_err(&y_eval.to_vec(&gpu)?, &want_eval);
     println!("batch_norm {shape:?} NCHW:");
     println!(

@@ -8,7 +8,8 @@ use std::time::Instant;
 use crate::baseline::{self, Naive};
 use crate::error::Result;
 use crate::{
-    cpu, BatchNorm, BatchNormOutput, Gpu, LayerNorm, LayerNormOutput, Layout, LnVariant, Tensor,
+    reference, BatchNorm, BatchNormOutput, Gpu, LayerNorm, LayerNormOutput, Layout, LnVariant,
+    Tensor,
 };
 
 /// How GPU time was measured.
@@ -414,7 +415,7 @@ pub fn run_case(
                 baseline::encode_naive_layer_norm(gpu, e, &x, c, &y, &naive)
             })?;
             let t = Instant::now();
-            let r = cpu::layer_norm(&xh, c, Some(&wh), Some(&bh), 1e-5);
+            let r = reference::layer_norm(&xh, c, Some(&wh), Some(&bh), 1e-5);
             let cpu_ms = t.elapsed().as_secs_f64() * 1e3;
             drop(r);
             let v = plan.to_string();
@@ -441,8 +442,17 @@ pub fn run_case(
                 baseline::encode_naive_batch_norm(gpu, e, &x, case.layout, &y, &naive, train)
             })?;
             let t = Instant::now();
-            let st = cpu::batch_stats(&xh, c, s);
-            let r = cpu::batch_norm_apply(&xh, c, s, &st.mean, &st.var, Some(&wh), Some(&bh), 1e-5);
+            let st = reference::batch_stats(&xh, c, s);
+            let r = reference::batch_norm_apply(
+                &xh,
+                c,
+                s,
+                &st.mean,
+                &st.var,
+                Some(&wh),
+                Some(&bh),
+                1e-5,
+            );
             let cpu_ms = t.elapsed().as_secs_f64() * 1e3;
             drop(r);
             let plan = bn.plan(gpu, shape, case.layout)?;

@@ -11,10 +11,10 @@
 pub mod baseline;
 mod batch_norm;
 pub mod bench;
-pub mod cpu;
 mod error;
 mod gpu;
 mod layer_norm;
+pub mod reference;
 mod tensor;
 
 pub use batch_norm::{BatchNorm, BatchNormOutput, BnPlan, Layout, TrainCommit};

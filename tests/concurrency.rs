@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{assert_close, Rng};
-use fused_norm::{cpu, gpu_layer_norm, Gpu, LayerNorm, LayerNormOutput, Tensor};
+use fused_norm::{gpu_layer_norm, reference, Gpu, LayerNorm, LayerNormOutput, Tensor};
 
 /// Records `reps` LayerNorms of a 16 MB tensor into one encoder.
 fn long_job(gpu: &Gpu, reps: usize) -> wgpu::CommandEncoder {
@@ -64,7 +64,7 @@ fn a_long_submission_does_not_break_other_threads() {
                         assert_close(
                             "small call",
                             &y,
-                            &cpu::layer_norm(&xs, 100, None, None, 1e-5).y,
+                            &reference::layer_norm(&xs, 100, None, None, 1e-5).y,
                         );
                         calls += 1;
                         std::thread::sleep(Duration::from_millis(50));
