@@ -4,8 +4,11 @@
 //! They are for measuring the fused kernels against, not for use: the naive ones compute
 //! `sum(x) / n` in f32 and have no chunking for tensors over one binding.
 
+use crate::context::Gpu;
 use crate::error::{NormError, Result};
-use crate::gpu::{record_all, Constants, Family, Gpu, Step};
+use crate::runtime::constants::{Flag, Overrides};
+use crate::runtime::dispatch::{record_all, Launch};
+use crate::runtime::pipeline::{Kernel, Shader};
 use crate::tensor::Tensor;
 use crate::Layout;
 
@@ -63,19 +66,22 @@ pub fn encode_copy(
     }
     let w = wg(gpu);
     let work = x.numel().div_ceil(4) as u32;
-    let grid = gpu.grid(work.div_ceil(w))?;
-    let p = BaseParams {
+    let params = |grid_x| BaseParams {
         work,
-        grid_x: grid.0,
+        grid_x,
         ..Default::default()
     };
-    let step = Step::new(gpu, "copy_vec4", grid, &p, &[1, 2], (0, 0));
-    let c: Constants = vec![("WG", f64::from(w)), ("TPR", f64::from(w))];
-    let pipeline = gpu.pipeline(Family::Baseline, "copy_vec4", &c)?;
-    let launch = step.launch(pipeline, |b, _| match b {
-        1 => x.buffer().as_entire_binding(),
-        _ => y.buffer().as_entire_binding(),
-    });
+    let o = Overrides::new(w, w);
+    let launch = Launch::new(
+        gpu,
+        Shader::Baseline,
+        Kernel::Copy,
+        &o,
+        work.div_ceil(w),
+        params,
+    )?
+    .buf("src", x.buffer())
+    .buf("dst", y.buffer());
     record_all(gpu, enc, &[launch])
 }
 
@@ -94,13 +100,6 @@ pub struct Naive {
     pub eps: f32,
 }
 
-fn affine(n: &Naive) -> Constants {
-    vec![
-        ("HAS_W", if n.weight.is_some() { 1.0 } else { 0.0 }),
-        ("HAS_B", if n.bias.is_some() { 1.0 } else { 0.0 }),
-    ]
-}
-
 /// Records a naive norm: statistics (mean, then variance) when `stats`, then the normalize pass.
 #[allow(clippy::too_many_arguments)]
 fn encode_naive(
@@ -109,7 +108,7 @@ fn encode_naive(
     x: &Tensor,
     y: &Tensor,
     n: &Naive,
-    names: [&'static str; 3],
+    kernels: [Kernel; 3],
     groups_stats: u32,
     stats: bool,
     p: BaseParams,
@@ -121,56 +120,37 @@ fn encode_naive(
     fits(gpu, x)?;
     let w = wg(gpu);
     let dummy = gpu.placeholder()?;
-    let mut consts = affine(n);
-    consts.push(("WG", f64::from(w)));
-    consts.push(("TPR", f64::from(w)));
-    let sgrid = gpu.grid(groups_stats)?;
-    let agrid = gpu.grid((x.numel() as u32).div_ceil(w))?;
-    let mut steps = Vec::new();
+    let o = Overrides::new(w, w)
+        .flag(Flag::HasWeight, n.weight.is_some())
+        .flag(Flag::HasBias, n.bias.is_some());
+    let mut launches = Vec::new();
     if stats {
-        let sp = BaseParams {
-            grid_x: sgrid.0,
-            ..p
-        };
-        steps.push(Step::new(gpu, names[0], sgrid, &sp, &[1, 3], (0, 0)));
-        steps.push(Step::new(gpu, names[1], sgrid, &sp, &[1, 3, 4], (0, 0)));
+        for k in [kernels[0], kernels[1]] {
+            let sp = |grid_x| BaseParams { grid_x, ..p };
+            launches.push(
+                Launch::new(gpu, Shader::Baseline, k, &o, groups_stats, sp)?
+                    .buf("src", x.buffer())
+                    .buf("stat_mean", n.mean.buffer()),
+            );
+        }
+        let l = launches.pop().expect("the variance pass");
+        launches.push(l.buf("stat_var", n.var.buffer()));
     }
-    let ap = BaseParams {
-        grid_x: agrid.0,
+    let ap = |grid_x| BaseParams {
+        grid_x,
         work: x.numel() as u32,
         ..p
     };
-    steps.push(Step::new(
-        gpu,
-        names[2],
-        agrid,
-        &ap,
-        &[1, 3, 4, 5, 6, 7],
-        (0, 0),
-    ));
-    let resource = |b: u32, _| match b {
-        1 => x.buffer().as_entire_binding(),
-        2 | 7 => y.buffer().as_entire_binding(),
-        3 => n.mean.buffer().as_entire_binding(),
-        4 => n.var.buffer().as_entire_binding(),
-        5 => n
-            .weight
-            .as_ref()
-            .unwrap_or(&dummy)
-            .buffer()
-            .as_entire_binding(),
-        _ => n
-            .bias
-            .as_ref()
-            .unwrap_or(&dummy)
-            .buffer()
-            .as_entire_binding(),
-    };
-    let mut launches = Vec::new();
-    for s in &steps {
-        let pipeline = gpu.pipeline(Family::Baseline, s.entry, &consts)?;
-        launches.push(s.launch(pipeline, resource));
-    }
+    let groups = (x.numel() as u32).div_ceil(w);
+    launches.push(
+        Launch::new(gpu, Shader::Baseline, kernels[2], &o, groups, ap)?
+            .buf("src", x.buffer())
+            .buf("dst1", y.buffer())
+            .buf("stat_mean", n.mean.buffer())
+            .buf("stat_var", n.var.buffer())
+            .buf("w", n.weight.as_ref().unwrap_or(&dummy).buffer())
+            .buf("b", n.bias.as_ref().unwrap_or(&dummy).buffer()),
+    );
     record_all(gpu, enc, &launches)
 }
 
@@ -207,8 +187,12 @@ pub fn encode_naive_layer_norm(
         eps: n.eps,
         ..Default::default()
     };
-    let names = ["naive_ln_mean", "naive_ln_var", "naive_ln_apply"];
-    encode_naive(gpu, enc, x, y, n, names, rows as u32, true, p)
+    let kernels = [
+        Kernel::NaiveLnMean,
+        Kernel::NaiveLnVar,
+        Kernel::NaiveLnApply,
+    ];
+    encode_naive(gpu, enc, x, y, n, kernels, rows as u32, true, p)
 }
 
 /// Records the naive BatchNorm: in training, per-channel mean and variance dispatches (a
@@ -254,6 +238,10 @@ pub fn encode_naive_batch_norm(
         eps: n.eps,
         ..Default::default()
     };
-    let names = ["naive_bn_mean", "naive_bn_var", "naive_bn_apply"];
-    encode_naive(gpu, enc, x, y, n, names, c as u32, train, p)
+    let kernels = [
+        Kernel::NaiveBnMean,
+        Kernel::NaiveBnVar,
+        Kernel::NaiveBnApply,
+    ];
+    encode_naive(gpu, enc, x, y, n, kernels, c as u32, train, p)
 }

@@ -456,14 +456,12 @@ pub fn run_case(
             let cpu_ms = t.elapsed().as_secs_f64() * 1e3;
             drop(r);
             let plan = bn.plan(gpu, shape, case.layout)?;
+            let apply = plan.channels.as_ref().map_or("", |c| c.apply_name());
             let v = match train {
                 true => plan.to_string(),
-                false => format!(
-                    "eval_coef + apply {}, wg={}",
-                    plan.apply_name(),
-                    plan.workgroup_size
-                ),
+                false => format!("eval_coef + apply {apply}, wg={}", plan.workgroup_size),
             };
+            let v = v.split(':').next().unwrap_or("").to_string();
             (fused, naive_ms, cpu_ms, v)
         }
     };

@@ -1,4 +1,6 @@
-//! Fused LayerNorm and BatchNorm compute kernels in WGSL, run through wgpu on any adapter.
+//! Fused normalization kernels in WGSL, run through wgpu on any adapter: LayerNorm, RMSNorm,
+//! GroupNorm, InstanceNorm and BatchNorm as configurations of two reductions (over contiguous
+//! rows, over strided channels) and one elementwise pass.
 //!
 //! ```no_run
 //! use fused_norm::{gpu_layer_norm, Gpu, Tensor};
@@ -9,16 +11,23 @@
 //! ```
 
 pub mod baseline;
-mod batch_norm;
 pub mod bench;
+mod context;
 mod error;
-mod gpu;
-mod layer_norm;
+mod norms;
+mod ops;
 pub mod reference;
+mod runtime;
 mod tensor;
 
-pub use batch_norm::{BatchNorm, BatchNormOutput, BnPlan, Layout, TrainCommit};
+pub use context::{Capabilities, Gpu, GpuOptions, Tuning};
 pub use error::{NormError, Result};
-pub use gpu::{module_source, Capabilities, Gpu, GpuOptions, Tuning};
-pub use layer_norm::{gpu_layer_norm, LayerNorm, LayerNormOutput, LnPlan, LnVariant};
+pub use norms::{
+    gpu_layer_norm, BatchNorm, BatchNormOutput, BatchNormPlan, ChannelsPlan, GroupNorm,
+    GroupNormOutput, GroupNormPlan, InstanceNorm, InstanceNormOutput, InstanceNormPlan, LayerNorm,
+    LayerNormOutput, LayerNormPlan, Layout, LnVariant, NormOutput, Plan, RmsNorm, RmsNormOutput,
+    RmsNormPlan, RowsPlan, TrainCommit,
+};
+#[doc(hidden)]
+pub use runtime::pipeline::module_source;
 pub use tensor::Tensor;

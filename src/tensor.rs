@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::context::{Gpu, Serial};
 use crate::error::{NormError, Result};
-use crate::gpu::{Gpu, Serial};
 
 /// A tensor's buffer. Freeing a buffer takes wgpu's GL context lock, which panics after 6 s of
 /// waiting (another thread may be running a long submission): the last owner frees it during
@@ -249,7 +249,7 @@ impl Tensor {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn to_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
-        crate::gpu::block(self.to_vec_async(gpu))?
+        crate::context::block(self.to_vec_async(gpu))?
     }
 
     /// Downloads the values; the future resolves once they are on the host. What a browser
@@ -285,15 +285,6 @@ impl Tensor {
         let _turn = gpu.turn();
         drop(staging);
         Ok(bytemuck::pod_collect_to_vec(&bytes?))
-    }
-
-    /// A tensor of `shape` on `gpu` with a 16-byte buffer: for planning, never bound.
-    pub(crate) fn shape_only(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
-        check_shape(shape)?;
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            ..Tensor::empty(gpu, &[4])?
-        })
     }
 
     /// Errors if `out` shares its buffer with `input` (kernels read one and write the other).

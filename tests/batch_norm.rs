@@ -501,18 +501,20 @@ fn plan_describes_the_kernels_and_follows_the_tuning() {
     let b = gpu_t
         .plan(gpu_gpu_tuning(), &shape, Layout::ChannelsFirst)
         .unwrap();
+    let (ac, bc) = (a.channels.clone().unwrap(), b.channels.clone().unwrap());
     assert!(
-        !a.channels_last && a.to_string().contains("partial_cf"),
+        !ac.channels_last && a.to_string().contains("partial_cf"),
         "{a}"
     );
     assert!(
-        b.workgroup_size >= a.workgroup_size && b.partial_threads > a.partial_threads,
+        b.workgroup_size >= a.workgroup_size && bc.partial_threads > ac.partial_threads,
         "{a} / {b}"
     );
     let cl = cpu
         .plan(gpu_cpu_tuning(), &[32, 56, 56, 64], Layout::ChannelsLast)
         .unwrap();
-    assert!(cl.channels_last && cl.apply_name() == "vec4-cl", "{cl}");
+    let clc = cl.channels.clone().unwrap();
+    assert!(clc.channels_last && clc.apply_name() == "vec4-cl", "{cl}");
     // Planning validates like a call does.
     assert!(cpu
         .plan(gpu_cpu_tuning(), &[32, 63, 4], Layout::ChannelsFirst)
@@ -544,8 +546,9 @@ fn finalize_launches_a_group_per_channel_not_a_workgroup() {
         let bn = BatchNorm::new(g, 1000).unwrap();
         for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
             let shape = shape_for(4, layout, 1000, 4 * 9 * 9);
-            let p = bn.plan(g, &shape, layout).unwrap();
-            let per_wg = p.workgroup_size / p.finalize_threads;
+            let plan = bn.plan(g, &shape, layout).unwrap();
+            let p = plan.channels.unwrap();
+            let per_wg = plan.workgroup_size / p.finalize_threads;
             assert_eq!(
                 p.finalize_workgroups,
                 1000u32.div_ceil(per_wg),

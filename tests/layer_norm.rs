@@ -378,13 +378,13 @@ fn gpu_layer_norm_is_last_dim_eps_1e5() {
 fn plan_names_the_variant_and_honours_forcing() {
     let g = gpu();
     let auto = LayerNorm::new(&[768]).plan(g, &[4096, 768]).unwrap();
-    assert_ne!(auto.variant, LnVariant::Auto);
+    assert_ne!(auto.rows.as_ref().unwrap().variant, LnVariant::Auto);
     assert!(!auto.reason.is_empty());
     let forced = LayerNorm::new(&[768])
         .variant(LnVariant::SplitRow)
         .plan(g, &[4096, 768])
         .unwrap();
-    assert_eq!(forced.variant, LnVariant::SplitRow);
+    assert_eq!(forced.rows.as_ref().unwrap().variant, LnVariant::SplitRow);
     let rows = LayerNorm::new(&[768])
         .variant(LnVariant::Rows {
             threads_per_row: 16,
@@ -392,7 +392,7 @@ fn plan_names_the_variant_and_honours_forcing() {
         .plan(g, &[4096, 768])
         .unwrap();
     assert_eq!(
-        rows.variant,
+        rows.rows.as_ref().unwrap().variant,
         LnVariant::Rows {
             threads_per_row: 16
         }
@@ -456,24 +456,28 @@ fn every_context_plans_with_bindings_below_2_31_bytes() {
 fn gpu_plan_sizes_the_row_cache_and_spreads_few_rows() {
     let g = common::gpu_gpu_tuning();
     let many = LayerNorm::new(&[768]).plan(g, &[4096, 768]).unwrap();
-    let LnVariant::Rows { threads_per_row } = many.variant else {
+    let LnVariant::Rows { threads_per_row } = many.rows.as_ref().unwrap().variant else {
         panic!("{many}");
     };
     // 192 vec4s over the row's threads, rounded up to a power of two: no unused registers.
     assert_eq!(
-        many.row_cache,
+        many.rows.as_ref().unwrap().row_cache,
         (192u32).div_ceil(threads_per_row).next_power_of_two()
     );
-    assert!(many.row_cache < 16, "{many}");
+    assert!(many.rows.as_ref().unwrap().row_cache < 16, "{many}");
     // Decoding: 4 rows get a workgroup each; few long rows are split.
     let few = LayerNorm::new(&[768]).plan(g, &[4, 768]).unwrap();
     assert_eq!(
-        few.variant,
+        few.rows.as_ref().unwrap().variant,
         LnVariant::Rows {
             threads_per_row: few.workgroup_size
         },
         "{few}"
     );
     let long = LayerNorm::new(&[65536]).plan(g, &[8, 65536]).unwrap();
-    assert_eq!(long.variant, LnVariant::SplitRow, "{long}");
+    assert_eq!(
+        long.rows.as_ref().unwrap().variant,
+        LnVariant::SplitRow,
+        "{long}"
+    );
 }

@@ -133,16 +133,20 @@ fn sized_sets(bools: &[&'static str], reduce: bool) -> OverrideSets {
 }
 
 #[test]
-fn layer_norm_module_compiles_for_every_backend() {
-    let n = check_family("layer_norm", &|entry| {
-        sized_sets(&["VEC", "HAS_W", "HAS_B"], entry == "layer_norm_rows")
+fn rows_module_compiles_for_every_backend() {
+    let n = check_family("rows", &|entry| {
+        let reduces = ["rows_norm", "rows_norm_scalar", "rows_partial"].contains(&entry);
+        sized_sets(
+            &["VEC", "HAS_W", "HAS_B", "CENTER", "CHANNEL_AFFINE"],
+            reduces,
+        )
     });
     assert!(n > 100);
 }
 
 #[test]
-fn layer_norm_rows_compiles_with_every_row_cache() {
-    let src = fused_norm::module_source("layer_norm", true).unwrap();
+fn rows_norm_compiles_with_every_row_cache() {
+    let src = fused_norm::module_source("rows", true).unwrap();
     let line = "const ROW_CACHE: u32 = 16u;";
     assert!(src.contains(line));
     for cache in [1, 2, 4, 8] {
@@ -158,28 +162,24 @@ fn layer_norm_rows_compiles_with_every_row_cache() {
                 ("SG_MIN", 32.0),
                 ("HAS_W", 1.0),
             ];
-            compile("layer_norm_rows", &module, &info, "layer_norm_rows", &c);
+            compile("rows_norm", &module, &info, "rows_norm", &c);
         }
     }
 }
 
 #[test]
-fn batch_norm_module_compiles_for_every_backend() {
-    let n = check_family("batch_norm", &|entry| {
-        let mut sets = sized_sets(&["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED"], false);
-        if entry == "batch_norm_apply" {
-            // Every layout of the elementwise pass: scalar, vec4 of one channel, of four.
-            let base = sets.clone();
-            for mode in [2.0] {
-                sets.extend(
-                    base.iter()
-                        .map(|s| [s.clone(), vec![("APPLY_MODE", mode)]].concat()),
-                );
-            }
-        }
-        sets
+fn channels_module_compiles_for_every_backend() {
+    let n = check_family("channels", &|entry| {
+        let reduces = ["channels_partial_cf", "channels_finalize"].contains(&entry);
+        sized_sets(&["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED"], reduces)
     });
     assert!(n > 100);
+}
+
+#[test]
+fn apply_module_compiles_for_every_backend() {
+    let n = check_family("apply", &|_| sized_sets(&[], false));
+    assert!(n > 10);
 }
 
 #[test]
@@ -208,7 +208,7 @@ fn parsed(file: &str, subgroups: bool) -> (Module, ModuleInfo) {
     (module, info)
 }
 
-const FAMILIES: [&str; 3] = ["layer_norm", "batch_norm", "baseline"];
+const FAMILIES: [&str; 4] = ["rows", "channels", "apply", "baseline"];
 
 /// The global variable a pointer expression points into, if any.
 fn root_global(f: &Function, mut e: Handle<Expression>) -> Option<Handle<GlobalVariable>> {
@@ -523,7 +523,7 @@ fn no_kernel_reuses_workgroup_memory_without_a_barrier() {
 fn the_race_check_catches_two_reductions_without_a_trailing_barrier() {
     // reduce_group as it was: the last level reads red_a, and the next call's first level writes
     // red_a with no barrier between.
-    let src = fused_norm::module_source("layer_norm", false).unwrap();
+    let src = fused_norm::module_source("rows", false).unwrap();
     let fixed = "    }\n    workgroupBarrier();\n    return a;\n}";
     assert!(
         src.contains(fixed),
@@ -535,7 +535,7 @@ fn the_race_check_catches_two_reductions_without_a_trailing_barrier() {
     assert!(
         found
             .iter()
-            .any(|m| m.starts_with("layer_norm_rows:") && m.contains("red_a")),
+            .any(|m| m.starts_with("rows_norm:") && m.contains("red_a")),
         "{found:?}"
     );
 }

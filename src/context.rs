@@ -1,12 +1,13 @@
-//! The `Gpu` context: device, queue, capabilities and the pipeline cache, plus the small
-//! amount of plumbing every kernel wrapper shares (error scopes, chunked bindings, 2-D grids).
+//! The `Gpu` context: device, queue, capabilities, the pipeline cache, and how the crate waits
+//! for the device (error scopes, non-blocking polls, turns at a GL device, async forms).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
 use crate::error::{NormError, Result};
+use crate::runtime::pipeline::PipelineCache;
+use crate::runtime::probe;
 
 /// WebGPU caps each grid dimension at 65535 workgroups.
 pub(crate) const MAX_GROUPS_PER_DIM: u32 = 65535;
@@ -79,85 +80,6 @@ pub struct Capabilities {
     pub timestamps: bool,
 }
 
-/// A WGSL module family. The kernel for an operation lives in `shaders/<family>.wgsl`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Family {
-    /// With the vec4s each thread of `layer_norm_rows` keeps in registers (its ROW_CACHE): a
-    /// module constant, since WGSL sizes function arrays with constants only.
-    LayerNorm {
-        row_cache: u32,
-    },
-    BatchNorm,
-    Baseline,
-}
-
-/// The subgroup probe (see `shaders/subgroup_probe.wgsl`): its own module, no preludes.
-const PROBE_SOURCE: &str = include_str!("../shaders/subgroup_probe.wgsl");
-
-impl Family {
-    fn source(self) -> String {
-        match self {
-            Family::LayerNorm { row_cache } => format!(
-                "const ROW_CACHE: u32 = {row_cache}u;\n{}",
-                include_str!("../shaders/layer_norm.wgsl")
-            ),
-            Family::BatchNorm => include_str!("../shaders/batch_norm.wgsl").into(),
-            Family::Baseline => include_str!("../shaders/baseline.wgsl").into(),
-        }
-    }
-}
-
-/// The full WGSL text of a shader family (`"layer_norm"`, `"batch_norm"`, `"baseline"`): the
-/// lane prelude (subgroup or workgroup-memory reductions), the shared Welford code, then the
-/// family's kernels. `None` for an unknown family. For validating or translating the shaders.
-///
-/// ```
-/// let src = fused_norm::module_source("layer_norm", false).unwrap();
-/// assert!(src.contains("fn layer_norm_rows"));
-/// ```
-pub fn module_source(family: &str, subgroups: bool) -> Option<String> {
-    let f = [
-        Family::LayerNorm { row_cache: 16 },
-        Family::BatchNorm,
-        Family::Baseline,
-    ]
-    .into_iter()
-    .find(|f| family_file(*f) == family)?;
-    Some(module_text(f, subgroups))
-}
-
-fn module_text(family: Family, subgroups: bool) -> String {
-    let lanes = if subgroups {
-        include_str!("../shaders/lanes_subgroup.wgsl")
-    } else {
-        include_str!("../shaders/lanes_shared.wgsl")
-    };
-    format!(
-        "{lanes}\n{}\n{}",
-        include_str!("../shaders/common.wgsl"),
-        family.source()
-    )
-}
-
-fn family_file(f: Family) -> &'static str {
-    match f {
-        Family::LayerNorm { .. } => "layer_norm",
-        Family::BatchNorm => "batch_norm",
-        Family::Baseline => "baseline",
-    }
-}
-
-/// Override constants of one pipeline, as (name, value).
-pub(crate) type Constants = Vec<(&'static str, f64)>;
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct PipelineKey {
-    family: Family,
-    entry: &'static str,
-    subgroups: bool,
-    constants: Vec<(&'static str, u64)>,
-}
-
 struct Inner {
     id: u64,
     cpu_tuning: bool,
@@ -167,9 +89,9 @@ struct Inner {
     caps: Capabilities,
     limits: wgpu::Limits,
     max_binding: u64,
-    modules: Mutex<HashMap<(Family, bool), wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    cache: PipelineCache,
     placeholder: Mutex<Option<crate::tensor::Tensor>>,
+    sink: Mutex<Option<crate::tensor::Tensor>>,
     // Why subgroups are off although the device has them (the probe failed), or how they
     // were checked.
     subgroup_note: String,
@@ -393,9 +315,9 @@ impl Gpu {
                 caps,
                 limits,
                 max_binding,
-                modules: Mutex::new(HashMap::new()),
-                pipelines: Mutex::new(HashMap::new()),
+                cache: PipelineCache::default(),
                 placeholder: Mutex::new(None),
+                sink: Mutex::new(None),
                 subgroup_note,
                 serial,
             }),
@@ -516,17 +438,28 @@ impl Gpu {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn cached_pipelines(&self) -> usize {
-        self.inner.pipelines.lock().map(|p| p.len()).unwrap_or(0)
+        self.inner.cache.len()
+    }
+
+    pub(crate) fn cache(&self) -> &PipelineCache {
+        &self.inner.cache
     }
 
     /// A 16-byte tensor bound (read-only) where an optional input such as weight or bias is
     /// absent; the kernels never read it. Made once per context.
     pub(crate) fn placeholder(&self) -> Result<crate::tensor::Tensor> {
-        let mut slot = self
-            .inner
-            .placeholder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        self.small(&self.inner.placeholder)
+    }
+
+    /// A 16-byte tensor bound (read-write) where a kernel's optional output is not wanted (its
+    /// store is switched off by an override constant); never written. Separate from the
+    /// placeholder, since one dispatch may bind both and a buffer cannot be bound both ways.
+    pub(crate) fn sink(&self) -> Result<crate::tensor::Tensor> {
+        self.small(&self.inner.sink)
+    }
+
+    fn small(&self, slot: &Mutex<Option<crate::tensor::Tensor>>) -> Result<crate::tensor::Tensor> {
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = slot.as_ref() {
             return Ok(t.clone());
         }
@@ -543,77 +476,6 @@ impl Gpu {
     /// Identity of this context and its clones: tensors made through it carry it.
     pub(crate) fn id(&self) -> u64 {
         self.inner.id
-    }
-
-    /// The cached pipeline for (family, entry point, subgroup prelude, override constants).
-    pub(crate) fn pipeline(
-        &self,
-        family: Family,
-        entry: &'static str,
-        constants: &Constants,
-    ) -> Result<wgpu::ComputePipeline> {
-        let subgroups = self.inner.caps.subgroups;
-        let mut constants = constants.clone();
-        if subgroups {
-            constants.push(("SG_MIN", f64::from(self.inner.caps.subgroup_min_size)));
-        }
-        let key = PipelineKey {
-            family,
-            entry,
-            subgroups,
-            constants: constants.iter().map(|(k, v)| (*k, v.to_bits())).collect(),
-        };
-        if let Some(p) = self.inner.pipelines.lock().unwrap().get(&key) {
-            return Ok(p.clone());
-        }
-        let module = self.module(family, subgroups)?;
-        let pipeline = self.scoped(|d| {
-            d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
-                    // Every kernel writes workgroup memory before reading it; zeroing it costs
-                    // a pass per workgroup on CPU adapters.
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            })
-        })?;
-        self.inner
-            .pipelines
-            .lock()
-            .unwrap()
-            .insert(key, pipeline.clone());
-        Ok(pipeline)
-    }
-
-    fn module(&self, family: Family, subgroups: bool) -> Result<wgpu::ShaderModule> {
-        if let Some(m) = self.inner.modules.lock().unwrap().get(&(family, subgroups)) {
-            return Ok(m.clone());
-        }
-        let src = module_text(family, subgroups);
-        // Browsers require the extension to be enabled; naga (every other target) rejects it.
-        #[cfg(target_arch = "wasm32")]
-        let src = if subgroups {
-            format!("enable subgroups;\n{src}")
-        } else {
-            src
-        };
-        let m = self.scoped(|d| {
-            d.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(family_file(family)),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            })
-        })?;
-        self.inner
-            .modules
-            .lock()
-            .unwrap()
-            .insert((family, subgroups), m.clone());
-        Ok(m)
     }
 
     /// This thread's turn at the device, on GL (see `Inner::serial`); nothing elsewhere.
@@ -761,169 +623,6 @@ impl Gpu {
                 label: Some("fused-norm"),
             })
     }
-
-    /// Splits `groups` workgroups into a 2-D grid (x, y) within the per-dimension limit.
-    pub(crate) fn grid(&self, groups: u32) -> Result<(u32, u32)> {
-        let lim = self
-            .inner
-            .limits
-            .max_compute_workgroups_per_dimension
-            .min(MAX_GROUPS_PER_DIM);
-        let gx = groups.clamp(1, lim);
-        let gy = groups.div_ceil(gx).max(1);
-        if gy > lim {
-            return Err(NormError::TooLarge(format!(
-                "{groups} workgroups exceed a {lim} x {lim} grid"
-            )));
-        }
-        Ok((gx, gy))
-    }
-
-    /// Alignment of storage binding offsets, in bytes.
-    pub(crate) fn offset_alignment(&self) -> u64 {
-        u64::from(self.inner.limits.min_storage_buffer_offset_alignment).max(16)
-    }
-
-    /// Largest workgroup this crate uses on this device (the shaders' workgroup arrays hold 256).
-    pub(crate) fn max_wg(&self) -> u32 {
-        self.inner
-            .limits
-            .max_compute_invocations_per_workgroup
-            .min(256)
-    }
-}
-
-/// One dispatch a wrapper plans before building bind groups: its entry point, grid, uniform
-/// parameters, the storage bindings it uses, and the range of units (rows, batch items) of
-/// the chunk it covers, which the wrapper maps to buffer views.
-pub(crate) struct Step {
-    pub entry: &'static str,
-    pub grid: (u32, u32),
-    pub uniform: wgpu::Buffer,
-    pub bindings: &'static [u32],
-    pub range: (u64, u64),
-}
-
-impl Step {
-    pub(crate) fn new<P: bytemuck::Pod>(
-        gpu: &Gpu,
-        entry: &'static str,
-        grid: (u32, u32),
-        params: &P,
-        bindings: &'static [u32],
-        range: (u64, u64),
-    ) -> Step {
-        Step {
-            entry,
-            grid,
-            uniform: gpu.uniform(params),
-            bindings,
-            range,
-        }
-    }
-
-    /// The launch of this step: binding 0 is the uniform, `resource` supplies the others.
-    pub(crate) fn launch<'a>(
-        &'a self,
-        pipeline: wgpu::ComputePipeline,
-        resource: impl Fn(u32, (u64, u64)) -> wgpu::BindingResource<'a>,
-    ) -> Launch<'a> {
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: self.uniform.as_entire_binding(),
-        }];
-        for &binding in self.bindings {
-            entries.push(wgpu::BindGroupEntry {
-                binding,
-                resource: resource(binding, self.range),
-            });
-        }
-        Launch {
-            pipeline,
-            entries,
-            grid: self.grid,
-        }
-    }
-}
-
-/// One kernel launch: pipeline, bind group entries and its 2-D grid.
-pub(crate) struct Launch<'a> {
-    pub pipeline: wgpu::ComputePipeline,
-    pub entries: Vec<wgpu::BindGroupEntry<'a>>,
-    pub grid: (u32, u32),
-}
-
-impl Launch<'_> {
-    /// Records the launch into `pass`. Bind group creation errors surface through the caller's
-    /// error scope.
-    pub(crate) fn record(&self, gpu: &Gpu, pass: &mut wgpu::ComputePass<'_>) {
-        let bg = gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &self.pipeline.get_bind_group_layout(0),
-            entries: &self.entries,
-        });
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
-    }
-}
-
-/// Records launches into `encoder`, one compute pass each: the passes order the dispatches
-/// (a later one reads what an earlier one wrote).
-pub(crate) fn record_all(
-    gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
-    launches: &[Launch<'_>],
-) -> Result<()> {
-    gpu.scoped(|_| {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("fused-norm"),
-            timestamp_writes: None,
-        });
-        for l in launches {
-            l.record(gpu, &mut pass);
-        }
-    })
-}
-
-/// A byte range of a buffer to bind as storage, and the element offset of the wanted data
-/// inside that binding (binding offsets must be aligned, data offsets need not be).
-pub(crate) struct View {
-    pub offset: u64,
-    pub size: u64,
-    pub elem_off: u32,
-}
-
-/// The binding covering f32 elements [start, end) of a buffer of `buf_size` bytes.
-pub(crate) fn view(gpu: &Gpu, start: u64, end: u64, buf_size: u64) -> View {
-    let align = gpu.offset_alignment();
-    let offset = (start * 4) / align * align;
-    let end_b = (end * 4).div_ceil(16) * 16;
-    let end_b = end_b.min(buf_size / 16 * 16).max(offset + 16);
-    View {
-        offset,
-        size: end_b - offset,
-        elem_off: ((start * 4 - offset) / 4) as u32,
-    }
-}
-
-/// How many units of `unit_elems` f32 fit one binding, allowing for offset alignment slack.
-pub(crate) fn units_per_binding(gpu: &Gpu, unit_elems: u64) -> u64 {
-    let budget = gpu
-        .max_binding_bytes()
-        .saturating_sub(gpu.offset_alignment() + 16);
-    budget / (unit_elems * 4).max(1)
-}
-
-impl View {
-    /// The binding resource for this view of `buffer`.
-    pub(crate) fn bind(self, buffer: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer,
-            offset: self.offset,
-            size: std::num::NonZeroU64::new(self.size),
-        })
-    }
 }
 
 /// The binding size kernels plan with: the device's, capped below 2^31 bytes (see
@@ -964,7 +663,7 @@ fn ready_now<F: std::future::Future>(f: F) -> F::Output {
 
 /// A one-value channel whose receiving end is a future: for wgpu callbacks (buffer mapping,
 /// submitted work) that a browser runs from its event loop.
-mod oneshot {
+pub(crate) mod oneshot {
     use std::future::Future;
     use std::pin::Pin;
     use std::sync::{Arc, Mutex};
@@ -1009,214 +708,6 @@ mod oneshot {
                     Poll::Pending
                 }
             }
-        }
-    }
-}
-
-/// The subgroup probe: one dispatch per workgroup size the policies use, checked on the host.
-mod probe {
-    use super::PROBE_SOURCE;
-
-    /// Runs the probe; the subgroup size the kernels may count on, or why they may not.
-    pub(super) async fn run(
-        device: &wgpu::Device,
-        queue: &wgpu::Queue,
-        wgs: &[u32],
-        adapter_min: u32,
-    ) -> Result<u32, String> {
-        if wgs.is_empty() {
-            return Err("no workgroup size of 64..256 holds a subgroup".into());
-        }
-        // A dispatch may use narrower subgroups than the adapter reports: probe once to see the
-        // sizes, then again with the smallest seen, which the butterflies must then respect.
-        let mut sg_min = adapter_min;
-        for _ in 0..2 {
-            let mut seen = u32::MAX;
-            for &wg in wgs {
-                let data = dispatch(device, queue, wg, sg_min).await?;
-                seen = seen.min(check(wg, sg_min, &data)?);
-            }
-            if seen >= sg_min {
-                return Ok(sg_min);
-            }
-            sg_min = seen;
-        }
-        Err(format!("subgroup sizes kept shrinking below {sg_min}"))
-    }
-
-    const GROUPS: u32 = 4;
-
-    async fn dispatch(
-        device: &wgpu::Device,
-        queue: &wgpu::Queue,
-        wg: u32,
-        sg_min: u32,
-    ) -> Result<Vec<[u32; 4]>, String> {
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("subgroup probe"),
-            source: wgpu::ShaderSource::Wgsl(probe_source().into()),
-        });
-        let constants = [("WG", f64::from(wg)), ("SG_MIN", f64::from(sg_min))];
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("subgroup probe"),
-            layout: None,
-            module: &module,
-            entry_point: Some("subgroup_probe"),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        let size = u64::from(wg * GROUPS) * 16;
-        let out = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("subgroup probe"),
-            size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let read = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("subgroup probe readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &[wgpu::BindGroupEntry {
-                binding: 0,
-                resource: out.as_entire_binding(),
-            }],
-        });
-        let mut enc = device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(GROUPS, 1, 1);
-        }
-        enc.copy_buffer_to_buffer(&out, 0, &read, 0, size);
-        queue.submit([enc.finish()]);
-        let val_err = val.pop().await;
-        let oom_err = oom.pop().await;
-        if let Some(e) = val_err.or(oom_err) {
-            return Err(format!("the probe kernel did not run: {e}"));
-        }
-        let (tx, rx) = super::oneshot::channel();
-        read.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
-        #[cfg(not(target_arch = "wasm32"))]
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| e.to_string())?;
-        rx.await.map_err(|e| e.to_string())?;
-        let data = read
-            .get_mapped_range(..)
-            .map_err(|e| e.to_string())?
-            .to_vec();
-        Ok(bytemuck::pod_collect_to_vec(&data))
-    }
-
-    fn probe_source() -> String {
-        #[cfg(target_arch = "wasm32")]
-        return format!("enable subgroups;\n{PROBE_SOURCE}");
-        #[cfg(not(target_arch = "wasm32"))]
-        PROBE_SOURCE.to_string()
-    }
-
-    /// Checks one probe dispatch of workgroups of `wg` threads: every subgroup a full run of
-    /// consecutive thread indices with lane = index % size, sizes powers of two dividing `wg`,
-    /// and the butterfly over xor offsets below `sg_min` summing exactly its aligned block of
-    /// `sg_min` indices. Returns the smallest subgroup size seen.
-    pub(crate) fn check(wg: u32, sg_min: u32, data: &[[u32; 4]]) -> Result<u32, String> {
-        let mut seen = u32::MAX;
-        for (i, &[lane, size, sum, _]) in data.iter().enumerate() {
-            let t = i as u32 % wg;
-            if size == 0 || !size.is_power_of_two() || wg % size != 0 {
-                return Err(format!(
-                    "thread {t} of {wg} is in a subgroup of {size} lanes"
-                ));
-            }
-            if lane != t % size {
-                return Err(format!(
-                    "thread {t} of {wg} is lane {lane} of a subgroup of {size}: lanes are not \
-                     numbered in order"
-                ));
-            }
-            seen = seen.min(size);
-            if size >= sg_min {
-                let base = t - t % sg_min;
-                let want = sg_min * base + sg_min * (sg_min - 1) / 2;
-                if sum != want {
-                    return Err(format!(
-                        "the shuffle butterfly of thread {t} gave {sum}, not {want}"
-                    ));
-                }
-            }
-        }
-        Ok(seen)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::check;
-
-        /// What full, in-order subgroups of `size` lanes report.
-        fn ideal(wg: u32, size: u32, sg_min: u32) -> Vec<[u32; 4]> {
-            (0..2 * wg)
-                .map(|i| {
-                    let t = i % wg;
-                    let base = t - t % sg_min;
-                    [t % size, size, sg_min * base + sg_min * (sg_min - 1) / 2, 0]
-                })
-                .collect()
-        }
-
-        #[test]
-        fn full_in_order_subgroups_pass() {
-            assert_eq!(check(64, 8, &ideal(64, 8, 8)), Ok(8));
-            assert_eq!(check(256, 32, &ideal(256, 32, 32)), Ok(32));
-            assert_eq!(check(64, 4, &ideal(64, 16, 4)), Ok(16));
-        }
-
-        #[test]
-        fn reversed_lanes_fail() {
-            let mut d = ideal(64, 8, 8);
-            for (i, v) in d.iter_mut().enumerate() {
-                v[0] = 7 - (i as u32 % 8);
-            }
-            assert!(check(64, 8, &d).unwrap_err().contains("in order"));
-        }
-
-        #[test]
-        fn partial_subgroups_fail() {
-            // A workgroup of 64 split into subgroups of 48 and 16 lanes (DX12, some browsers).
-            let d: Vec<[u32; 4]> = (0..64).map(|t| [t % 48, 48, 0, 0]).collect();
-            assert!(check(64, 8, &d).is_err());
-        }
-
-        #[test]
-        fn a_wrong_butterfly_fails() {
-            let mut d = ideal(64, 8, 8);
-            d[9][2] += 1;
-            assert!(check(64, 8, &d).unwrap_err().contains("butterfly"));
-        }
-
-        #[test]
-        fn narrower_dispatches_are_reported() {
-            // The adapter said 8, this dispatch ran subgroups of 4: the caller re-probes with 4.
-            assert_eq!(check(64, 8, &ideal(64, 4, 4)), Ok(4));
-        }
-
-        #[test]
-        fn bindings_stay_below_2_31_bytes() {
-            use crate::gpu::binding_budget;
-            // Metal reports tens of GB.
-            assert!(binding_budget(32 << 30, None) < 1 << 31);
-            assert_eq!(binding_budget(128 << 20, None), 128 << 20);
-            assert_eq!(binding_budget(32 << 30, Some(1 << 20)), 1 << 20);
         }
     }
 }

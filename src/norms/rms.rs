@@ -1,0 +1,161 @@
+//! RMSNorm: the rows family over a sample's trailing dims without the mean.
+
+use crate::context::Gpu;
+use crate::error::Result;
+use crate::norms::layer::trailing;
+use crate::norms::{setters, LnVariant, RmsNormPlan};
+use crate::ops::affine::{check_outputs, stat_shape, Normalized};
+use crate::ops::rows::Rows;
+use crate::tensor::Tensor;
+
+/// RMSNorm over the trailing dims, like PyTorch's `nn.RMSNorm(normalized_shape)` and ONNX
+/// `RMSNormalization(axis)` (opset 23): `y = x / sqrt(mean(x^2) + eps) * weight`, no mean
+/// subtraction, no bias. The default eps follows each: [`RmsNorm::new`] uses PyTorch's
+/// (`eps=None`: `f32::EPSILON` for f32), [`RmsNorm::from_axis`] ONNX's 1e-5.
+///
+/// ```no_run
+/// use fused_norm::{Gpu, RmsNorm, Tensor};
+/// let gpu = Gpu::new()?;
+/// let x = Tensor::from_slice(&gpu, &vec![0.5; 4 * 768], &[4, 768])?;
+/// let w = Tensor::from_slice(&gpu, &vec![1.0; 768], &[768])?;
+/// let out = RmsNorm::new(&[768]).eps(1e-6).weight(w).forward(&gpu, &x)?;
+/// assert_eq!(out.rstd.shape(), &[4, 1]);
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    normalized: Normalized,
+    eps: f32,
+    weight: Option<Tensor>,
+    variant: LnVariant,
+}
+
+setters!(
+    RmsNorm,
+    "fused_norm::RmsNorm::new(&[8])",
+    "element of a normalized row"
+);
+
+/// Outputs of [`RmsNorm::forward`].
+#[derive(Clone, Debug)]
+pub struct RmsNormOutput {
+    /// Normalized tensor, same shape as x.
+    pub y: Tensor,
+    /// `1 / sqrt(mean(x^2) + eps)` of each row, shaped `x.shape[..axis] ++ [1; trailing]`.
+    pub rstd: Tensor,
+}
+
+impl RmsNorm {
+    /// Normalizes over the trailing dims equal to `normalized_shape` (PyTorch; eps
+    /// `f32::EPSILON` until set).
+    ///
+    /// ```
+    /// let rms = fused_norm::RmsNorm::new(&[4096]);
+    /// ```
+    pub fn new(normalized_shape: &[usize]) -> RmsNorm {
+        RmsNorm::with(Normalized::Shape(normalized_shape.to_vec()), f32::EPSILON)
+    }
+
+    /// ONNX `RMSNormalization(axis)`: normalizes over dims `axis..`, negative from the end;
+    /// eps 1e-5 until set.
+    ///
+    /// ```
+    /// let rms = fused_norm::RmsNorm::from_axis(-1);
+    /// ```
+    pub fn from_axis(axis: isize) -> RmsNorm {
+        RmsNorm::with(Normalized::Axis(axis), 1e-5)
+    }
+
+    fn with(normalized: Normalized, eps: f32) -> RmsNorm {
+        RmsNorm {
+            normalized,
+            eps,
+            weight: None,
+            variant: LnVariant::Auto,
+        }
+    }
+
+    /// Forces a kernel variant instead of the policy's choice.
+    ///
+    /// ```
+    /// use fused_norm::{LnVariant, RmsNorm};
+    /// let rms = RmsNorm::new(&[4096]).variant(LnVariant::SplitRow);
+    /// ```
+    pub fn variant(mut self, variant: LnVariant) -> RmsNorm {
+        self.variant = variant;
+        self
+    }
+
+    fn op(&self, gpu: &Gpu, shape: &[usize]) -> Result<(Rows<'_>, usize)> {
+        let w = self.weight.as_ref();
+        trailing(
+            gpu,
+            shape,
+            &self.normalized,
+            self.eps,
+            w,
+            None,
+            false,
+            self.variant,
+        )
+    }
+
+    /// The kernels a call on `x_shape` runs on `gpu`, and why.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// println!("{}", fused_norm::RmsNorm::new(&[4096]).plan(&gpu, &[8, 4096])?);
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn plan(&self, gpu: &Gpu, x_shape: &[usize]) -> Result<RmsNormPlan> {
+        Ok(self.op(gpu, x_shape)?.0.plan(gpu))
+    }
+
+    /// Runs RMSNorm on `x`, allocating the outputs. Blocks until the device is done.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// # let x = fused_norm::Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+    /// let out = fused_norm::RmsNorm::new(&[4]).forward(&gpu, &x)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<RmsNormOutput> {
+        x.check_device(gpu, "x")?;
+        let (_, axis) = self.op(gpu, x.shape())?;
+        let out = RmsNormOutput {
+            y: Tensor::empty(gpu, x.shape())?,
+            rstd: Tensor::empty(gpu, &stat_shape(x.shape(), axis))?,
+        };
+        let mut enc = gpu.encoder();
+        self.encode(gpu, &mut enc, x, &out)?;
+        gpu.submit_wait(enc)?;
+        Ok(out)
+    }
+
+    /// Records RMSNorm into the caller's encoder, writing caller-provided outputs (`out.y`
+    /// shaped like x, `out.rstd` one value per row). No submit, no wait.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+    /// let out = RmsNormOutput { y: Tensor::empty(&gpu, &[2, 4])?, rstd: Tensor::empty(&gpu, &[2, 1])? };
+    /// let mut enc = gpu.encoder();
+    /// RmsNorm::new(&[4]).encode(&gpu, &mut enc, &x, &out)?;
+    /// gpu.submit_wait(enc)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        out: &RmsNormOutput,
+    ) -> Result<()> {
+        x.check_device(gpu, "x")?;
+        let (op, _) = self.op(gpu, x.shape())?;
+        let outputs = [("y", &out.y, x.numel()), ("rstd", &out.rstd, op.rows)];
+        check_outputs(gpu, x, &outputs)?;
+        op.encode(gpu, encoder, x, &out.y, None, &out.rstd)
+    }
+}
