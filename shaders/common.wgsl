@@ -54,10 +54,35 @@ fn combine(a: vec4<f32>, b: vec4<f32>, welford: bool) -> vec4<f32> {
 var<workgroup> red_a: array<vec4<f32>, MAX_WG>;
 var<workgroup> red_b: array<vec4<f32>, MAX_WG>;
 
+// One level of the tree: combines `fan` partials `span` apart, starting at `base`, in order.
+fn fold_a(base: u32, span: u32, fan: u32, welford: bool) -> vec4<f32> {
+    var acc = red_a[base];
+    for (var j = 1u; j < fan; j++) {
+        acc = combine(acc, red_a[base + j * span], welford);
+    }
+    return acc;
+}
+
+fn fold_b(base: u32, span: u32, fan: u32, welford: bool) -> vec4<f32> {
+    var acc = red_b[base];
+    for (var j = 1u; j < fan; j++) {
+        acc = combine(acc, red_b[base + j * span], welford);
+    }
+    return acc;
+}
+
 // Combines the partials of each aligned block of TPR threads; every thread of the block gets the
 // block's total. The order is fixed (lower block first), so results are bit-identical run to
-// run. Radix 8 keeps the barrier count at ceil(log8(TPR / INNER_SPAN)), since barriers dominate
-// on CPU adapters. Must be called in uniform control flow by the whole workgroup.
+// run. Radix 8 keeps the barrier count near ceil(log8(TPR / INNER_SPAN)), since barriers
+// dominate on CPU adapters. Must be called in uniform control flow by the whole workgroup.
+//
+// GPUs run a workgroup's subgroups in any order between barriers, so: a level writes one array
+// and reads it after a barrier; the next level writes the other array (the slow subgroups may
+// still be reading the first); and a barrier after a last level on red_a keeps a fast
+// subgroup's next reduction (which starts on red_a) from overwriting partials a slow one has not
+// read yet.
+// `tests/shaders.rs` checks every kernel for a read and a write of one workgroup array between
+// two barriers.
 fn reduce_group(w: vec4<f32>, welford: bool, l: Lane) -> vec4<f32> {
     var a = group_inner(w, welford, l);
     // Constant per pipeline: lets the compiler drop the barrier loop, and with it the barrier,
@@ -67,36 +92,26 @@ fn reduce_group(w: vec4<f32>, welford: bool, l: Lane) -> vec4<f32> {
     }
     let t = thread_index(l);
     var span = INNER_SPAN;
-    var flip = false;
     loop {
+        var fan = min(8u, TPR / span);
+        red_a[t] = a;
+        workgroupBarrier();
+        a = fold_a(t - t % (span * fan), span, fan, welford);
+        span = span * fan;
+        if (span >= TPR) {
+            // The next reduction starts on red_a: no thread may write it before every thread has
+            // read it. (After a red_b level, the next reduction's first barrier orders that.)
+            workgroupBarrier();
+            break;
+        }
+        fan = min(8u, TPR / span);
+        red_b[t] = a;
+        workgroupBarrier();
+        a = fold_b(t - t % (span * fan), span, fan, welford);
+        span = span * fan;
         if (span >= TPR) {
             break;
         }
-        let fan = min(8u, TPR / span);
-        let blk = span * fan;
-        let base = t - t % blk;
-        // Two buffers alternate, so a level's writes never race the previous level's reads.
-        if (flip) {
-            red_b[t] = a;
-        } else {
-            red_a[t] = a;
-        }
-        workgroupBarrier();
-        var acc: vec4<f32>;
-        if (flip) {
-            acc = red_b[base];
-            for (var j = 1u; j < fan; j++) {
-                acc = combine(acc, red_b[base + j * span], welford);
-            }
-        } else {
-            acc = red_a[base];
-            for (var j = 1u; j < fan; j++) {
-                acc = combine(acc, red_a[base + j * span], welford);
-            }
-        }
-        a = acc;
-        span = blk;
-        flip = !flip;
     }
     return a;
 }

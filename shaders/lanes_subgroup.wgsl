@@ -1,23 +1,26 @@
 // Thread indexing and the first reduction levels with subgroup shuffles (no barriers).
-// Needs the SUBGROUP device feature; naga rejects `enable subgroups;`, the feature alone enables
-// the builtins.
+// Needs the SUBGROUP device feature; naga rejects `enable subgroups;` (the host adds it only for
+// browser WebGPU, which requires it), the feature alone enables the builtins.
+//
+// Threads are numbered by local_invocation_index. The butterflies below combine thread t with
+// t ^ off through subgroupShuffleXor, which is right only if every subgroup is a run of
+// consecutive indices with lane = index % subgroup size and at least SG_MIN lanes. Nothing in
+// WebGPU promises that (DX12 and some browsers may form partial or reordered subgroups), so
+// the host checks it once per device with `subgroup_probe` and uses `lanes_shared.wgsl` when
+// it fails. This prelude never reads `subgroup_id`, which browsers gate behind a language
+// feature.
 
-// A lower bound of the adapter's subgroup size (AdapterInfo::subgroup_min_size), set by the
-// host. Butterflies over xor offsets below it stay inside one subgroup whatever size the driver
-// picks, because subgroup sizes are powers of two and `thread_index` numbers lanes subgroup by
-// subgroup.
+// A lower bound of the subgroup size, set by the host from the adapter and the probe.
+// Butterflies over xor offsets below it stay inside one subgroup whatever size the driver
+// picks, because subgroup sizes are powers of two.
 override SG_MIN: u32 = 4u;
 
 struct Lane {
-    @builtin(subgroup_invocation_id) sg_lane: u32,
-    @builtin(subgroup_size) sg_size: u32,
-    @builtin(subgroup_id) sg_id: u32,
+    @builtin(local_invocation_index) lid: u32,
 }
 
-// Numbers the threads so that every block of SG_MIN consecutive indices is one subgroup's
-// consecutive lanes; the workgroup size is a multiple of the largest subgroup size.
 fn thread_index(l: Lane) -> u32 {
-    return l.sg_id * l.sg_size + l.sg_lane;
+    return l.lid;
 }
 
 override INNER_SPAN: u32 = min(TPR, SG_MIN);
@@ -28,7 +31,7 @@ fn group_inner(w: vec4<f32>, welford: bool, l: Lane) -> vec4<f32> {
         if (welford) {
             let b = subgroupShuffleXor(a, off);
             // Both partners merge (lower, upper) in that order: bit-identical results.
-            if ((l.sg_lane & off) == 0u) {
+            if ((l.lid & off) == 0u) {
                 a = combine(a, b, true);
             } else {
                 a = combine(b, a, true);

@@ -1,4 +1,6 @@
-//! Fused LayerNorm and BatchNorm compute kernels in WGSL, run through wgpu on any adapter.
+//! Fused normalization kernels in WGSL, run through wgpu on any adapter: LayerNorm, RMSNorm,
+//! GroupNorm, InstanceNorm and BatchNorm as configurations of two reductions (over contiguous
+//! rows, over strided channels) and one elementwise pass.
 //!
 //! ```no_run
 //! use fused_norm::{gpu_layer_norm, Gpu, Tensor};
@@ -8,17 +10,26 @@
 //! # Ok::<(), fused_norm::NormError>(())
 //! ```
 
-pub mod baseline;
-mod batch_norm;
-pub mod bench;
-pub mod cpu;
+mod context;
+#[cfg(feature = "mpi")]
+pub mod dist;
 mod error;
-mod gpu;
-mod layer_norm;
+mod norms;
+mod ops;
+pub mod reference;
+mod runtime;
+mod stats;
 mod tensor;
 
-pub use batch_norm::{BatchNorm, BatchNormOutput, BnPlan, Layout, TrainCommit};
+pub use context::{Capabilities, Gpu, GpuOptions, Tuning};
 pub use error::{NormError, Result};
-pub use gpu::{module_source, Capabilities, Gpu, GpuOptions, Tuning};
-pub use layer_norm::{gpu_layer_norm, LayerNorm, LayerNormOutput, LnPlan, LnVariant};
+pub use norms::{
+    gpu_layer_norm, BatchNorm, BatchNormOutput, BatchNormPlan, ChannelsPlan, GroupNorm,
+    GroupNormOutput, GroupNormPlan, InstanceNorm, InstanceNormOutput, InstanceNormPlan, LayerNorm,
+    LayerNormOutput, LayerNormPlan, Layout, LnVariant, NormOutput, Plan, RmsNorm, RmsNormOutput,
+    RmsNormPlan, RowsPlan, TrainCommit,
+};
+#[doc(hidden)]
+pub use runtime::{pipeline::module_source, uniform_layouts};
+pub use stats::{ChannelStats, StatsReducer, ThreadReducer};
 pub use tensor::Tensor;

@@ -1,7 +1,46 @@
 //! `Tensor`: an f32 storage buffer on one device, with a row-major shape.
 
+use std::sync::Arc;
+
+use crate::context::{Gpu, Serial};
 use crate::error::{NormError, Result};
-use crate::gpu::Gpu;
+
+/// A tensor's buffer. Freeing a buffer takes wgpu's GL context lock, which panics after 6 s of
+/// waiting (another thread may be running a long submission): the last owner frees it during
+/// its turn at the device instead. A clone of the `wgpu::Buffer` taken with
+/// [`Tensor::buffer`] is freed wherever its owner drops it.
+struct Owned {
+    buffer: Option<wgpu::Buffer>,
+    serial: Option<Arc<Serial>>,
+}
+
+impl Owned {
+    fn new(gpu: &Gpu, buffer: wgpu::Buffer) -> Arc<Owned> {
+        Arc::new(Owned {
+            buffer: Some(buffer),
+            serial: gpu.serial(),
+        })
+    }
+
+    fn get(&self) -> &wgpu::Buffer {
+        self.buffer
+            .as_ref()
+            .expect("a buffer is present until dropped")
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _turn = self.serial.as_ref().and_then(|s| s.enter());
+        drop(self.buffer.take());
+    }
+}
+
+impl std::fmt::Debug for Owned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.buffer.fmt(f)
+    }
+}
 
 /// An f32 tensor in a GPU storage buffer, row-major. Cloning is cheap: clones share the buffer.
 ///
@@ -17,7 +56,7 @@ use crate::gpu::Gpu;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Tensor {
-    buffer: wgpu::Buffer,
+    buffer: Arc<Owned>,
     shape: Vec<usize>,
     // The Gpu context that made it (wgpu's Device equality compares registry ids, which
     // collide between devices of different instances).
@@ -69,7 +108,7 @@ impl Tensor {
         let t = Tensor::empty(gpu, shape)?;
         gpu.scoped(|_| {
             gpu.queue()
-                .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data))
+                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data))
         })?;
         Ok(t)
     }
@@ -101,15 +140,18 @@ impl Tensor {
             })
         })?;
         Ok(Tensor {
-            buffer,
+            buffer: Owned::new(gpu, buffer),
             shape: shape.to_vec(),
             owner: gpu.id(),
         })
     }
 
     /// Wraps an existing buffer without copying. It needs `STORAGE` usage (and `COPY_SRC` for
-    /// [`Tensor::to_vec`]) and at least `numel * 4` bytes rounded up to 16, and must come from
-    /// `gpu`'s device (wgpu cannot tell us which device a buffer belongs to).
+    /// [`Tensor::to_vec`]), at least `numel * 4` bytes, and must come from `gpu`'s device (wgpu
+    /// cannot tell us which device a buffer belongs to). The kernels read and write whole
+    /// vec4s: a buffer of `numel * 4` bytes that is not a multiple of 16 works too, through a
+    /// padded copy (its input needs `COPY_SRC`, an output `COPY_DST`); size buffers to a
+    /// multiple of 16 bytes to skip that copy.
     ///
     /// ```no_run
     /// # let gpu = fused_norm::Gpu::new()?;
@@ -128,15 +170,15 @@ impl Tensor {
                 buffer.usage()
             )));
         }
-        let need = padded_bytes(n);
+        let need = n as u64 * 4;
         if buffer.size() < need {
             return Err(NormError::Buffer(format!(
-                "shape {shape:?} needs {need} bytes (f32, padded to 16), the buffer has {}",
+                "shape {shape:?} needs {need} bytes (f32), the buffer has {}",
                 buffer.size()
             )));
         }
         Ok(Tensor {
-            buffer,
+            buffer: Owned::new(gpu, buffer),
             shape: shape.to_vec(),
             owner: gpu.id(),
         })
@@ -175,7 +217,7 @@ impl Tensor {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn buffer(&self) -> &wgpu::Buffer {
-        &self.buffer
+        self.buffer.get()
     }
 
     /// The same buffer with another shape of the same element count.
@@ -201,7 +243,7 @@ impl Tensor {
         })
     }
 
-    /// Downloads the values. Blocks.
+    /// Downloads the values. Blocks: [`Tensor::to_vec_async`] is the same as a future.
     ///
     /// ```no_run
     /// # let gpu = fused_norm::Gpu::new()?;
@@ -210,8 +252,21 @@ impl Tensor {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn to_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        crate::context::block(self.to_vec_async(gpu))?
+    }
+
+    /// Downloads the values; the future resolves once they are on the host. What a browser
+    /// calls (it cannot block); on native targets the future waits for the device itself.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// # let t = fused_norm::Tensor::from_slice(&gpu, &[1.0], &[1])?;
+    /// let v: Vec<f32> = pollster::block_on(t.to_vec_async(&gpu))?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub async fn to_vec_async(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         self.check_device(gpu, "tensor")?;
-        if !self.buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+        if !self.buffer().usage().contains(wgpu::BufferUsages::COPY_SRC) {
             return Err(NormError::Buffer(
                 "to_vec needs a buffer with COPY_SRC usage".into(),
             ));
@@ -226,25 +281,42 @@ impl Tensor {
             })
         })?;
         let mut enc = gpu.encoder();
-        enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, bytes);
-        gpu.submit_wait(enc)?;
-        Ok(bytemuck::pod_collect_to_vec(&gpu.read_mapped(&staging)?))
+        enc.copy_buffer_to_buffer(self.buffer(), 0, &staging, 0, bytes);
+        gpu.submit_async(enc).await?;
+        let bytes = gpu.read_mapped_async(&staging).await;
+        // Freed during this thread's turn at the device (see `Owned`).
+        let _turn = gpu.turn();
+        drop(staging);
+        Ok(bytemuck::pod_collect_to_vec(&bytes?))
     }
 
-    /// A tensor of `shape` on `gpu` with a 16-byte buffer: for planning, never bound.
+    /// Errors if `out` shares its buffer with `input` (kernels read one and write the other).
+    /// A tensor of `shape` on `gpu` backed by the context's 16-byte placeholder: for planning
+    /// a call, never bound.
     pub(crate) fn shape_only(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
         check_shape(shape)?;
         Ok(Tensor {
             shape: shape.to_vec(),
-            ..Tensor::empty(gpu, &[4])?
+            ..gpu.placeholder()?
         })
     }
 
-    /// Errors if `out` shares its buffer with `input` (kernels read one and write the other).
-    pub(crate) fn check_no_alias(&self, name: &str, input: &Tensor) -> Result<()> {
-        if self.owner == input.owner && self.buffer == input.buffer {
+    /// Whether kernels can bind the buffer as vec4s: it covers the values rounded up to 16 bytes.
+    pub(crate) fn is_padded(&self) -> bool {
+        self.buffer().size() >= padded_bytes(self.numel())
+    }
+
+    /// Errors if this output shares its buffer with `other` (another output, or a tensor the
+    /// kernels read): each kernel writes an output while it reads the others.
+    pub(crate) fn check_no_alias(
+        &self,
+        name: &str,
+        other_name: &str,
+        other: &Tensor,
+    ) -> Result<()> {
+        if self.owner == other.owner && self.buffer() == other.buffer() {
             return Err(NormError::InvalidArgument(format!(
-                "output {name} shares its buffer with the input; in-place is not supported"
+                "output {name} shares its buffer with {other_name}; in-place is not supported"
             )));
         }
         Ok(())

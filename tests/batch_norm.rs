@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_bits_eq, assert_close, gpu, gpu_small_bindings, gpus, Rng};
-use fused_norm::{cpu, BatchNorm, Gpu, Layout, Tensor};
+use fused_norm::{reference, BatchNorm, Gpu, Layout, Tensor};
 
 /// `[n, c, s]` view of a shape for the CPU reference.
 fn cs(shape: &[usize], layout: Layout) -> (usize, usize) {
@@ -70,8 +70,8 @@ fn check_train(x: &[f32], shape: &[usize], layout: Layout, o: &Opts) {
 /// One training step on the given contexts: y, batch mean/invstd, running statistics.
 fn check_train_on(on: &[(&str, &Gpu)], x: &[f32], shape: &[usize], layout: Layout, o: &Opts) {
     let (c, s) = cs(shape, layout);
-    let st = cpu::batch_stats(x, c, s);
-    let want_y = cpu::batch_norm_apply(
+    let st = reference::batch_stats(x, c, s);
+    let want_y = reference::batch_norm_apply(
         x,
         c,
         s,
@@ -88,8 +88,8 @@ fn check_train_on(on: &[(&str, &Gpu)], x: &[f32], shape: &[usize], layout: Layou
         .collect();
     let mut rm = vec![0.0; c];
     let mut rv = vec![1.0; c];
-    cpu::update_running(&mut rm, &st.mean, 0.1);
-    cpu::update_running(&mut rv, &st.var_unbiased, 0.1);
+    reference::update_running(&mut rm, &st.mean, 0.1);
+    reference::update_running(&mut rv, &st.var_unbiased, 0.1);
     for &(path, g) in on {
         let what = format!("{shape:?} {layout:?} {path}");
         let xt = Tensor::from_slice(g, x, shape).unwrap();
@@ -224,10 +224,10 @@ fn check_momentum(momentum: Option<f32>, unbiased: bool) {
                 let xt = Tensor::from_slice(g, &x, &shape).unwrap();
                 bn.forward_train(g, &xt, layout).unwrap();
                 let (cc, s) = cs(&shape, layout);
-                let st = cpu::batch_stats(&x, cc, s);
+                let st = reference::batch_stats(&x, cc, s);
                 let f = momentum.map_or(1.0 / step as f64, f64::from);
-                cpu::update_running(&mut rm, &st.mean, f);
-                cpu::update_running(
+                reference::update_running(&mut rm, &st.mean, f);
+                reference::update_running(
                     &mut rv,
                     if unbiased { &st.var_unbiased } else { &st.var },
                     f,
@@ -279,7 +279,7 @@ fn eval_uses_running_statistics() {
                 let w = rng.normals(c, 1.0, 0.5);
                 let b = rng.normals(c, 0.0, 1.0);
                 let (cc, s) = cs(&shape, layout);
-                let want = cpu::batch_norm_apply(
+                let want = reference::batch_norm_apply(
                     &x,
                     cc,
                     s,
@@ -332,11 +332,11 @@ fn given_running_stats_are_copied_not_written() {
     .unwrap();
     assert_bits_eq("caller's mean", &mt.to_vec(g).unwrap(), &rm);
     assert_bits_eq("caller's var", &vt.to_vec(g).unwrap(), &rv);
-    let st = cpu::batch_stats(&x, c, 5);
+    let st = reference::batch_stats(&x, c, 5);
     let mut want_m: Vec<f64> = rm.iter().map(|&v| f64::from(v)).collect();
     let mut want_v: Vec<f64> = rv.iter().map(|&v| f64::from(v)).collect();
-    cpu::update_running(&mut want_m, &st.mean, 0.1);
-    cpu::update_running(&mut want_v, &st.var_unbiased, 0.1);
+    reference::update_running(&mut want_m, &st.mean, 0.1);
+    reference::update_running(&mut want_v, &st.var_unbiased, 0.1);
     assert_close(
         "running_mean",
         &bn.running_mean().to_vec(g).unwrap(),
@@ -353,8 +353,8 @@ fn no_running_stats_uses_batch_statistics_in_both_modes() {
         let shape = shape_for(3, layout, c, 100);
         let x = data(&mut rng, &shape, layout, 5.0);
         let (cc, s) = cs(&shape, layout);
-        let st = cpu::batch_stats(&x, cc, s);
-        let want = cpu::batch_norm_apply(&x, cc, s, &st.mean, &st.var, None, None, 1e-5);
+        let st = reference::batch_stats(&x, cc, s);
+        let want = reference::batch_norm_apply(&x, cc, s, &st.mean, &st.var, None, None, 1e-5);
         for (path, g) in gpus() {
             let mut bn = BatchNorm::new(g, c).unwrap().track_running_stats(false);
             let xt = Tensor::from_slice(g, &x, &shape).unwrap();
@@ -384,8 +384,8 @@ fn non_finite_values() {
         let (i_nan, i_inf) = (idx_of(1, 10), idx_of(2, 5));
         x[i_nan] = f32::NAN;
         x[i_inf] = f32::INFINITY;
-        let st = cpu::batch_stats(&x, cc, s);
-        let want = cpu::batch_norm_apply(&x, cc, s, &st.mean, &st.var, None, None, 1e-5);
+        let st = reference::batch_stats(&x, cc, s);
+        let want = reference::batch_norm_apply(&x, cc, s, &st.mean, &st.var, None, None, 1e-5);
         for (path, g) in gpus() {
             let xt = Tensor::from_slice(g, &x, &shape).unwrap();
             let mut bn = BatchNorm::new(g, c).unwrap();
@@ -416,7 +416,7 @@ fn non_finite_values() {
             let y = bn.forward_eval(g, &xt, layout).unwrap().to_vec(g).unwrap();
             let ones = vec![1.0; c];
             let zeros = vec![0.0; c];
-            let want = cpu::batch_norm_apply(&x, cc, s, &zeros, &ones, None, None, 1e-5);
+            let want = reference::batch_norm_apply(&x, cc, s, &zeros, &ones, None, None, 1e-5);
             assert_close(&format!("{path} eval"), &y, &want);
             assert!(y[i_nan].is_nan() && y[i_inf] == f32::INFINITY);
         }
@@ -501,18 +501,20 @@ fn plan_describes_the_kernels_and_follows_the_tuning() {
     let b = gpu_t
         .plan(gpu_gpu_tuning(), &shape, Layout::ChannelsFirst)
         .unwrap();
+    let (ac, bc) = (a.channels.clone().unwrap(), b.channels.clone().unwrap());
     assert!(
-        !a.channels_last && a.to_string().contains("partial_cf"),
+        !ac.channels_last && a.to_string().contains("partial_cf"),
         "{a}"
     );
     assert!(
-        b.workgroup_size >= a.workgroup_size && b.partial_threads > a.partial_threads,
+        b.workgroup_size >= a.workgroup_size && bc.partial_threads > ac.partial_threads,
         "{a} / {b}"
     );
     let cl = cpu
         .plan(gpu_cpu_tuning(), &[32, 56, 56, 64], Layout::ChannelsLast)
         .unwrap();
-    assert!(cl.channels_last && cl.apply_name() == "vec4-cl", "{cl}");
+    let clc = cl.channels.clone().unwrap();
+    assert!(clc.channels_last && clc.apply_name() == "vec4-cl", "{cl}");
     // Planning validates like a call does.
     assert!(cpu
         .plan(gpu_cpu_tuning(), &[32, 63, 4], Layout::ChannelsFirst)
@@ -535,5 +537,23 @@ fn extreme_channel_counts_and_long_channels() {
             eps: 1e-5,
         };
         check_train_on(&[("default", gpu())], &x, &shape, layout, &o);
+    }
+}
+
+#[test]
+fn finalize_launches_a_group_per_channel_not_a_workgroup() {
+    for (path, g) in gpus() {
+        let bn = BatchNorm::new(g, 1000).unwrap();
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let shape = shape_for(4, layout, 1000, 4 * 9 * 9);
+            let plan = bn.plan(g, &shape, layout).unwrap();
+            let p = plan.channels.unwrap();
+            let per_wg = plan.workgroup_size / p.finalize_threads;
+            assert_eq!(
+                p.finalize_workgroups,
+                1000u32.div_ceil(per_wg),
+                "{path} {layout:?}"
+            );
+        }
     }
 }

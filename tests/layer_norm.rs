@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_bits_eq, assert_close, gpu, gpu_small_bindings, gpus, Rng};
-use fused_norm::{cpu, gpu_layer_norm, Gpu, LayerNorm, LayerNormOutput, LnVariant, Tensor};
+use fused_norm::{gpu_layer_norm, reference, Gpu, LayerNorm, LayerNormOutput, LnVariant, Tensor};
 
 /// Every kernel variant, plus the policy's own choice.
 fn variants() -> Vec<LnVariant> {
@@ -48,7 +48,7 @@ fn run(gpu: &Gpu, c: &Case, variant: LnVariant) -> (Vec<f32>, Vec<f32>, Vec<f32>
 /// Runs the case on every variant and reduction path and compares y, mean and rstd.
 fn check(c: &Case) {
     let d: usize = c.shape[c.shape.len() - c.norm_dims..].iter().product();
-    let r = cpu::layer_norm(
+    let r = reference::layer_norm(
         c.x,
         d,
         c.weight.as_deref(),
@@ -104,7 +104,7 @@ fn many_rows_go_past_the_grid_limit() {
     for rows in [65535usize, 65536, 70000] {
         for d in [1usize, 3, 8] {
             let x = rng.normals(rows * d, -1.0, 3.0);
-            let r = cpu::layer_norm(&x, d, None, None, 1e-5);
+            let r = reference::layer_norm(&x, d, None, None, 1e-5);
             for (path, g) in gpus() {
                 for v in [
                     LnVariant::Auto,
@@ -128,7 +128,7 @@ fn four_million_rows() {
     let rows = (1usize << 22) + 3;
     let mut rng = Rng::new(3);
     let x = rng.normals(rows * 2, 0.0, 1.0);
-    let r = cpu::layer_norm(&x, 2, None, None, 1e-5);
+    let r = reference::layer_norm(&x, 2, None, None, 1e-5);
     let g = gpu();
     let (y, mean, rstd) = run(g, &plain(&x, &[rows, 2]), LnVariant::Auto);
     assert_close("y", &y, &r.y);
@@ -183,7 +183,7 @@ fn non_finite_values_stay_in_their_row() {
         x[d + d / 2] = f32::NAN;
         x[3 * d + d / 3] = f32::INFINITY;
         x[5 * d] = f32::NEG_INFINITY;
-        let r = cpu::layer_norm(&x, d, None, None, 1e-5);
+        let r = reference::layer_norm(&x, d, None, None, 1e-5);
         for (path, g) in gpus() {
             for v in variants() {
                 let (y, mean, rstd) = run(g, &plain(&x, &[rows, d]), v);
@@ -253,7 +253,7 @@ fn several_trailing_dims_and_onnx_axes() {
             .weight(wt)
             .forward(g, &xt)
             .unwrap();
-        let r = cpu::layer_norm(&x, d, Some(&w), None, 1e-5);
+        let r = reference::layer_norm(&x, d, Some(&w), None, 1e-5);
         let mut stat_shape = shape[..norm_from].to_vec();
         stat_shape.extend(std::iter::repeat_n(1, 4 - norm_from));
         assert_eq!(out.mean.shape(), &stat_shape[..], "axis {axis}");
@@ -279,7 +279,7 @@ fn tensor_over_128_mib() {
     let mut rng = Rng::new(9);
     let x = rng.normals(rows * d, 3.0, 1.0);
     let w = rng.normals(d, 1.0, 0.2);
-    let r = cpu::layer_norm(&x, d, Some(&w), None, 1e-5);
+    let r = reference::layer_norm(&x, d, Some(&w), None, 1e-5);
     let g = gpu();
     let mut c = plain(&x, &[rows, d]);
     c.weight = Some(w);
@@ -352,7 +352,7 @@ fn encode_into_a_callers_encoder_and_buffers() {
     let mut enc = g.device().create_command_encoder(&Default::default());
     LayerNorm::new(&[d]).encode(g, &mut enc, &xt, &out).unwrap();
     g.queue().submit([enc.finish()]);
-    let r = cpu::layer_norm(&x, d, None, None, 1e-5);
+    let r = reference::layer_norm(&x, d, None, None, 1e-5);
     assert_close("y", &out.y.to_vec(g).unwrap(), &r.y);
     assert_close("mean", &out.mean.to_vec(g).unwrap(), &r.mean);
     // The input is untouched.
@@ -370,7 +370,7 @@ fn gpu_layer_norm_is_last_dim_eps_1e5() {
     assert_close(
         "y",
         &y.to_vec(g).unwrap(),
-        &cpu::layer_norm(&x, 50, None, None, 1e-5).y,
+        &reference::layer_norm(&x, 50, None, None, 1e-5).y,
     );
 }
 
@@ -378,13 +378,13 @@ fn gpu_layer_norm_is_last_dim_eps_1e5() {
 fn plan_names_the_variant_and_honours_forcing() {
     let g = gpu();
     let auto = LayerNorm::new(&[768]).plan(g, &[4096, 768]).unwrap();
-    assert_ne!(auto.variant, LnVariant::Auto);
+    assert_ne!(auto.rows.as_ref().unwrap().variant, LnVariant::Auto);
     assert!(!auto.reason.is_empty());
     let forced = LayerNorm::new(&[768])
         .variant(LnVariant::SplitRow)
         .plan(g, &[4096, 768])
         .unwrap();
-    assert_eq!(forced.variant, LnVariant::SplitRow);
+    assert_eq!(forced.rows.as_ref().unwrap().variant, LnVariant::SplitRow);
     let rows = LayerNorm::new(&[768])
         .variant(LnVariant::Rows {
             threads_per_row: 16,
@@ -392,7 +392,7 @@ fn plan_names_the_variant_and_honours_forcing() {
         .plan(g, &[4096, 768])
         .unwrap();
     assert_eq!(
-        rows.variant,
+        rows.rows.as_ref().unwrap().variant,
         LnVariant::Rows {
             threads_per_row: 16
         }
@@ -404,7 +404,7 @@ fn rows_of_a_million_values() {
     let mut rng = Rng::new(14);
     for d in [1usize << 20, (1 << 20) + 1] {
         let x = rng.normals(2 * d, -3.0, 2.0);
-        let r = cpu::layer_norm(&x, d, None, None, 1e-5);
+        let r = reference::layer_norm(&x, d, None, None, 1e-5);
         for v in [
             LnVariant::Auto,
             LnVariant::SplitRow,
@@ -442,4 +442,42 @@ fn gpu_is_clone_send_sync() {
     check::<Tensor>();
     check::<LayerNorm>();
     check::<fused_norm::BatchNorm>();
+}
+
+#[test]
+fn every_context_plans_with_bindings_below_2_31_bytes() {
+    // Kernels index in u32; Metal reports bindings of tens of GB.
+    for (path, g) in gpus() {
+        assert!(g.max_binding_bytes() < 1 << 31, "{path}");
+    }
+}
+
+#[test]
+fn gpu_plan_sizes_the_row_cache_and_spreads_few_rows() {
+    let g = common::gpu_gpu_tuning();
+    let many = LayerNorm::new(&[768]).plan(g, &[4096, 768]).unwrap();
+    let LnVariant::Rows { threads_per_row } = many.rows.as_ref().unwrap().variant else {
+        panic!("{many}");
+    };
+    // 192 vec4s over the row's threads, rounded up to a power of two: no unused registers.
+    assert_eq!(
+        many.rows.as_ref().unwrap().row_cache,
+        (192u32).div_ceil(threads_per_row).next_power_of_two()
+    );
+    assert!(many.rows.as_ref().unwrap().row_cache < 16, "{many}");
+    // Decoding: 4 rows get a workgroup each; few long rows are split.
+    let few = LayerNorm::new(&[768]).plan(g, &[4, 768]).unwrap();
+    assert_eq!(
+        few.rows.as_ref().unwrap().variant,
+        LnVariant::Rows {
+            threads_per_row: few.workgroup_size
+        },
+        "{few}"
+    );
+    let long = LayerNorm::new(&[65536]).plan(g, &[8, 65536]).unwrap();
+    assert_eq!(
+        long.rows.as_ref().unwrap().variant,
+        LnVariant::SplitRow,
+        "{long}"
+    );
 }

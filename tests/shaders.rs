@@ -61,14 +61,29 @@ fn compile(what: &str, module: &Module, info: &ModuleInfo, entry: &str, consts: 
         .unwrap_or_else(|e| panic!("{what} HLSL {consts:?}: {e:?}"));
 }
 
+/// A library family's module as the crate builds it, or the benchmarks' standalone baseline
+/// (the same text with either lane flag).
+fn source(file: &str, subgroups: bool) -> String {
+    match file {
+        "baseline" => include_str!("../benches/common/baseline.wgsl").to_string(),
+        _ => fused_norm::module_source(file, subgroups).expect("a known family"),
+    }
+}
+
 /// Parses and validates a family's module with each lane prelude, then compiles each entry
 /// point with every override set from `sets`.
 type OverrideSets = Vec<Vec<(&'static str, f64)>>;
 
 fn check_family(file: &str, sets: &dyn Fn(&str) -> OverrideSets) -> usize {
     let mut n = 0;
-    for subgroups in [false, true] {
-        let src = fused_norm::module_source(file, subgroups).expect("a known family");
+    // The baseline is standalone: no lane prelude, no SG_MIN.
+    let preludes: &[bool] = if file == "baseline" {
+        &[false]
+    } else {
+        &[false, true]
+    };
+    for &subgroups in preludes {
+        let src = source(file, subgroups);
         let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
             panic!("{file} (subgroups {subgroups}): {}", e.emit_to_string(&src))
         });
@@ -133,34 +148,439 @@ fn sized_sets(bools: &[&'static str], reduce: bool) -> OverrideSets {
 }
 
 #[test]
-fn layer_norm_module_compiles_for_every_backend() {
-    let n = check_family("layer_norm", &|entry| {
-        sized_sets(&["VEC", "HAS_W", "HAS_B"], entry == "layer_norm_rows")
+fn rows_module_compiles_for_every_backend() {
+    let n = check_family("rows", &|entry| {
+        let reduces = ["rows_norm", "rows_norm_scalar", "rows_partial"].contains(&entry);
+        sized_sets(
+            &["VEC", "HAS_W", "HAS_B", "CENTER", "CHANNEL_AFFINE"],
+            reduces,
+        )
     });
     assert!(n > 100);
 }
 
 #[test]
-fn batch_norm_module_compiles_for_every_backend() {
-    let n = check_family("batch_norm", &|entry| {
-        let mut sets = sized_sets(&["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED"], false);
-        if entry == "batch_norm_apply" {
-            // Every layout of the elementwise pass: scalar, vec4 of one channel, of four.
-            let base = sets.clone();
-            for mode in [1.0, 2.0] {
-                sets.extend(
-                    base.iter()
-                        .map(|s| [s.clone(), vec![("APPLY_MODE", mode)]].concat()),
-                );
-            }
+fn rows_norm_compiles_with_every_row_cache() {
+    let src = fused_norm::module_source("rows", true).unwrap();
+    let line = "const ROW_CACHE: u32 = 16u;";
+    assert!(src.contains(line));
+    for cache in [1, 2, 4, 8] {
+        let text = src.replace(line, &format!("const ROW_CACHE: u32 = {cache}u;"));
+        let module = naga::front::wgsl::parse_str(&text).unwrap();
+        let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .unwrap();
+        for tpr in [1.0, 64.0, 256.0] {
+            let c = [
+                ("WG", 256.0),
+                ("TPR", tpr),
+                ("SG_MIN", 32.0),
+                ("HAS_W", 1.0),
+            ];
+            compile("rows_norm", &module, &info, "rows_norm", &c);
         }
-        sets
+    }
+}
+
+#[test]
+fn channels_module_compiles_for_every_backend() {
+    let n = check_family("channels", &|entry| {
+        let reduces = ["channels_partial_cf", "channels_finalize"].contains(&entry);
+        sized_sets(&["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED"], reduces)
     });
     assert!(n > 100);
+}
+
+#[test]
+fn apply_module_compiles_for_every_backend() {
+    let n = check_family("apply", &|_| sized_sets(&[], false));
+    assert!(n > 10);
 }
 
 #[test]
 fn baseline_module_compiles_for_every_backend() {
-    let n = check_family("baseline", &|_| sized_sets(&["HAS_W", "HAS_B"], false));
+    let n = check_family("baseline", &|_| {
+        let mut sets = sized_sets(&["HAS_W", "HAS_B"], false);
+        sets.iter_mut().for_each(|s| s.retain(|(k, _)| *k != "TPR"));
+        sets
+    });
     assert!(n > 10);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPU-execution checks on the IR. The software adapters run a workgroup's subgroups one after
+// another and write whole vectors, so the kernels' tests cannot show the two defects below;
+// these checks read every kernel of every module (both lane preludes) instead.
+
+use std::collections::BTreeSet;
+
+use naga::{
+    AddressSpace, Block, Expression, Function, GlobalVariable, Handle, Statement, TypeInner,
+};
+
+fn parsed(file: &str, subgroups: bool) -> (Module, ModuleInfo) {
+    let src = source(file, subgroups);
+    let module = naga::front::wgsl::parse_str(&src).expect("parses");
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+        .validate(&module)
+        .expect("validates");
+    (module, info)
+}
+
+const FAMILIES: [&str; 4] = ["rows", "channels", "apply", "baseline"];
+
+/// The global variable a pointer expression points into, if any.
+fn root_global(f: &Function, mut e: Handle<Expression>) -> Option<Handle<GlobalVariable>> {
+    loop {
+        match f.expressions[e] {
+            Expression::GlobalVariable(g) => return Some(g),
+            Expression::Access { base, .. } | Expression::AccessIndex { base, .. } => e = base,
+            _ => return None,
+        }
+    }
+}
+
+fn for_each_statement(b: &Block, visit: &mut dyn FnMut(&Statement)) {
+    for s in b.iter() {
+        visit(s);
+        match s {
+            Statement::Block(inner) => for_each_statement(inner, visit),
+            Statement::If { accept, reject, .. } => {
+                for_each_statement(accept, visit);
+                for_each_statement(reject, visit);
+            }
+            Statement::Switch { cases, .. } => {
+                for c in cases {
+                    for_each_statement(&c.body, visit);
+                }
+            }
+            Statement::Loop {
+                body, continuing, ..
+            } => {
+                for_each_statement(body, visit);
+                for_each_statement(continuing, visit);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Stores to one component of a vector in storage memory: WGSL lets an implementation rewrite
+/// the whole vector (Metal does), so two invocations writing neighbouring components lose one.
+fn component_stores(module: &Module, info: &ModuleInfo) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut check = |name: &str, f: &Function, fi: &naga::valid::FunctionInfo| {
+        for_each_statement(&f.body, &mut |s| {
+            let Statement::Store { pointer, .. } = *s else {
+                return;
+            };
+            let Some(g) = root_global(f, pointer) else {
+                return;
+            };
+            if module.global_variables[g].space
+                != (AddressSpace::Storage {
+                    access: naga::StorageAccess::LOAD | naga::StorageAccess::STORE,
+                })
+            {
+                return;
+            }
+            let base = match f.expressions[pointer] {
+                Expression::Access { base, .. } | Expression::AccessIndex { base, .. } => base,
+                _ => return,
+            };
+            let into_vector = match *fi[base].ty.inner_with(&module.types) {
+                TypeInner::Pointer { base, .. } => {
+                    matches!(module.types[base].inner, TypeInner::Vector { .. })
+                }
+                TypeInner::ValuePointer { size, .. } => size.is_some(),
+                _ => false,
+            };
+            if into_vector {
+                let var = module.global_variables[g].name.clone().unwrap_or_default();
+                found.push(format!(
+                    "{name}: stores one component of a vector of `{var}`"
+                ));
+            }
+        });
+    };
+    for (h, f) in module.functions.iter() {
+        check(f.name.as_deref().unwrap_or("?"), f, &info[h]);
+    }
+    for (i, ep) in module.entry_points.iter().enumerate() {
+        check(&ep.name, &ep.function, info.get_entry_point(i));
+    }
+    found
+}
+
+#[test]
+fn no_kernel_stores_one_component_of_a_vector_in_storage() {
+    for file in FAMILIES {
+        for subgroups in [false, true] {
+            let (module, info) = parsed(file, subgroups);
+            let found = component_stores(&module, &info);
+            assert!(
+                found.is_empty(),
+                "{file} (subgroups {subgroups}):\n{}",
+                found.join("\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn the_component_store_check_catches_one() {
+    let src = "@group(0) @binding(0) var<storage, read_write> y: array<vec4<f32>>;
+               @compute @workgroup_size(64)
+               fn k(@builtin(global_invocation_id) id: vec3<u32>) { y[id.x >> 2u][id.x & 3u] = 1.0; }";
+    let module = naga::front::wgsl::parse_str(src).unwrap();
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+        .validate(&module)
+        .unwrap();
+    assert_eq!(component_stores(&module, &info).len(), 1);
+}
+
+/// Workgroup variables read or written since the last workgroup barrier: (variable, written).
+type Interval = BTreeSet<(Handle<GlobalVariable>, bool)>;
+
+/// Where control leaves a block: falling through, or by break, continue or return.
+#[derive(Default)]
+struct Flow {
+    next: Option<Interval>,
+    breaks: Vec<Interval>,
+    continues: Vec<Interval>,
+    returns: Vec<Interval>,
+}
+
+fn union(sets: impl IntoIterator<Item = Interval>) -> Option<Interval> {
+    sets.into_iter().reduce(|mut a, b| {
+        a.extend(b);
+        a
+    })
+}
+
+/// Flags any workgroup variable that one path reads and writes between two barriers: with
+/// subgroups running in any order between barriers, a thread's write can land before another
+/// thread's read of the old value, or after it. Conservative: it does not reason about indices
+/// or which branch a constant selects, so every path of every function counts.
+struct RaceCheck<'a> {
+    module: &'a Module,
+    allowed: &'a [&'a str],
+    found: BTreeSet<String>,
+}
+
+impl RaceCheck<'_> {
+    fn touch(&mut self, st: &mut Interval, g: Handle<GlobalVariable>, write: bool, at: &str) {
+        let var = &self.module.global_variables[g];
+        if var.space != AddressSpace::WorkGroup {
+            return;
+        }
+        let name = var.name.clone().unwrap_or_default();
+        if st.contains(&(g, !write)) && !self.allowed.contains(&name.as_str()) {
+            self.found.insert(format!(
+                "`{name}` is read and written between two barriers (reaching `{at}`)"
+            ));
+        }
+        st.insert((g, write));
+    }
+
+    fn block(&mut self, f: &Function, b: &Block, mut st: Interval, at: &str) -> Flow {
+        let mut flow = Flow::default();
+        for s in b.iter() {
+            match s {
+                Statement::Emit(range) => {
+                    for e in range.clone() {
+                        if let Expression::Load { pointer } = f.expressions[e] {
+                            if let Some(g) = root_global(f, pointer) {
+                                self.touch(&mut st, g, false, at);
+                            }
+                        }
+                    }
+                }
+                Statement::Store { pointer, .. } => {
+                    if let Some(g) = root_global(f, *pointer) {
+                        self.touch(&mut st, g, true, at);
+                    }
+                }
+                Statement::ControlBarrier(b) if b.contains(naga::Barrier::WORK_GROUP) => {
+                    st.clear();
+                }
+                Statement::WorkGroupUniformLoad { .. } => st.clear(),
+                Statement::Block(inner) => {
+                    let fl = self.block(f, inner, st, at);
+                    flow.breaks.extend(fl.breaks);
+                    flow.continues.extend(fl.continues);
+                    flow.returns.extend(fl.returns);
+                    match fl.next {
+                        Some(n) => st = n,
+                        None => return flow,
+                    }
+                }
+                Statement::If { accept, reject, .. } => {
+                    let a = self.block(f, accept, st.clone(), at);
+                    let r = self.block(f, reject, st, at);
+                    let mut next = Vec::new();
+                    for fl in [a, r] {
+                        flow.breaks.extend(fl.breaks);
+                        flow.continues.extend(fl.continues);
+                        flow.returns.extend(fl.returns);
+                        next.extend(fl.next);
+                    }
+                    match union(next) {
+                        Some(n) => st = n,
+                        None => return flow,
+                    }
+                }
+                Statement::Switch { cases, .. } => {
+                    // A break inside a switch leaves the switch.
+                    let mut next = Vec::new();
+                    for c in cases {
+                        let fl = self.block(f, &c.body, st.clone(), at);
+                        flow.continues.extend(fl.continues);
+                        flow.returns.extend(fl.returns);
+                        next.extend(fl.breaks);
+                        next.extend(fl.next);
+                    }
+                    match union(next) {
+                        Some(n) => st = n,
+                        None => return flow,
+                    }
+                }
+                Statement::Loop {
+                    body,
+                    continuing,
+                    break_if,
+                } => {
+                    let mut entry = st.clone();
+                    let exits = loop {
+                        let b = self.block(f, body, entry.clone(), at);
+                        flow.returns.extend(b.returns);
+                        let mut exits = b.breaks;
+                        let into_continuing = union(b.next.into_iter().chain(b.continues));
+                        if let Some(c_in) = into_continuing {
+                            let c = self.block(f, continuing, c_in, at);
+                            flow.returns.extend(c.returns);
+                            if let Some(back) = c.next {
+                                if break_if.is_some() {
+                                    exits.push(back.clone());
+                                }
+                                let grown = union([entry.clone(), back]).unwrap();
+                                if grown != entry {
+                                    entry = grown;
+                                    continue;
+                                }
+                            }
+                        }
+                        break exits;
+                    };
+                    match union(exits) {
+                        Some(n) => st = n,
+                        None => return flow,
+                    }
+                }
+                Statement::Call { function, .. } => {
+                    let callee = &self.module.functions[*function];
+                    let name = callee.name.clone().unwrap_or_default();
+                    let fl = self.block(callee, &callee.body, st, &name);
+                    match union(fl.returns.into_iter().chain(fl.next)) {
+                        Some(n) => st = n,
+                        None => return flow,
+                    }
+                }
+                Statement::Break => {
+                    flow.breaks.push(st);
+                    return flow;
+                }
+                Statement::Continue => {
+                    flow.continues.push(st);
+                    return flow;
+                }
+                Statement::Return { .. } | Statement::Kill => {
+                    flow.returns.push(st);
+                    return flow;
+                }
+                _ => {}
+            }
+        }
+        flow.next = Some(st);
+        flow
+    }
+}
+
+fn workgroup_races(module: &Module, allowed: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for ep in &module.entry_points {
+        let mut rc = RaceCheck {
+            module,
+            allowed,
+            found: BTreeSet::new(),
+        };
+        rc.block(&ep.function, &ep.function.body, Interval::new(), &ep.name);
+        found.extend(rc.found.into_iter().map(|m| format!("{}: {m}", ep.name)));
+    }
+    found
+}
+
+#[test]
+fn no_kernel_reuses_workgroup_memory_without_a_barrier() {
+    for file in FAMILIES {
+        // The naive baseline's textbook in-place tree reads tree[lid + off] and writes tree[lid]
+        // (lid < off) in one level: disjoint slots, which this index-blind check cannot see.
+        let allowed: &[&str] = if file == "baseline" { &["tree"] } else { &[] };
+        for subgroups in [false, true] {
+            let (module, _) = parsed(file, subgroups);
+            let found = workgroup_races(&module, allowed);
+            assert!(
+                found.is_empty(),
+                "{file} (subgroups {subgroups}):\n{}",
+                found.join("\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn the_race_check_catches_two_reductions_without_the_barrier_between() {
+    // reduce_group without the barrier after a last level on red_a: the next call's first level
+    // writes red_a with no barrier between.
+    let src = fused_norm::module_source("rows", false).unwrap();
+    let fixed = "            workgroupBarrier();\n            break;";
+    assert!(
+        src.contains(fixed),
+        "reduce_group's barrier after a red_a level moved; update this test"
+    );
+    let broken = src.replace(fixed, "            break;");
+    let module = naga::front::wgsl::parse_str(&broken).unwrap();
+    let found = workgroup_races(&module, &[]);
+    assert!(
+        found
+            .iter()
+            .any(|m| m.starts_with("rows_norm:") && m.contains("red_a")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn every_params_struct_matches_its_wgsl_struct() {
+    let layouts = fused_norm::uniform_layouts();
+    assert!(layouts.len() >= 3);
+    for (family, name, size, fields) in layouts {
+        let (module, _) = parsed(family, false);
+        let ty = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{family}: no WGSL struct {name}"))
+            .1;
+        let TypeInner::Struct { members, span } = &ty.inner else {
+            panic!("{family}: {name} is not a struct");
+        };
+        assert_eq!(*span as usize, size, "{family}: {name} size");
+        for (field, offset) in fields {
+            let m = members
+                .iter()
+                .find(|m| m.name.as_deref() == Some(field))
+                .unwrap_or_else(|| panic!("{family}: {name} has no field {field}"));
+            assert_eq!(m.offset as usize, offset, "{family}: {name}.{field}");
+        }
+    }
 }

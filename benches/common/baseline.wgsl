@@ -16,6 +16,10 @@ struct BaseParams {
     _pad: u32,
 }
 
+// Standalone (the library's preludes are not prepended): its own workgroup size.
+override WG: u32 = 256u;
+const MAX_WG: u32 = 256u;
+
 override HAS_W: bool = false;
 override HAS_B: bool = false;
 
@@ -26,6 +30,9 @@ override HAS_B: bool = false;
 @group(0) @binding(4) var<storage, read_write> stat_var: array<f32>;
 @group(0) @binding(5) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> b: array<vec4<f32>>;
+// The output as scalars for the naive elementwise passes (a store to one component of a vec4
+// may rewrite the whole vector and lose a neighbour's value).
+@group(0) @binding(7) var<storage, read_write> dst1: array<f32>;
 
 var<workgroup> tree: array<f32, MAX_WG>;
 
@@ -104,7 +111,7 @@ fn naive_ln_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     if (HAS_B) {
         o = o + b[j >> 2u][j & 3u];
     }
-    dst[e >> 2u][e & 3u] = o;
+    dst1[e] = o;
 }
 
 // BatchNorm: a workgroup per channel walks the channel's n * s values.
@@ -158,5 +165,5 @@ fn naive_bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     if (HAS_B) {
         o = o + b[ch >> 2u][ch & 3u];
     }
-    dst[e >> 2u][e & 3u] = o;
+    dst1[e] = o;
 }

@@ -1,0 +1,363 @@
+// Statistics over contiguous rows, and the normalized output: LayerNorm (a row per sample's
+// trailing dims), RMSNorm (CENTER off), and GroupNorm / InstanceNorm channels-first (a row per
+// (sample, group): the group's channels are contiguous), whose weight and bias are per channel
+// (CHANNEL_AFFINE).
+//
+// Entry points:
+// - rows_norm:        one group of TPR threads per row (several rows per workgroup when TPR < WG),
+//                     rows of whole vec4s (d % 4 == 0, and run % 4 == 0 with CHANNEL_AFFINE).
+//                     Statistics (an exact two-pass) and normalization in one dispatch; the first
+//                     ROW_CACHE vec4s each thread reads stay in registers, so x is read from
+//                     memory once for rows up to TPR * ROW_CACHE * 4 elements.
+// - rows_norm_scalar: the same for any d, one value at a time, y written through its f32 view.
+// - rows_partial, rows_merge, rows_apply(_scalar): the split-row path for long rows and few
+//                     rows: per-segment Welford partials (a group of TPR threads per segment, an
+//                     exact two-pass from cache), a per-row Chan merge, then an elementwise pass.
+//                     Every workgroup has work even with one row.
+//
+// Statistics are of x - pivot, with pivot = the row's first element: for rows with a large mean
+// (1e6 with std 1) x - pivot is exact, so the normalized output keeps full precision. RMSNorm
+// has no mean: its statistic is the sum of squares of x itself (a sum of positive terms, no
+// cancellation), and its pivot is 0.
+//
+// Stores: a thread writes whole elements of the array it stores to. Rows with d % 4 != 0 share
+// vec4s with their neighbours, so their kernels write y through `y1` (array<f32>): a store to
+// one component of a vec4 may rewrite the whole vector (Metal does), losing a neighbour's
+// value.
+
+struct RowsParams {
+    rows: u32,
+    d: u32,
+    // Element offsets of this chunk's first row inside the x and y bindings.
+    x_off: u32,
+    y_off: u32,
+    // Offset of this chunk's first row inside the mean/rstd bindings.
+    stat_off: u32,
+    // Workgroups along x; further row groups continue along y (65535 per dimension).
+    grid_x: u32,
+    eps: f32,
+    // Split-row path: segments per row and vec4s per segment.
+    segs: u32,
+    seg_v4: u32,
+    // CHANNEL_AFFINE: element i of global row r belongs to channel (r % groups) * cpg + i / run.
+    groups: u32,
+    cpg: u32,
+    run: u32,
+    // Global index of this chunk's first row.
+    row0: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// rows_partial: rows are vec4-aligned (d % 4 == 0): vector loads. Otherwise scalar loads.
+override VEC: bool = true;
+override HAS_W: bool = false;
+override HAS_B: bool = false;
+// Subtract the mean (LayerNorm, GroupNorm, InstanceNorm); off for RMSNorm.
+override CENTER: bool = true;
+// Weight and bias per channel (see RowsParams) rather than per element of the row.
+override CHANNEL_AFFINE: bool = false;
+
+// ROW_CACHE (vec4s of a row each thread keeps in registers) is prepended by the host: sized from
+// the row length, so short rows do not hold registers (and occupancy) they never use.
+
+@group(0) @binding(0) var<uniform> p: RowsParams;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> gamma: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> beta: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;
+// Split-row scratch: per (row, segment) Welford partials, then per row (mean_shifted, rstd).
+@group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>;
+// y as scalars, for the kernels whose rows do not fill whole vec4s (the same buffer as y).
+@group(0) @binding(8) var<storage, read_write> y1: array<f32>;
+
+fn ld(i: u32) -> f32 {
+    return x[i >> 2u][i & 3u];
+}
+
+fn param1(i: u32, bias: bool) -> f32 {
+    if (bias) {
+        return beta[i >> 2u][i & 3u];
+    }
+    return gamma[i >> 2u][i & 3u];
+}
+
+// The affine parameter index of element i of chunk row `row`.
+fn affine_index(row: u32, i: u32) -> u32 {
+    if (CHANNEL_AFFINE) {
+        return ((p.row0 + row) % p.groups) * p.cpg + i / p.run;
+    }
+    return i;
+}
+
+// Elements 4j .. 4j + 3 of chunk row `row`.
+fn affine4(t: vec4<f32>, row: u32, j: u32) -> vec4<f32> {
+    var o = t;
+    if (CHANNEL_AFFINE) {
+        // The host takes this path only when a vec4 never straddles two channels.
+        let c = affine_index(row, 4u * j);
+        if (HAS_W) {
+            o = o * param1(c, false);
+        }
+        if (HAS_B) {
+            o = o + param1(c, true);
+        }
+        return o;
+    }
+    if (HAS_W) {
+        o = o * gamma[j];
+    }
+    if (HAS_B) {
+        o = o + beta[j];
+    }
+    return o;
+}
+
+fn affine1(t: f32, row: u32, i: u32) -> f32 {
+    let c = affine_index(row, i);
+    var o = t;
+    if (HAS_W) {
+        o = o * param1(c, false);
+    }
+    if (HAS_B) {
+        o = o + param1(c, true);
+    }
+    return o;
+}
+
+fn group_id(wid: vec3<u32>) -> u32 {
+    return wid.x + wid.y * p.grid_x;
+}
+
+// The row of thread t of workgroup `wid`. Threads past the last row still take part in the
+// reductions' barriers.
+fn row_of(wid: vec3<u32>, t: u32) -> u32 {
+    return group_id(wid) * (WG / TPR) + t / TPR;
+}
+
+fn put_stats(row: u32, mean: f32, rstd: f32) {
+    if (CENTER) {
+        mean_out[p.stat_off + row] = mean;
+    }
+    rstd_out[p.stat_off + row] = rstd;
+}
+
+@compute @workgroup_size(WG)
+fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let lane = t % TPR;
+    let row = row_of(wid, t);
+    let valid = row < p.rows;
+    let xb = (p.x_off + row * p.d) / 4u;
+    let yb = (p.y_off + row * p.d) / 4u;
+    var pivot = 0.0;
+    if (valid && CENTER) {
+        pivot = x[xb].x;
+    }
+    let nv = p.d / 4u;
+    let pv = vec4<f32>(pivot);
+    // Exact two-pass over the row: the sum of x - pivot gives the mean, then the sum of squared
+    // deviations from it. The first ROW_CACHE vec4s of each thread stay in registers; the rest
+    // are read again (from cache: the row was just read).
+    var cache: array<vec4<f32>, ROW_CACHE>;
+    var s4 = vec4<f32>(0.0);
+    for (var c = 0u; c < ROW_CACHE; c++) {
+        // Every slot is written (zero past the row), so the compiler can drop the array's
+        // zero-initialisation: measurable on CPU adapters.
+        let j = lane + c * TPR;
+        var v = vec4<f32>(0.0);
+        if (valid && j < nv) {
+            v = x[xb + j] - pv;
+        }
+        cache[c] = v;
+        s4 += v;
+    }
+    var m = 0.0;
+    if (CENTER) {
+        for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
+            s4 += x[xb + j] - pv;
+        }
+        m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / f32(p.d);
+    }
+    let mv = vec4<f32>(m);
+    var q4 = vec4<f32>(0.0);
+    for (var c = 0u; c < ROW_CACHE; c++) {
+        let j = lane + c * TPR;
+        if (valid && j < nv) {
+            let e = cache[c] - mv;
+            q4 += e * e;
+        }
+    }
+    for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
+        let e = x[xb + j] - pv - mv;
+        q4 += e * e;
+    }
+    let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
+    if (!valid) {
+        return;
+    }
+    let rstd = inverseSqrt(q / f32(p.d) + p.eps);
+    if (lane == 0u) {
+        put_stats(row, pivot + m, rstd);
+    }
+    for (var c = 0u; c < ROW_CACHE; c++) {
+        let j = lane + c * TPR;
+        if (j < nv) {
+            y[yb + j] = affine4((cache[c] - mv) * rstd, row, j);
+        }
+    }
+    for (var j = lane + ROW_CACHE * TPR; j < nv; j += TPR) {
+        let v = x[xb + j] - pv;
+        y[yb + j] = affine4((v - mv) * rstd, row, j);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rows_norm_scalar(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let lane = t % TPR;
+    let row = row_of(wid, t);
+    let valid = row < p.rows;
+    let xb = p.x_off + row * p.d;
+    let yb = p.y_off + row * p.d;
+    var pivot = 0.0;
+    if (valid && CENTER) {
+        pivot = ld(xb);
+    }
+    var m = 0.0;
+    if (CENTER) {
+        var s = 0.0;
+        for (var i = lane; valid && i < p.d; i += TPR) {
+            s += ld(xb + i) - pivot;
+        }
+        m = reduce_sum(s, l) / f32(p.d);
+    }
+    var q = 0.0;
+    for (var i = lane; valid && i < p.d; i += TPR) {
+        let e = ld(xb + i) - pivot - m;
+        q += e * e;
+    }
+    q = reduce_sum(q, l);
+    if (!valid) {
+        return;
+    }
+    let rstd = inverseSqrt(q / f32(p.d) + p.eps);
+    if (lane == 0u) {
+        put_stats(row, pivot + m, rstd);
+    }
+    for (var i = lane; i < p.d; i += TPR) {
+        let v = ld(xb + i) - pivot;
+        y1[yb + i] = affine1((v - m) * rstd, row, i);
+    }
+}
+
+// One group of TPR threads per (row, segment); groups run over rows * segs. The segment's
+// statistics are an exact two-pass (its mean, then squared deviations from it), re-reading the
+// segment from cache; segments combine with Chan's merge in rows_merge.
+@compute @workgroup_size(WG)
+fn rows_partial(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let lane = t % TPR;
+    let g = group_id(wid) * (WG / TPR) + t / TPR;
+    let valid = g < p.rows * p.segs;
+    let row = g / p.segs;
+    let seg = g % p.segs;
+    let xb = p.x_off + row * p.d;
+    var pivot = 0.0;
+    if (valid && CENTER) {
+        pivot = ld(xb);
+    }
+    let pv = vec4<f32>(pivot);
+    // Element range [i0, i1) of the segment; vec4 range [i0 / 4, i1 / 4) when VEC.
+    let i0 = min(seg * p.seg_v4 * 4u, p.d);
+    var i1 = min(i0 + p.seg_v4 * 4u, p.d);
+    if (!valid) {
+        i1 = i0;
+    }
+    let n = f32(i1 - i0);
+    var m = 0.0;
+    if (CENTER) {
+        var s4 = vec4<f32>(0.0);
+        if (VEC) {
+            for (var j = i0 / 4u + lane; j < i1 / 4u; j += TPR) {
+                s4 += x[xb / 4u + j] - pv;
+            }
+        } else {
+            for (var i = i0 + lane; i < i1; i += TPR) {
+                s4.x += ld(xb + i) - pivot;
+            }
+        }
+        m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / max(n, 1.0);
+    }
+    let mv = vec4<f32>(m);
+    var q4 = vec4<f32>(0.0);
+    if (VEC) {
+        for (var j = i0 / 4u + lane; j < i1 / 4u; j += TPR) {
+            let e = x[xb / 4u + j] - pv - mv;
+            q4 += e * e;
+        }
+    } else {
+        for (var i = i0 + lane; i < i1; i += TPR) {
+            let e = ld(xb + i) - pivot - m;
+            q4.x += e * e;
+        }
+    }
+    let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
+    if (valid && lane == 0u) {
+        partials[g] = vec4<f32>(n, m, q, 0.0);
+    }
+}
+
+// One thread per row: merges the row's segment partials in segment order. Without CENTER every
+// partial's mean is 0, so the merge sums the squares.
+@compute @workgroup_size(WG)
+fn rows_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = group_id(wid) * WG + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    var acc = welford_empty();
+    for (var s = 0u; s < p.segs; s++) {
+        let q = partials[row * p.segs + s];
+        acc = welford_merge(acc, Welford(q.x, q.y, q.z));
+    }
+    let rstd = inverseSqrt(acc.m2 / f32(p.d) + p.eps);
+    var pivot = 0.0;
+    if (CENTER) {
+        pivot = ld(p.x_off + row * p.d);
+    }
+    put_stats(row, pivot + acc.mean, rstd);
+    // Stored after the partials of all rows, read by rows_apply with the pivot.
+    partials[p.rows * p.segs + row] = vec4<f32>(acc.mean, rstd, pivot, 0.0);
+}
+
+// Elementwise, one vec4 per thread, like the copy kernel: measured on lavapipe, a workgroup
+// looping over a segment ran 1.5x slower than this flat layout. Rows of whole vec4s.
+@compute @workgroup_size(WG)
+fn rows_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let e = group_id(wid) * WG + t;
+    let nv = p.d / 4u;
+    if (e >= p.rows * nv) {
+        return;
+    }
+    let row = e / nv;
+    let st = partials[p.rows * p.segs + row];
+    let v = x[p.x_off / 4u + e] - vec4<f32>(st.z);
+    y[p.y_off / 4u + e] = affine4((v - vec4<f32>(st.x)) * st.y, row, e % nv);
+}
+
+// The same, one value per thread, for any d.
+@compute @workgroup_size(WG)
+fn rows_apply_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let e = group_id(wid) * WG + t;
+    if (e >= p.rows * p.d) {
+        return;
+    }
+    let row = e / p.d;
+    let st = partials[p.rows * p.segs + row];
+    let v = ld(p.x_off + e) - st.z;
+    y1[p.y_off + e] = affine1((v - st.x) * st.y, row, e % p.d);
+}

@@ -1,0 +1,196 @@
+//! LayerNorm: the rows family over a sample's trailing dims, centred, per-element affine.
+
+use crate::context::Gpu;
+use crate::error::Result;
+use crate::norms::{setters, Call, LayerNormOutput, LayerNormPlan, LnVariant, Op};
+use crate::ops::affine::{check_affine, check_eps, check_u32_elems, stat_shape, Normalized};
+use crate::ops::rows::Rows;
+use crate::tensor::Tensor;
+
+/// LayerNorm over the trailing dims, like `torch.nn.LayerNorm(normalized_shape)` and ONNX
+/// `LayerNormalization(axis)`: `y = (x - mean) / sqrt(var + eps) * weight + bias`, with the
+/// biased variance. Weight and bias are optional and independent. Default eps 1e-5.
+///
+/// ```no_run
+/// use fused_norm::{Gpu, LayerNorm, Tensor};
+/// let gpu = Gpu::new()?;
+/// let x = Tensor::from_slice(&gpu, &vec![0.5; 4 * 768], &[4, 768])?;
+/// let w = Tensor::from_slice(&gpu, &vec![1.0; 768], &[768])?;
+/// let b = Tensor::from_slice(&gpu, &vec![0.0; 768], &[768])?;
+/// let out = LayerNorm::new(&[768]).eps(1e-5).weight(w).bias(b).forward(&gpu, &x)?;
+/// assert_eq!(out.mean.numel(), 4);
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    t: Trailing,
+}
+
+setters!(
+    LayerNorm in t,
+    "fused_norm::LayerNorm::new(&[8])",
+    "element of a normalized row",
+    bias
+);
+
+/// LayerNorm over the last dim of `x`, eps 1e-5, no weight or bias.
+///
+/// ```no_run
+/// use fused_norm::{gpu_layer_norm, Gpu, Tensor};
+/// let gpu = Gpu::new()?;
+/// let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+/// let y = gpu_layer_norm(&gpu, &x)?.to_vec(&gpu)?;
+/// assert!((y[0] + 1.0).abs() < 1e-3);
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+pub fn gpu_layer_norm(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    Ok(LayerNorm::from_axis(-1).forward(gpu, x)?.y)
+}
+
+/// What LayerNorm and RMSNorm share: the normalized dims, eps, the affine parameters (RMSNorm
+/// has no bias) and the kernel variant.
+#[derive(Clone, Debug)]
+pub(crate) struct Trailing {
+    pub normalized: Normalized,
+    pub eps: f32,
+    pub weight: Option<Tensor>,
+    pub bias: Option<Tensor>,
+    pub variant: LnVariant,
+}
+
+impl Trailing {
+    pub(crate) fn new(normalized: Normalized, eps: f32) -> Trailing {
+        Trailing {
+            normalized,
+            eps,
+            weight: None,
+            bias: None,
+            variant: LnVariant::Auto,
+        }
+    }
+
+    /// The rows-family call on x: centred (LayerNorm) or not (RMSNorm).
+    pub(crate) fn call<'a>(&'a self, gpu: &Gpu, x: &'a Tensor, center: bool) -> Result<Call<'a>> {
+        x.check_device(gpu, "x")?;
+        check_eps(self.eps)?;
+        let shape = x.shape();
+        let axis = self.normalized.axis(shape)?;
+        let d: usize = shape[axis..].iter().product();
+        let rows: usize = shape[..axis].iter().product();
+        let (weight, bias) = (self.weight.as_ref(), self.bias.as_ref());
+        check_affine(gpu, weight, bias, d, "element of a normalized row")?;
+        check_u32_elems(d * rows)?;
+        let op = Rows {
+            rows,
+            d,
+            center,
+            channel: None,
+            eps: self.eps,
+            weight,
+            bias,
+            variant: self.variant,
+        };
+        Ok(Call {
+            op: Op::Rows(op),
+            stats: stat_shape(shape, axis),
+            reads: vec![("the input", Some(x)), ("weight", weight), ("bias", bias)],
+        })
+    }
+}
+
+impl LayerNorm {
+    /// Normalizes over the trailing dims equal to `normalized_shape` (PyTorch).
+    ///
+    /// ```
+    /// let ln = fused_norm::LayerNorm::new(&[16, 16]); // the last two dims
+    /// ```
+    pub fn new(normalized_shape: &[usize]) -> LayerNorm {
+        LayerNorm::with(Normalized::Shape(normalized_shape.to_vec()))
+    }
+
+    /// ONNX `LayerNormalization(axis)`: normalizes over dims `axis..`; negative counts from
+    /// the end (-1, the default in ONNX, is the last dim).
+    ///
+    /// ```
+    /// let ln = fused_norm::LayerNorm::from_axis(1); // [N, C, H, W] -> over C, H, W
+    /// ```
+    pub fn from_axis(axis: isize) -> LayerNorm {
+        LayerNorm::with(Normalized::Axis(axis))
+    }
+
+    fn with(normalized: Normalized) -> LayerNorm {
+        LayerNorm {
+            t: Trailing::new(normalized, 1e-5),
+        }
+    }
+
+    /// Forces a kernel variant instead of the policy's choice.
+    ///
+    /// ```
+    /// use fused_norm::{LayerNorm, LnVariant};
+    /// let ln = LayerNorm::new(&[4096]).variant(LnVariant::SplitRow);
+    /// ```
+    pub fn variant(mut self, variant: LnVariant) -> LayerNorm {
+        self.t.variant = variant;
+        self
+    }
+
+    fn call<'a>(&'a self, gpu: &Gpu, x: &'a Tensor) -> Result<Call<'a>> {
+        self.t.call(gpu, x, true)
+    }
+
+    /// The kernels a call on `x_shape` runs on `gpu`, and why.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let plan = fused_norm::LayerNorm::new(&[768]).plan(&gpu, &[4096, 768])?;
+    /// println!("{plan}");
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn plan(&self, gpu: &Gpu, x_shape: &[usize]) -> Result<LayerNormPlan> {
+        self.call(gpu, &Tensor::shape_only(gpu, x_shape)?)?
+            .plan(gpu)
+    }
+
+    /// Runs LayerNorm on `x`, allocating the outputs. Blocks until the device is done.
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// # let x = fused_norm::Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+    /// let out = fused_norm::LayerNorm::new(&[4]).forward(&gpu, &x)?;
+    /// let y = out.y.to_vec(&gpu)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<LayerNormOutput> {
+        self.call(gpu, x)?.forward_stats(gpu, x)
+    }
+
+    /// Records the LayerNorm into the caller's encoder, writing into caller-provided outputs
+    /// (`out.y` shaped like x, `out.mean` and `out.rstd` with one value per row). No submit,
+    /// no readback, no wait: a renderer can put it in its own frame.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+    /// let out = LayerNormOutput {
+    ///     y: Tensor::empty(&gpu, &[2, 4])?,
+    ///     mean: Tensor::empty(&gpu, &[2, 1])?,
+    ///     rstd: Tensor::empty(&gpu, &[2, 1])?,
+    /// };
+    /// let mut enc = gpu.device().create_command_encoder(&Default::default());
+    /// LayerNorm::new(&[4]).encode(&gpu, &mut enc, &x, &out)?;
+    /// gpu.queue().submit([enc.finish()]);
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        out: &LayerNormOutput,
+    ) -> Result<()> {
+        let (y, m, r) = (&out.y, Some(&out.mean), &out.rstd);
+        self.call(gpu, x)?.encode(gpu, encoder, x, y, m, r)
+    }
+}

@@ -1,0 +1,343 @@
+//! The norms, each a thin configuration of the reductions in `crate::ops`: LayerNorm and
+//! RMSNorm over a sample's trailing dims, GroupNorm and InstanceNorm over a sample's groups of
+//! channels, BatchNorm over the batch. What they share lives here: the layout, the output and
+//! plan types, and the builder setters.
+
+mod batch;
+mod group;
+mod instance;
+mod layer;
+mod rms;
+
+pub use batch::{BatchNorm, BatchNormOutput, TrainCommit};
+pub use group::GroupNorm;
+pub use instance::InstanceNorm;
+pub use layer::{gpu_layer_norm, LayerNorm};
+pub use rms::{RmsNorm, RmsNormOutput};
+
+use crate::context::Gpu;
+use crate::ops::apply::ApplyKind;
+use crate::ops::channels::Blocks;
+use crate::runtime::pipeline::Kernel;
+use crate::tensor::Tensor;
+
+/// Where the channel dim sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `[N, C]`, `[N, C, L]`, `[N, C, H, W]`, `[N, C, D, H, W]` (PyTorch's default, NCHW).
+    ChannelsFirst,
+    /// `[N, ..., C]` (NHWC): channels contiguous, read in place.
+    ChannelsLast,
+}
+
+/// Outputs of a norm with a mean and a reciprocal standard deviation per statistic:
+/// [`LayerNorm`] (one per row), [`GroupNorm`] (`[N, G]`), [`InstanceNorm`] (`[N, C]`).
+///
+/// ```no_run
+/// # use fused_norm::*;
+/// # let gpu = Gpu::new()?;
+/// # let x = Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+/// let out: NormOutput = LayerNorm::new(&[4]).forward(&gpu, &x)?;
+/// let (y, mean, rstd) = (out.y, out.mean, out.rstd);
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct NormOutput {
+    /// Normalized tensor, same shape as x.
+    pub y: Tensor,
+    /// Mean of each statistic's values.
+    pub mean: Tensor,
+    /// `1 / sqrt(var + eps)` of each statistic (biased variance), same shape as `mean`.
+    pub rstd: Tensor,
+}
+
+/// [`LayerNorm`]'s outputs: mean and rstd shaped `x.shape[..axis] ++ [1; trailing]` (ONNX's
+/// Mean and InvStdDev, PyTorch's `native_layer_norm`).
+pub type LayerNormOutput = NormOutput;
+/// [`GroupNorm`]'s outputs: mean and rstd of shape `[N, G]`.
+pub type GroupNormOutput = NormOutput;
+/// [`InstanceNorm`]'s outputs: mean and rstd of shape `[N, C]`.
+pub type InstanceNormOutput = NormOutput;
+
+/// Which rows-family kernel a LayerNorm or RMSNorm runs. `Auto` lets the policy choose from
+/// the shape and the adapter (see `plan()`); the others force a kernel (tests and benchmarks
+/// run each one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LnVariant {
+    /// Chosen by the policy.
+    #[default]
+    Auto,
+    /// `rows_norm`: `threads_per_row` threads (a power of two, at most the workgroup size)
+    /// reduce one row; statistics and output in one dispatch, x read once for rows that fit
+    /// the threads' registers.
+    Rows {
+        /// Threads cooperating on one row.
+        threads_per_row: u32,
+    },
+    /// `rows_partial` + `rows_merge` + `rows_apply`: rows split into segments, so few long rows
+    /// still fill the device; reads x twice.
+    SplitRow,
+}
+
+/// The rows family's choice (LayerNorm, RMSNorm, GroupNorm/InstanceNorm channels-first).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowsPlan {
+    /// The resolved variant (never `Auto`).
+    pub variant: LnVariant,
+    /// Threads cooperating on one reduction: per row (rows) or per segment (split-row).
+    pub group_threads: u32,
+    /// Split-row: segments per row and vec4s per segment (0 for the rows kernel).
+    pub segments: (u32, u32),
+    /// Rows kernel: vec4s of its row each thread keeps in registers (a power of two up to 16,
+    /// the fewest that hold its share of the row; 0 for split-row).
+    pub row_cache: u32,
+}
+
+/// The channels family's choice (BatchNorm, GroupNorm/InstanceNorm channels-last).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelsPlan {
+    /// Threads reducing one stage-1 block (1 for channels-last: a thread per 4 channels).
+    pub partial_threads: u32,
+    /// Threads merging one statistic's partials.
+    pub finalize_threads: u32,
+    /// Workgroups of the finalize dispatch: one group of `finalize_threads` per statistic,
+    /// packed `workgroup_size / finalize_threads` statistics to a workgroup.
+    pub finalize_workgroups: u32,
+    /// Stage 1 reads rows of channels, else runs of one channel.
+    pub channels_last: bool,
+    pub(crate) apply: ApplyKind,
+    pub(crate) blocks: Blocks,
+    pub(crate) chunk_runs: u64,
+}
+
+impl ChannelsPlan {
+    /// The elementwise pass's layout: "scalar", "vec4-cf" or "vec4-cl".
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// let plan = BatchNorm::new(&gpu, 64)?.plan(&gpu, &[8, 64, 7, 7], Layout::ChannelsFirst)?;
+    /// assert_eq!(plan.channels.unwrap().apply_name(), "scalar"); // 7 * 7 is not a multiple of 4
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn apply_name(&self) -> &'static str {
+        self.apply.name()
+    }
+}
+
+/// What a norm's call runs on a given shape and device, and why: the same shape for every norm
+/// (`LayerNormPlan`, `BatchNormPlan`, ... are this type).
+///
+/// ```no_run
+/// # let gpu = fused_norm::Gpu::new()?;
+/// let plan = fused_norm::LayerNorm::new(&[768]).plan(&gpu, &[4096, 768])?;
+/// println!("{plan}"); // kernels, workgroup size, lanes, and the reason
+/// assert!(!plan.kernels.is_empty());
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Entry points, in dispatch order (per chunk of a tensor larger than a binding).
+    pub kernels: Vec<&'static str>,
+    /// Threads per workgroup.
+    pub workgroup_size: u32,
+    /// Whether reductions use subgroup shuffles (else workgroup memory; see
+    /// [`Gpu::subgroup_note`]).
+    pub subgroups: bool,
+    /// Why the policy chose these kernels.
+    pub reason: String,
+    /// Rows-family details, when that family runs.
+    pub rows: Option<RowsPlan>,
+    /// Channels-family details, when that family runs.
+    pub channels: Option<ChannelsPlan>,
+}
+
+/// [`LayerNorm::plan`]'s result.
+pub type LayerNormPlan = Plan;
+/// [`RmsNorm::plan`]'s result.
+pub type RmsNormPlan = Plan;
+/// [`GroupNorm::plan`]'s result.
+pub type GroupNormPlan = Plan;
+/// [`InstanceNorm::plan`]'s result.
+pub type InstanceNormPlan = Plan;
+/// [`BatchNorm::plan`]'s result.
+pub type BatchNormPlan = Plan;
+
+impl Plan {
+    pub(crate) fn new(
+        gpu: &Gpu,
+        kernels: &[Kernel],
+        workgroup_size: u32,
+        reason: String,
+        rows: Option<RowsPlan>,
+        channels: Option<ChannelsPlan>,
+    ) -> Plan {
+        let subgroups = gpu.capabilities().subgroups;
+        let reason = match subgroups {
+            true => reason,
+            false => format!(
+                "{reason}; workgroup-memory reductions: {}",
+                gpu.subgroup_note()
+            ),
+        };
+        Plan {
+            kernels: kernels.iter().map(|k| k.entry()).collect(),
+            workgroup_size,
+            subgroups,
+            reason,
+            rows,
+            channels,
+        }
+    }
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(r) = &self.rows {
+            match r.variant {
+                LnVariant::Rows { threads_per_row } => write!(f, "rows(tpr={threads_per_row})")?,
+                _ => write!(
+                    f,
+                    "split-row(segs={}, tps={})",
+                    r.segments.0, r.group_threads
+                )?,
+            }
+        }
+        if let Some(c) = &self.channels {
+            let b = c.blocks;
+            match c.channels_last {
+                true => write!(f, "partial_cl({} rows/thread)", b.nbr)?,
+                false => write!(
+                    f,
+                    "partial_cf({}x{} per {} threads)",
+                    b.nbr, b.seg, c.partial_threads
+                )?,
+            }
+            write!(
+                f,
+                ", {} blocks, finalize {} threads, apply {}",
+                b.nbt,
+                c.finalize_threads,
+                c.apply_name()
+            )?;
+        }
+        let lanes = if self.subgroups { "subgroup" } else { "shared" };
+        write!(
+            f,
+            " wg={} {lanes} [{}]: {}",
+            self.workgroup_size,
+            self.kernels.join(", "),
+            self.reason
+        )
+    }
+}
+
+/// The setters every norm has: `eps`, and `weight` / `bias` where it has them. The norm's
+/// struct (or its field named after `in`) keeps them in fields of those names.
+macro_rules! setters {
+    ($norm:ident $(in $f:ident)?, $ex:literal, $per:literal) => {
+        crate::norms::setters!(@eps $norm $(in $f)?, $ex);
+        crate::norms::setters!(@param $norm $(in $f)?, $ex, $per, weight, "Scale (gamma)", "1");
+    };
+    ($norm:ident $(in $f:ident)?, $ex:literal, $per:literal, bias) => {
+        crate::norms::setters!($norm $(in $f)?, $ex, $per);
+        crate::norms::setters!(@param $norm $(in $f)?, $ex, $per, bias, "Shift (beta)", "0");
+    };
+    (@eps $norm:ident $(in $f:ident)?, $ex:literal) => {
+        impl $norm {
+            #[doc = concat!("Sets eps, added to the variance; finite and >= 0.\n\n```no_run\n# let gpu = fused_norm::Gpu::new()?;\nlet n = ", $ex, ".eps(1e-6);\n# Ok::<(), fused_norm::NormError>(())\n```")]
+            pub fn eps(mut self, eps: f32) -> $norm {
+                self$(.$f)?.eps = eps;
+                self
+            }
+        }
+    };
+    (@param $norm:ident $(in $f:ident)?, $ex:literal, $per:literal, $field:ident, $what:literal, $none:literal) => {
+        impl $norm {
+            #[doc = concat!($what, ", one value per ", $per, "; optional (as if all ", $none, ").\n\n```no_run\n# let gpu = fused_norm::Gpu::new()?;\n# let t = fused_norm::Tensor::from_slice(&gpu, &[1.0; 8], &[8])?;\nlet n = ", $ex, ".", stringify!($field), "(t);\n# Ok::<(), fused_norm::NormError>(())\n```")]
+            pub fn $field(mut self, $field: Tensor) -> $norm {
+                self$(.$f)?.$field = Some($field);
+                self
+            }
+        }
+    };
+}
+pub(crate) use setters;
+
+/// A validated call of a norm on a shape: its reduction, the shape of its statistics, and the
+/// tensors it reads (which no output may share a buffer with). Every norm's `plan`, `forward`
+/// and `encode` go through one.
+pub(crate) struct Call<'a> {
+    pub op: Op<'a>,
+    pub stats: Vec<usize>,
+    pub reads: Vec<(&'static str, Option<&'a Tensor>)>,
+}
+
+/// The reduction a call runs.
+pub(crate) enum Op<'a> {
+    Rows(crate::ops::rows::Rows<'a>),
+    Channels(crate::ops::channels::Channels<'a>),
+}
+
+impl Call<'_> {
+    pub(crate) fn plan(&self, gpu: &Gpu) -> crate::Result<Plan> {
+        match &self.op {
+            Op::Rows(r) => Ok(r.plan(gpu)),
+            Op::Channels(c) => c.plan(gpu, true),
+        }
+    }
+
+    /// Checks the caller's outputs (y like x; mean, when wanted, and rstd one per statistic)
+    /// and records the call.
+    pub(crate) fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+    ) -> crate::Result<()> {
+        let k = self.stats.iter().product();
+        let mut outputs = vec![("y", y, x.numel()), ("rstd", rstd, k)];
+        outputs.extend(mean.map(|m| ("mean", m, k)));
+        crate::ops::affine::check_outputs(gpu, &self.reads, &outputs)?;
+        match &self.op {
+            Op::Rows(r) => r.encode(gpu, encoder, x, y, mean, rstd),
+            Op::Channels(c) => {
+                let source = crate::ops::channels::Source::Batch {
+                    mean: mean.expect("channels-family norms have a mean"),
+                    invstd: rstd,
+                    update: None,
+                };
+                c.encode(gpu, encoder, x, y, source)
+            }
+        }
+    }
+
+    /// Allocates the outputs (the mean when `with_mean`), records, submits and waits.
+    pub(crate) fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        with_mean: bool,
+    ) -> crate::Result<(Tensor, Option<Tensor>, Tensor)> {
+        let y = Tensor::empty(gpu, x.shape())?;
+        let mean = match with_mean {
+            true => Some(Tensor::empty(gpu, &self.stats)?),
+            false => None,
+        };
+        let rstd = Tensor::empty(gpu, &self.stats)?;
+        let mut enc = gpu.encoder();
+        self.encode(gpu, &mut enc, x, &y, mean.as_ref(), &rstd)?;
+        gpu.submit_wait(enc)?;
+        Ok((y, mean, rstd))
+    }
+
+    /// [`Call::forward`] with the mean, as a [`NormOutput`].
+    pub(crate) fn forward_stats(&self, gpu: &Gpu, x: &Tensor) -> crate::Result<NormOutput> {
+        let (y, mean, rstd) = self.forward(gpu, x, true)?;
+        let mean = mean.ok_or_else(|| crate::NormError::Wgpu("internal: no mean".into()))?;
+        Ok(NormOutput { y, mean, rstd })
+    }
+}

@@ -1,0 +1,136 @@
+//! The elementwise pass of the channels family (`shaders/apply.wgsl`):
+//! y = (x - centre) * scale + shift with each element's (sample, channel) coefficients, in
+//! chunks of whole runs, one vec4 (or value) per thread like a copy.
+
+use crate::context::Gpu;
+use crate::error::Result;
+use crate::runtime::constants::Overrides;
+use crate::runtime::dispatch::{chunks, view, Launch};
+use crate::runtime::pipeline::{Kernel, Shader};
+use crate::tensor::Tensor;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ApplyParams {
+    c: u32,
+    s: u32,
+    spr: u32,
+    plane: u32,
+    e0: u32,
+    x_off: u32,
+    y_off: u32,
+    work: u32,
+    grid_x: u32,
+    pad: [u32; 3],
+}
+
+/// How the pass reads: a vec4 of one channel's run (channels-first, s % 4 == 0), a vec4 of
+/// four channels (channels-last, c % 4 == 0), or one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ApplyKind {
+    RunVec4,
+    ChannelVec4,
+    Scalar,
+}
+
+impl ApplyKind {
+    pub(crate) fn of(c: u64, s: u64) -> ApplyKind {
+        match () {
+            _ if s == 1 && c.is_multiple_of(4) => ApplyKind::ChannelVec4,
+            _ if s > 1 && s.is_multiple_of(4) => ApplyKind::RunVec4,
+            _ => ApplyKind::Scalar,
+        }
+    }
+
+    pub(crate) fn kernel(self) -> Kernel {
+        match self {
+            ApplyKind::RunVec4 => Kernel::ApplyCf4,
+            ApplyKind::ChannelVec4 => Kernel::ApplyCl4,
+            ApplyKind::Scalar => Kernel::ApplyScalar,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ApplyKind::RunVec4 => "vec4-cf",
+            ApplyKind::ChannelVec4 => "vec4-cl",
+            ApplyKind::Scalar => "scalar",
+        }
+    }
+}
+
+/// One apply pass over x viewed as `[n, c, s]` runs, `spr` runs per sample with its own
+/// coefficients (all `n` when they are per channel), `chunk_runs` runs per binding.
+pub(crate) struct Apply {
+    pub n: u64,
+    pub c: u64,
+    pub s: u64,
+    pub spr: u64,
+    pub plane: u64,
+    pub chunk_runs: u64,
+    pub wg: u32,
+}
+
+impl Apply {
+    /// The launches of the pass: x to y through `coef`.
+    pub(crate) fn launches<'a>(
+        &self,
+        gpu: &Gpu,
+        x: &'a Tensor,
+        y: &'a Tensor,
+        coef: &'a Tensor,
+    ) -> Result<Vec<Launch<'a>>> {
+        let kind = ApplyKind::of(self.c, self.s);
+        let slab = self.c * self.s;
+        let overrides = Overrides::new(self.wg, self.wg);
+        let mut out = Vec::new();
+        for (n0, n1) in chunks(self.n, self.chunk_runs) {
+            let (xv, yv) = (
+                view(gpu, n0 * slab, n1 * slab, x.buffer().size()),
+                view(gpu, n0 * slab, n1 * slab, y.buffer().size()),
+            );
+            let elems = (n1 - n0) * slab;
+            let work = if kind == ApplyKind::Scalar {
+                elems
+            } else {
+                elems / 4
+            } as u32;
+            let params = |grid_x| ApplyParams {
+                c: self.c as u32,
+                s: self.s as u32,
+                spr: self.spr as u32,
+                plane: self.plane as u32,
+                e0: (n0 * slab) as u32,
+                x_off: xv.elem_off,
+                y_off: yv.elem_off,
+                work,
+                grid_x,
+                pad: [0; 3],
+            };
+            let groups = work.div_ceil(self.wg);
+            let y_name = if kind == ApplyKind::Scalar { "y1" } else { "y" };
+            out.push(
+                Launch::new(
+                    gpu,
+                    Shader::Apply,
+                    kind.kernel(),
+                    &overrides,
+                    groups,
+                    params,
+                )?
+                .bind("x", xv.bind(x.buffer()))
+                .bind(y_name, yv.bind(y.buffer()))
+                .buf("coef", coef.buffer()),
+            );
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) fn layout() -> crate::runtime::UniformLayout {
+    crate::runtime::uniform_layout!(
+        "apply",
+        ApplyParams,
+        [c, s, spr, plane, e0, x_off, y_off, work, grid_x]
+    )
+}

@@ -1,0 +1,511 @@
+//! Statistics over strided data (`shaders/channels.wgsl`): BatchNorm's per-channel statistics in
+//! both layouts, and GroupNorm / InstanceNorm channels-last, whose statistics are per (sample,
+//! group of channels). Two deterministic stages (per-block partials read in memory order, then
+//! a fixed-order merge per statistic) write per-(sample, channel) coefficients for the
+//! elementwise pass in `apply`.
+
+use crate::context::Gpu;
+use crate::error::{NormError, Result};
+use crate::norms::{ChannelsPlan, Plan};
+use crate::ops::affine::Staging;
+use crate::ops::apply::{Apply, ApplyKind};
+use crate::runtime::constants::{Flag, Overrides};
+use crate::runtime::dispatch::{chunks, record_all, units_per_binding, view, Launch};
+use crate::runtime::pipeline::{Kernel, Shader};
+use crate::runtime::policy::{Policy, MAX_THREAD_ITERS};
+use crate::tensor::Tensor;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ChannelsParams {
+    n: u32,
+    c: u32,
+    s: u32,
+    runs: u32,
+    run0: u32,
+    x_off: u32,
+    nbr: u32,
+    seg: u32,
+    ssegs: u32,
+    nbt: u32,
+    grid_x: u32,
+    eps: f32,
+    factor: f32,
+    work: u32,
+    spr: u32,
+    groups: u32,
+    cpg: u32,
+    plane: u32,
+    k0: u32,
+    pad: u32,
+}
+
+/// Stage-1 blocking: `nbr` runs by `seg` elements of a run per block, `ssegs` blocks along a
+/// run, `nbt` blocks per (sample, channel).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Blocks {
+    pub nbr: u64,
+    pub seg: u64,
+    pub ssegs: u64,
+    pub nbt: u64,
+}
+
+/// BatchNorm's running statistics and how a batch updates them.
+#[derive(Clone, Copy)]
+pub(crate) struct Running<'a> {
+    pub mean: &'a Tensor,
+    pub var: &'a Tensor,
+    /// Weight of this batch (momentum, or 1 / batches seen).
+    pub factor: f32,
+    /// Running variance from the unbiased batch variance.
+    pub unbiased: bool,
+}
+
+/// Where the statistics come from, and what the call writes.
+pub(crate) enum Source<'a> {
+    /// The batch: mean and invstd written per statistic, running statistics updated when given.
+    Batch {
+        mean: &'a Tensor,
+        invstd: &'a Tensor,
+        update: Option<Running<'a>>,
+    },
+    /// BatchNorm inference: the running statistics (mean, var).
+    Running(&'a Tensor, &'a Tensor),
+    /// SyncBatchNorm, first half: this part's (pivot, mean of x - pivot, m2, count) per
+    /// statistic into the tensor; no output.
+    Local(&'a Tensor),
+    /// SyncBatchNorm, second half: given global statistics (see `channels_given_coef`).
+    Given {
+        stats: &'a Tensor,
+        mean: &'a Tensor,
+        invstd: &'a Tensor,
+        update: Option<Running<'a>>,
+    },
+}
+
+/// One call of the channels family on x viewed as `[n, c, s]` runs (channels-last: s = 1, n =
+/// all rows), `spr` runs per sample (BatchNorm: n), `groups` statistics per sample of `cpg`
+/// channels each (BatchNorm: c and 1).
+#[derive(Clone, Copy)]
+pub(crate) struct Channels<'a> {
+    pub n: u64,
+    pub c: u64,
+    pub s: u64,
+    pub spr: u64,
+    pub groups: u64,
+    pub cpg: u64,
+    pub eps: f32,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+}
+
+impl Channels<'_> {
+    fn samples(&self) -> u64 {
+        self.n / self.spr
+    }
+
+    /// Statistics slots: samples x groups.
+    pub(crate) fn slots(&self) -> u64 {
+        self.samples() * self.groups
+    }
+
+    /// The kernels and their blocking on `gpu`.
+    pub(crate) fn plan(&self, gpu: &Gpu, batch: bool) -> Result<Plan> {
+        let pol = Policy::of(gpu);
+        let wg = pol.wg;
+        // On CPU adapters reductions stay inside one subgroup (a barrier costs microseconds per
+        // workgroup there); GPUs reduce a block with the whole workgroup.
+        let part_tpr = if pol.cpu { pol.sg } else { wg };
+        let slab = self.c * self.s;
+        let runs_per_binding = units_per_binding(gpu, slab);
+        // Chunks hold whole samples when statistics are per sample, else whole blocks.
+        let unit = if self.spr < self.n { self.spr } else { 1 };
+        if runs_per_binding < unit {
+            return Err(NormError::TooLarge(format!(
+                "one sample of {} f32 values exceeds a storage binding of {} bytes",
+                unit * slab,
+                gpu.max_binding_bytes()
+            )));
+        }
+        let b = self.blocks(pol, u64::from(part_tpr), runs_per_binding);
+        let chunk_runs = if unit > 1 {
+            runs_per_binding / unit * unit
+        } else {
+            runs_per_binding / b.nbr * b.nbr
+        };
+        // Finalize: on CPU adapters one lane per statistic while it merges at most 4096
+        // partials (llvmpipe stops loops at 65535 iterations; Chan merges lose nothing over a
+        // few thousand), so no shuffles or barriers; on GPUs ~16 partials per lane.
+        let per_lane = if pol.cpu { 4 * MAX_THREAD_ITERS } else { 16 };
+        let fin_tpr = ((self.cpg * b.nbt).div_ceil(per_lane).next_power_of_two() as u32).min(wg);
+        let cl = self.s == 1;
+        let apply = ApplyKind::of(self.c, self.s);
+        let kernels = match (batch, cl) {
+            (true, false) => vec![
+                Kernel::ChannelsPivot,
+                Kernel::ChannelsPartialCf,
+                Kernel::ChannelsFinalize,
+                apply.kernel(),
+            ],
+            (true, true) => vec![
+                Kernel::ChannelsPivot,
+                Kernel::ChannelsPartialCl,
+                Kernel::ChannelsFinalize,
+                apply.kernel(),
+            ],
+            (false, _) => vec![Kernel::ChannelsEvalCoef, apply.kernel()],
+        };
+        let reason = format!(
+            "{} statistics over {} values each, read in memory order: {} blocks each, merged in \
+             a fixed order",
+            self.slots(),
+            self.cpg * self.spr * self.s,
+            self.cpg * b.nbt
+        );
+        Ok(Plan::new(
+            gpu,
+            &kernels,
+            wg,
+            reason,
+            None,
+            Some(ChannelsPlan {
+                partial_threads: if cl { 1 } else { part_tpr },
+                finalize_threads: fin_tpr,
+                finalize_workgroups: (self.slots() as u32).div_ceil(wg / fin_tpr),
+                channels_last: cl,
+                apply,
+                blocks: b,
+                chunk_runs,
+            }),
+        ))
+    }
+
+    /// Stage-1 blocking. Blocks are read twice (two-pass), so on CPU adapters they are sized to
+    /// stay in a core's cache; on GPUs there are enough of them to fill the device. A thread
+    /// never loops over more than MAX_THREAD_ITERS values per pass.
+    fn blocks(&self, pol: Policy, tpr: u64, runs_per_chunk: u64) -> Blocks {
+        if self.s == 1 {
+            // Channels-last: a thread walks down nbr rows of one sample for 4 channels (or 1).
+            let lanes = if self.c.is_multiple_of(4) {
+                self.c / 4
+            } else {
+                self.c
+            };
+            let nbr = match pol.cpu {
+                // A workgroup's 64 lanes x nbr rows: 64 rows of 1 KiB each stay in L1/L2.
+                true => 64,
+                false => (self.n * lanes).div_ceil(131072).max(self.n.div_ceil(4096)),
+            };
+            let nbr = nbr
+                .min(MAX_THREAD_ITERS)
+                .min(runs_per_chunk)
+                .min(self.spr)
+                .max(1);
+            Blocks {
+                nbr,
+                seg: 1,
+                ssegs: 1,
+                nbt: self.spr.div_ceil(nbr),
+            }
+        } else {
+            // Channels-first: a group of tpr threads per block of about `target` values.
+            let per_channel = self.n * self.s;
+            let target = match pol.cpu {
+                true => 2048,
+                false => (tpr * 16).max(per_channel.div_ceil(1024)),
+            };
+            let target = target.min(tpr * MAX_THREAD_ITERS).max(tpr);
+            let mut seg = self.s.min(target);
+            if self.s.is_multiple_of(4) {
+                seg = seg.div_ceil(4) * 4;
+            }
+            let ssegs = self.s.div_ceil(seg);
+            let nbr = if ssegs == 1 {
+                (target / self.s).max(1)
+            } else {
+                1
+            };
+            let nbr = nbr.min(runs_per_chunk).max(1);
+            Blocks {
+                nbr,
+                seg,
+                ssegs,
+                nbt: self.n.div_ceil(nbr) * ssegs,
+            }
+        }
+    }
+
+    /// Records the statistics (or BatchNorm's inference coefficients) and the apply pass.
+    pub(crate) fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        source: Source<'_>,
+    ) -> Result<()> {
+        // Held until the call's temporaries (uniforms, scratch) are freed (see `Gpu::turn`).
+        let _turn = gpu.turn();
+        let mut st = Staging::default();
+        let x = st.input(gpu, encoder, x)?;
+        let w = self.weight.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let b = self.bias.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let y = match source {
+            Source::Local(_) => x.clone(),
+            _ => st.output(gpu, y)?,
+        };
+        let (m, v);
+        let source = match source {
+            Source::Batch {
+                mean,
+                invstd,
+                update,
+            } => {
+                (m, v) = (st.output(gpu, mean)?, st.output(gpu, invstd)?);
+                Source::Batch {
+                    mean: &m,
+                    invstd: &v,
+                    update,
+                }
+            }
+            Source::Given {
+                stats,
+                mean,
+                invstd,
+                update,
+            } => {
+                (m, v) = (st.output(gpu, mean)?, st.output(gpu, invstd)?);
+                Source::Given {
+                    stats,
+                    mean: &m,
+                    invstd: &v,
+                    update,
+                }
+            }
+            other => other,
+        };
+        let op = Channels {
+            weight: w.as_ref(),
+            bias: b.as_ref(),
+            ..*self
+        };
+        op.encode_padded(gpu, encoder, &x, &y, source)?;
+        st.finish(gpu, encoder)
+    }
+
+    fn encode_padded(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        source: Source<'_>,
+    ) -> Result<()> {
+        let from_x = matches!(source, Source::Batch { .. } | Source::Local(_));
+        let plan = self.plan(gpu, from_x)?;
+        let cp = plan.channels.expect("a channels plan");
+        let wg = plan.workgroup_size;
+        let b = cp.blocks;
+        let (n, c, s) = (self.n, self.c, self.s);
+        let samples = self.samples();
+        let plane = samples * c.div_ceil(4) * 4;
+        let (dummy, sink) = (gpu.placeholder()?, gpu.sink()?);
+        let gamma = self.weight.unwrap_or(&dummy).buffer();
+        let beta = self.bias.unwrap_or(&dummy).buffer();
+        // Three planes, then a vec4 per entry (see apply.wgsl).
+        let coef = Tensor::empty(gpu, &[(7 * plane) as usize])?;
+        let partials = Tensor::empty(gpu, &[(2 * samples * c * b.nbt).max(4) as usize])?;
+        let update = match &source {
+            Source::Batch { update, .. } | Source::Given { update, .. } => *update,
+            _ => None,
+        };
+        let base = ChannelsParams {
+            n: n as u32,
+            c: c as u32,
+            s: s as u32,
+            nbr: b.nbr as u32,
+            seg: b.seg as u32,
+            ssegs: b.ssegs as u32,
+            nbt: b.nbt as u32,
+            eps: self.eps,
+            factor: update.map_or(0.0, |u| u.factor),
+            spr: self.spr as u32,
+            groups: self.groups as u32,
+            cpg: self.cpg as u32,
+            plane: plane as u32,
+            ..Default::default()
+        };
+        let (rm, rv) = update.map_or((&sink, &sink), |u| (u.mean, u.var));
+        let coefs = Overrides::new(wg, cp.finalize_threads)
+            .flag(Flag::HasWeight, self.weight.is_some())
+            .flag(Flag::HasBias, self.bias.is_some())
+            .flag(Flag::Update, update.is_some())
+            .flag(Flag::Unbiased, update.is_none_or(|u| u.unbiased));
+        let per_channel = (c as u32).div_ceil(wg);
+        let launch = |kernel, o: &Overrides, groups| {
+            Launch::new(gpu, Shader::Channels, kernel, o, groups, |g| {
+                ChannelsParams { grid_x: g, ..base }
+            })
+        };
+        let mut launches = Vec::new();
+        if from_x {
+            self.stage1(gpu, &cp, wg, base, x, &coef, &partials, &mut launches)?;
+        }
+        match source {
+            Source::Batch { mean, invstd, .. } => launches.push(
+                launch(Kernel::ChannelsFinalize, &coefs, cp.finalize_workgroups)?
+                    .buf("partials", partials.buffer())
+                    .buf("coef_w", coef.buffer())
+                    .buf("gamma", gamma)
+                    .buf("beta", beta)
+                    .buf("running_mean", rm.buffer())
+                    .buf("running_var", rv.buffer())
+                    .buf("mean_out", mean.buffer())
+                    .buf("invstd_out", invstd.buffer()),
+            ),
+            Source::Local(out) => {
+                let o = Overrides::new(wg, cp.finalize_threads);
+                launches.push(
+                    launch(Kernel::ChannelsLocalStats, &o, cp.finalize_workgroups)?
+                        .buf("partials", partials.buffer())
+                        .buf("coef_w", coef.buffer())
+                        .buf("slot_stats", out.buffer()),
+                );
+                // Statistics only: no output pass.
+                return record_all(gpu, encoder, &launches);
+            }
+            Source::Running(mean, var) => launches.push(
+                launch(Kernel::ChannelsEvalCoef, &coefs, per_channel)?
+                    .buf("coef_w", coef.buffer())
+                    .buf("gamma", gamma)
+                    .buf("beta", beta)
+                    .buf("running_mean", mean.buffer())
+                    .buf("running_var", var.buffer()),
+            ),
+            Source::Given {
+                stats,
+                mean,
+                invstd,
+                ..
+            } => launches.push(
+                launch(Kernel::ChannelsGivenCoef, &coefs, per_channel)?
+                    .buf("slot_stats", stats.buffer())
+                    .buf("coef_w", coef.buffer())
+                    .buf("gamma", gamma)
+                    .buf("beta", beta)
+                    .buf("running_mean", rm.buffer())
+                    .buf("running_var", rv.buffer())
+                    .buf("mean_out", mean.buffer())
+                    .buf("invstd_out", invstd.buffer()),
+            ),
+        }
+        let apply = Apply {
+            n,
+            c,
+            s,
+            spr: self.spr,
+            plane,
+            chunk_runs: cp.chunk_runs,
+            wg,
+        };
+        launches.extend(apply.launches(gpu, x, y, &coef)?);
+        record_all(gpu, encoder, &launches)
+    }
+
+    /// Stage 1, per chunk of x: the pivots (per sample from each chunk's own samples; per
+    /// channel from the first chunk), then the per-block partials.
+    #[allow(clippy::too_many_arguments)]
+    fn stage1<'a>(
+        &self,
+        gpu: &Gpu,
+        cp: &ChannelsPlan,
+        wg: u32,
+        base: ChannelsParams,
+        x: &'a Tensor,
+        coef: &'a Tensor,
+        partials: &'a Tensor,
+        launches: &mut Vec<Launch<'a>>,
+    ) -> Result<()> {
+        let (c, s, b) = (self.c, self.s, cp.blocks);
+        let slab = c * s;
+        let per_sample = self.samples() > 1;
+        let vec = match cp.channels_last {
+            true => c.is_multiple_of(4),
+            false => s.is_multiple_of(4),
+        };
+        let plain = Overrides::new(wg, wg);
+        let o_part = Overrides::new(wg, cp.partial_threads).flag(Flag::Vec, vec);
+        for (i, (r0, r1)) in chunks(self.n, cp.chunk_runs).enumerate() {
+            let runs = r1 - r0;
+            let v = view(gpu, r0 * slab, r1 * slab, x.buffer().size());
+            let chunk = ChannelsParams {
+                runs: runs as u32,
+                run0: r0 as u32,
+                x_off: v.elem_off,
+                ..base
+            };
+            let (k0, k1) = match per_sample {
+                true => (r0 / self.spr * self.groups, r1 / self.spr * self.groups),
+                false => (0, if i == 0 { self.groups } else { 0 }),
+            };
+            if k1 > k0 {
+                let work = (k1 - k0) as u32;
+                let p = |g| ChannelsParams {
+                    k0: k0 as u32,
+                    work,
+                    grid_x: g,
+                    ..chunk
+                };
+                let groups = work.div_ceil(wg);
+                launches.push(
+                    Launch::new(
+                        gpu,
+                        Shader::Channels,
+                        Kernel::ChannelsPivot,
+                        &plain,
+                        groups,
+                        p,
+                    )?
+                    .bind("x", v.bind(x.buffer()))
+                    .buf("coef_w", coef.buffer()),
+                );
+            }
+            let (kernel, work, groups) = if cp.channels_last {
+                let lanes = if vec { c / 4 } else { c };
+                let blocks = match per_sample {
+                    true => runs / self.spr * b.nbt,
+                    false => runs.div_ceil(b.nbr),
+                };
+                let work = (blocks * lanes) as u32;
+                (Kernel::ChannelsPartialCl, work, work.div_ceil(wg))
+            } else {
+                let groups = c * runs.div_ceil(b.nbr) * b.ssegs;
+                let per_wg = u64::from(wg / cp.partial_threads);
+                (Kernel::ChannelsPartialCf, 0, groups.div_ceil(per_wg) as u32)
+            };
+            let p = |g| ChannelsParams {
+                grid_x: g,
+                work,
+                ..chunk
+            };
+            launches.push(
+                Launch::new(gpu, Shader::Channels, kernel, &o_part, groups, p)?
+                    .bind("x", v.bind(x.buffer()))
+                    .buf("partials", partials.buffer())
+                    .buf("coef", coef.buffer()),
+            );
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn layout() -> crate::runtime::UniformLayout {
+    crate::runtime::uniform_layout!(
+        "channels",
+        ChannelsParams,
+        [
+            n, c, s, runs, run0, x_off, nbr, seg, ssegs, nbt, grid_x, eps, factor, work, spr,
+            groups, cpg, plane, k0
+        ]
+    )
+}

@@ -1,0 +1,410 @@
+//! Statistics over contiguous rows and the normalized output (`shaders/rows.wgsl`): LayerNorm,
+//! RMSNorm, and GroupNorm / InstanceNorm channels-first. The policy here picks the kernel: one
+//! dispatch reading each row once where a row fits its threads, else the split-row path.
+
+use crate::context::Gpu;
+use crate::error::{NormError, Result};
+use crate::norms::{LnVariant, Plan, RowsPlan};
+use crate::ops::affine::Staging;
+use crate::runtime::constants::{Flag, Overrides};
+use crate::runtime::dispatch::{record_all, units_per_binding, view, Launch};
+use crate::runtime::pipeline::{Kernel, Shader};
+use crate::runtime::policy::{Policy, MAX_THREAD_ITERS};
+use crate::tensor::Tensor;
+
+/// Most vec4s each thread keeps in registers in `rows_norm` (its ROW_CACHE, sized per call from
+/// the row length up to this).
+const ROW_CACHE: u32 = 16;
+
+/// Fewest workgroups the rows kernel may leave a CPU adapter (a few per core); fewer rows than
+/// that take the split-row path.
+const CPU_MIN_WORKGROUPS: u64 = 16;
+
+/// Most workgroups a CPU-adapter rows kernel may run when its reduction needs barriers.
+const CPU_MAX_BARRIER_WORKGROUPS: u64 = 256;
+
+/// Fewer rows than this leave a large GPU's compute units idle with several rows per
+/// workgroup (an H100 has 132 SMs): the GPU policy then gives each row a whole workgroup.
+const GPU_FEW_ROWS: u64 = 256;
+
+/// With few rows, rows of at least this many values take the split path: one workgroup per row
+/// would leave most of the device idle while each streams 64 KiB or more.
+const GPU_SPLIT_FEW_ROWS_D: usize = 16384;
+
+/// Weight and bias per channel: element i of global row r belongs to channel
+/// (r % groups) * cpg + i / run (GroupNorm: a row is one (sample, group), run = spatial size).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChannelAffine {
+    pub groups: u32,
+    pub cpg: u32,
+    pub run: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct RowsParams {
+    rows: u32,
+    d: u32,
+    x_off: u32,
+    y_off: u32,
+    stat_off: u32,
+    grid_x: u32,
+    eps: f32,
+    segs: u32,
+    seg_v4: u32,
+    groups: u32,
+    cpg: u32,
+    run: u32,
+    row0: u32,
+    pad: [u32; 3],
+}
+
+/// One call of the rows family.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub rows: usize,
+    pub d: usize,
+    /// Subtract the mean (off: RMSNorm).
+    pub center: bool,
+    /// Per-channel weight and bias (else one per element of a row).
+    pub channel: Option<ChannelAffine>,
+    pub eps: f32,
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    pub variant: LnVariant,
+}
+
+impl Rows<'_> {
+    /// Whole vec4s: the row, and each channel's run within it, are multiples of 4.
+    fn vec4(&self) -> bool {
+        self.d.is_multiple_of(4) && self.channel.is_none_or(|c| c.run % 4 == 0)
+    }
+
+    /// Which kernel runs, and why.
+    pub(crate) fn plan(&self, gpu: &Gpu) -> Plan {
+        let Policy { cpu, wg, sg } = Policy::of(gpu);
+        let d4 = self.d.div_ceil(4) as u32;
+        // Loop iterations of one thread over a row of `tpr` threads.
+        let per = if self.vec4() { d4 } else { self.d as u32 };
+        let iters = |tpr: u32| u64::from(per.div_ceil(tpr));
+        let rows = self.rows as u64;
+        let (variant, reason) = match self.variant {
+            LnVariant::Auto if cpu => {
+                // One thread per row while a thread's loop stays short: lanes never exchange
+                // data. Longer rows take the fewest threads that keep loops short; few rows
+                // split so every core gets workgroups.
+                let tpr = (iters(1).div_ceil(MAX_THREAD_ITERS).max(1) as u32).next_power_of_two();
+                let groups = rows.div_ceil(u64::from(wg / tpr.min(wg)));
+                // Without subgroups wide enough, a row's threads meet at barriers: worth it only
+                // for a few workgroups (microseconds each) and rows that stay in a core's cache
+                // between the passes (measured: 512 x 16384 2.0x copy this way, 3.0x split).
+                let barrier_ok = groups <= CPU_MAX_BARRIER_WORKGROUPS && self.d <= 16384;
+                if (tpr <= sg || barrier_ok) && tpr <= wg && groups >= CPU_MIN_WORKGROUPS {
+                    let how = if tpr <= sg {
+                        "no barriers"
+                    } else {
+                        "few workgroups"
+                    };
+                    let why = format!(
+                        "CPU adapter, {} values per row: {tpr} thread(s) per row, {how}",
+                        self.d
+                    );
+                    (
+                        LnVariant::Rows {
+                            threads_per_row: tpr,
+                        },
+                        why,
+                    )
+                } else {
+                    let why = format!(
+                        "CPU adapter, {} rows of {}: split rows into segments reduced without \
+                         barriers, so every core gets work",
+                        self.rows, self.d
+                    );
+                    (LnVariant::SplitRow, why)
+                }
+            }
+            LnVariant::Auto => {
+                // About four vec4s per thread, at least a subgroup's worth of rows sharing a
+                // subgroup for short rows, at most a workgroup per row. With few rows (decoding)
+                // each row gets a workgroup, and long ones are split, so the device fills.
+                let few = rows < GPU_FEW_ROWS;
+                let tpr = match few {
+                    true => wg,
+                    false => d4.div_ceil(4).next_power_of_two().clamp(1, wg),
+                };
+                if few && self.d >= GPU_SPLIT_FEW_ROWS_D {
+                    let why = format!(
+                        "{} rows of {} values: too few rows to fill a GPU with a workgroup \
+                         each; split rows into segments",
+                        self.rows, self.d
+                    );
+                    (LnVariant::SplitRow, why)
+                } else if d4 <= tpr * ROW_CACHE {
+                    let why = format!(
+                        "{} values per row: {tpr} threads per row, {} rows per workgroup, x \
+                         read once from memory",
+                        self.d,
+                        wg / tpr
+                    );
+                    (
+                        LnVariant::Rows {
+                            threads_per_row: tpr,
+                        },
+                        why,
+                    )
+                } else {
+                    let why = format!(
+                        "{} values per row do not fit {tpr} threads' registers: split rows so \
+                         every workgroup has a segment",
+                        self.d
+                    );
+                    (LnVariant::SplitRow, why)
+                }
+            }
+            LnVariant::Rows { threads_per_row } => {
+                let tpr = threads_per_row.clamp(1, wg).next_power_of_two().min(wg);
+                let need = (iters(1).div_ceil(MAX_THREAD_ITERS) as u32).next_power_of_two();
+                if need > wg {
+                    let why = format!("forced rows, but {} values per row need split rows", self.d);
+                    (LnVariant::SplitRow, why)
+                } else if need > tpr {
+                    let why = format!(
+                        "forced rows(tpr={threads_per_row}), raised to {need} threads per row \
+                         so no thread loops over more than {MAX_THREAD_ITERS} values"
+                    );
+                    (
+                        LnVariant::Rows {
+                            threads_per_row: need,
+                        },
+                        why,
+                    )
+                } else {
+                    (
+                        LnVariant::Rows {
+                            threads_per_row: tpr,
+                        },
+                        "forced".to_string(),
+                    )
+                }
+            }
+            LnVariant::SplitRow => (LnVariant::SplitRow, "forced".to_string()),
+        };
+        let (group_threads, segments, row_cache) = match variant {
+            LnVariant::Rows { threads_per_row } => {
+                let cache = d4.div_ceil(threads_per_row).next_power_of_two();
+                (threads_per_row, (0, 0), cache.clamp(1, ROW_CACHE))
+            }
+            _ => {
+                // A segment per group of `tps` threads, read twice (two-pass) while it is in
+                // cache. CPU adapters: 1024-value (4 KiB) segments, so a workgroup's segments
+                // stay in L1. GPUs: enough segments to fill the device. Always at least 4 and at
+                // most MAX_THREAD_ITERS vec4s per thread.
+                let tps = if cpu { sg } else { wg };
+                let lo = u64::from(tps) * 4;
+                let hi = u64::from(tps) * MAX_THREAD_ITERS;
+                let seg_v4 = match cpu {
+                    true => 256,
+                    false => (u64::from(d4) * rows).div_ceil(4096),
+                };
+                let seg_v4 = seg_v4.clamp(lo, hi).min(u64::from(d4).max(1));
+                let segs = u64::from(d4).div_ceil(seg_v4) as u32;
+                (tps, (segs, seg_v4 as u32), 0)
+            }
+        };
+        let vec = self.vec4();
+        let kernels = match (variant, vec) {
+            (LnVariant::Rows { .. }, true) => vec![Kernel::RowsNorm],
+            (LnVariant::Rows { .. }, false) => vec![Kernel::RowsNormScalar],
+            (_, true) => vec![Kernel::RowsPartial, Kernel::RowsMerge, Kernel::RowsApply],
+            (_, false) => vec![
+                Kernel::RowsPartial,
+                Kernel::RowsMerge,
+                Kernel::RowsApplyScalar,
+            ],
+        };
+        Plan::new(
+            gpu,
+            &kernels,
+            wg,
+            reason,
+            Some(RowsPlan {
+                variant,
+                group_threads,
+                segments,
+                row_cache,
+            }),
+            None,
+        )
+    }
+
+    /// Records the call: y shaped like x, one mean (when centred) and rstd per row.
+    pub(crate) fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+    ) -> Result<()> {
+        // Held until the call's temporaries (uniforms, scratch) are freed (see `Gpu::turn`).
+        let _turn = gpu.turn();
+        let mut st = Staging::default();
+        let x = st.input(gpu, encoder, x)?;
+        let (w, b) = (self.weight, self.bias);
+        let w = w.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let b = b.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let y = st.output(gpu, y)?;
+        let mean = mean.map(|t| st.output(gpu, t)).transpose()?;
+        let rstd = st.output(gpu, rstd)?;
+        let op = Rows {
+            weight: w.as_ref(),
+            bias: b.as_ref(),
+            ..*self
+        };
+        op.encode_padded(gpu, encoder, &x, &y, mean.as_ref(), &rstd)?;
+        st.finish(gpu, encoder)
+    }
+
+    fn encode_padded(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+    ) -> Result<()> {
+        let plan = self.plan(gpu);
+        let rp = plan.rows.expect("a rows plan");
+        let (rows, d) = (self.rows as u64, self.d as u64);
+        let wg = plan.workgroup_size;
+        let split = rp.variant == LnVariant::SplitRow;
+        let (segs, seg_v4) = (u64::from(rp.segments.0), u64::from(rp.segments.1));
+        let mut per_chunk = units_per_binding(gpu, d);
+        if split {
+            per_chunk = per_chunk.min(units_per_binding(gpu, 4 * (segs + 1)));
+        }
+        if per_chunk == 0 {
+            return Err(NormError::TooLarge(format!(
+                "one row of {d} f32 values exceeds a storage binding of {} bytes",
+                gpu.max_binding_bytes()
+            )));
+        }
+        let shader = Shader::Rows {
+            row_cache: rp.row_cache.max(1),
+        };
+        let overrides = Overrides::new(wg, rp.group_threads)
+            .flag(Flag::Vec, self.vec4())
+            .flag(Flag::HasWeight, self.weight.is_some())
+            .flag(Flag::HasBias, self.bias.is_some())
+            .flag(Flag::Center, self.center)
+            .flag(Flag::ChannelAffine, self.channel.is_some());
+        // The context's placeholder binds where weight or bias is absent (never read), its sink
+        // where the mean is not wanted (never written).
+        let (dummy, sink) = (gpu.placeholder()?, gpu.sink()?);
+        let gamma = self.weight.unwrap_or(&dummy).buffer();
+        let beta = self.bias.unwrap_or(&dummy).buffer();
+        let scratch = match split {
+            true => Some(Tensor::empty(
+                gpu,
+                &[(per_chunk.min(rows) * (segs + 1) * 4) as usize],
+            )?),
+            false => None,
+        };
+        let ch = self.channel.unwrap_or(ChannelAffine {
+            groups: 1,
+            cpg: 1,
+            run: 1,
+        });
+        let vec = self.vec4();
+        let mut launches = Vec::new();
+        for (r0, r1) in crate::runtime::dispatch::chunks(rows, per_chunk) {
+            let n = r1 - r0;
+            let (xv, yv) = (
+                view(gpu, r0 * d, r1 * d, x.buffer().size()),
+                view(gpu, r0 * d, r1 * d, y.buffer().size()),
+            );
+            // mean and rstd views start at the same element offset (it depends on r0 alone).
+            let rv = view(gpu, r0, r1, rstd.buffer().size());
+            let mean_bind = || match mean {
+                Some(m) => view(gpu, r0, r1, m.buffer().size()).bind(m.buffer()),
+                None => sink.buffer().as_entire_binding(),
+            };
+            let params = |grid_x| RowsParams {
+                rows: n as u32,
+                d: d as u32,
+                x_off: xv.elem_off,
+                y_off: yv.elem_off,
+                stat_off: rv.elem_off,
+                grid_x,
+                eps: self.eps,
+                segs: segs as u32,
+                seg_v4: seg_v4 as u32,
+                groups: ch.groups,
+                cpg: ch.cpg,
+                run: ch.run,
+                row0: r0 as u32,
+                pad: [0; 3],
+            };
+            let y_name = if vec { "y" } else { "y1" };
+            let launch = |kernel, groups: u64| {
+                Launch::new(gpu, shader, kernel, &overrides, groups as u32, params)
+                    .map(|l| l.bind("x", xv.bind(x.buffer())))
+            };
+            if let Some(scratch) = &scratch {
+                let s = scratch.buffer();
+                let per_row = if vec { d / 4 } else { d };
+                launches.push(
+                    launch(
+                        Kernel::RowsPartial,
+                        (n * segs).div_ceil(u64::from(wg / rp.group_threads)),
+                    )?
+                    .buf("partials", s),
+                );
+                launches.push(
+                    launch(Kernel::RowsMerge, n.div_ceil(u64::from(wg)))?
+                        .buf("partials", s)
+                        .bind("mean_out", mean_bind())
+                        .bind("rstd_out", rv.bind(rstd.buffer())),
+                );
+                let apply = if vec {
+                    Kernel::RowsApply
+                } else {
+                    Kernel::RowsApplyScalar
+                };
+                launches.push(
+                    launch(apply, (n * per_row).div_ceil(u64::from(wg)))?
+                        .buf("partials", s)
+                        .bind(y_name, yv.bind(y.buffer()))
+                        .buf("gamma", gamma)
+                        .buf("beta", beta),
+                );
+            } else {
+                let kernel = if vec {
+                    Kernel::RowsNorm
+                } else {
+                    Kernel::RowsNormScalar
+                };
+                launches.push(
+                    launch(kernel, n.div_ceil(u64::from(wg / rp.group_threads)))?
+                        .bind(y_name, yv.bind(y.buffer()))
+                        .buf("gamma", gamma)
+                        .buf("beta", beta)
+                        .bind("mean_out", mean_bind())
+                        .bind("rstd_out", rv.bind(rstd.buffer())),
+                );
+            }
+        }
+        record_all(gpu, encoder, &launches)
+    }
+}
+
+pub(crate) fn layout() -> crate::runtime::UniformLayout {
+    crate::runtime::uniform_layout!(
+        "rows",
+        RowsParams,
+        [rows, d, x_off, y_off, stat_off, grid_x, eps, segs, seg_v4, groups, cpg, run, row0]
+    )
+}

@@ -1,0 +1,74 @@
+//! Override constants, typed: each kernel's switches are named flags, never numbers.
+
+/// A boolean switch of a shader (its WGSL `override` of the same name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Flag {
+    /// Vector loads (rows of whole vec4s).
+    Vec,
+    /// A weight is bound.
+    HasWeight,
+    /// A bias is bound.
+    HasBias,
+    /// Subtract the mean (off for RMSNorm).
+    Center,
+    /// Weight and bias per channel rather than per element of a row.
+    ChannelAffine,
+    /// Update BatchNorm's running statistics.
+    Update,
+    /// Running variance from the unbiased batch variance.
+    Unbiased,
+}
+
+impl Flag {
+    fn name(self) -> &'static str {
+        match self {
+            Flag::Vec => "VEC",
+            Flag::HasWeight => "HAS_W",
+            Flag::HasBias => "HAS_B",
+            Flag::Center => "CENTER",
+            Flag::ChannelAffine => "CHANNEL_AFFINE",
+            Flag::Update => "UPDATE",
+            Flag::Unbiased => "UNBIASED",
+        }
+    }
+}
+
+/// The override constants of one pipeline: workgroup size, threads per reduction, flags.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Overrides {
+    wg: u32,
+    tpr: u32,
+    flags: Vec<(Flag, bool)>,
+}
+
+impl Overrides {
+    /// `wg` threads per workgroup, `tpr` of them per reduction (a power of two dividing `wg`).
+    pub(crate) fn new(wg: u32, tpr: u32) -> Overrides {
+        Overrides {
+            wg,
+            tpr,
+            flags: Vec::new(),
+        }
+    }
+
+    pub(crate) fn flag(mut self, flag: Flag, on: bool) -> Overrides {
+        self.flags.retain(|(f, _)| *f != flag);
+        self.flags.push((flag, on));
+        self.flags.sort();
+        self
+    }
+
+    /// As wgpu takes them, with the subgroup lower bound where the subgroup prelude is in use.
+    pub(crate) fn constants(&self, sg_min: Option<u32>) -> Vec<(&'static str, f64)> {
+        let mut c = vec![("WG", f64::from(self.wg)), ("TPR", f64::from(self.tpr))];
+        c.extend(
+            self.flags
+                .iter()
+                .map(|(f, on)| (f.name(), f64::from(u8::from(*on)))),
+        );
+        if let Some(sg) = sg_min {
+            c.push(("SG_MIN", f64::from(sg)));
+        }
+        c
+    }
+}

@@ -1,0 +1,270 @@
+//! Shader modules and the pipeline cache: which WGSL text each kernel family is built from, its
+//! binding table, and one compiled pipeline per (module, entry point, override constants).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::context::Gpu;
+use crate::error::{NormError, Result};
+use crate::runtime::constants::Overrides;
+
+/// A kernel family: one WGSL file in `shaders/`, named by what it reduces over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Shader {
+    /// `rows.wgsl`, with the vec4s each thread of `rows_norm` keeps in registers (ROW_CACHE): a
+    /// module constant, since WGSL sizes function arrays with constants only.
+    Rows { row_cache: u32 },
+    /// `channels.wgsl`: strided statistics.
+    Channels,
+    /// `apply.wgsl`: the elementwise pass of the channels family.
+    Apply,
+}
+
+/// A kernel: its family and entry point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    RowsNorm,
+    RowsNormScalar,
+    RowsPartial,
+    RowsMerge,
+    RowsApply,
+    RowsApplyScalar,
+    ChannelsPivot,
+    ChannelsPartialCf,
+    ChannelsPartialCl,
+    ChannelsFinalize,
+    ChannelsEvalCoef,
+    ChannelsLocalStats,
+    ChannelsGivenCoef,
+    ApplyCf4,
+    ApplyCl4,
+    ApplyScalar,
+}
+
+impl Kernel {
+    pub(crate) fn entry(self) -> &'static str {
+        match self {
+            Kernel::RowsNorm => "rows_norm",
+            Kernel::RowsNormScalar => "rows_norm_scalar",
+            Kernel::RowsPartial => "rows_partial",
+            Kernel::RowsMerge => "rows_merge",
+            Kernel::RowsApply => "rows_apply",
+            Kernel::RowsApplyScalar => "rows_apply_scalar",
+            Kernel::ChannelsPivot => "channels_pivot",
+            Kernel::ChannelsPartialCf => "channels_partial_cf",
+            Kernel::ChannelsPartialCl => "channels_partial_cl",
+            Kernel::ChannelsFinalize => "channels_finalize",
+            Kernel::ChannelsEvalCoef => "channels_eval_coef",
+            Kernel::ChannelsLocalStats => "channels_local_stats",
+            Kernel::ChannelsGivenCoef => "channels_given_coef",
+            Kernel::ApplyCf4 => "apply_cf4",
+            Kernel::ApplyCl4 => "apply_cl4",
+            Kernel::ApplyScalar => "apply_scalar",
+        }
+    }
+}
+
+impl Shader {
+    pub(crate) fn file(self) -> &'static str {
+        match self {
+            Shader::Rows { .. } => "rows",
+            Shader::Channels => "channels",
+            Shader::Apply => "apply",
+        }
+    }
+
+    fn body(self) -> String {
+        match self {
+            Shader::Rows { row_cache } => format!(
+                "const ROW_CACHE: u32 = {row_cache}u;\n{}",
+                include_str!("../../shaders/rows.wgsl")
+            ),
+            Shader::Channels => include_str!("../../shaders/channels.wgsl").into(),
+            Shader::Apply => include_str!("../../shaders/apply.wgsl").into(),
+        }
+    }
+
+    /// The module's WGSL: the lane prelude (subgroup or workgroup-memory reductions), the shared
+    /// Welford code, then the family's kernels.
+    pub(crate) fn text(self, subgroups: bool) -> String {
+        let lanes = if subgroups {
+            include_str!("../../shaders/lanes_subgroup.wgsl")
+        } else {
+            include_str!("../../shaders/lanes_shared.wgsl")
+        };
+        format!(
+            "{lanes}\n{}\n{}",
+            include_str!("../../shaders/common.wgsl"),
+            self.body()
+        )
+    }
+}
+
+/// The WGSL of a kernel family (`"rows"`, `"channels"`, `"apply"`) as the crate builds it, for the shader tests (naga validation on every back end). Not part of the API.
+#[doc(hidden)]
+pub fn module_source(family: &str, subgroups: bool) -> Option<String> {
+    [
+        Shader::Rows { row_cache: 16 },
+        Shader::Channels,
+        Shader::Apply,
+    ]
+    .into_iter()
+    .find(|s| s.file() == family)
+    .map(|s| s.text(subgroups))
+}
+
+/// Binding numbers by variable name, read from the module's `@binding(N) var<..> name:`
+/// declarations, so host code names what it binds and the numbers are written once.
+fn binding_table(text: &str) -> HashMap<String, u32> {
+    let mut table = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("@group(0) @binding(") else {
+            continue;
+        };
+        let Some((num, decl)) = rest.split_once(')') else {
+            continue;
+        };
+        let name = decl
+            .split_once('>')
+            .map_or(decl, |(_, n)| n)
+            .trim()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("var")
+            .trim();
+        if let Ok(n) = num.parse() {
+            table.insert(name.to_string(), n);
+        }
+    }
+    table
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    shader: Shader,
+    entry: &'static str,
+    subgroups: bool,
+    overrides: Overrides,
+}
+
+type Module = (wgpu::ShaderModule, Arc<HashMap<String, u32>>);
+
+/// Modules and pipelines of one device.
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<(Shader, bool), Module>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+}
+
+impl PipelineCache {
+    pub(crate) fn len(&self) -> usize {
+        self.pipelines.lock().map(|p| p.len()).unwrap_or(0)
+    }
+}
+
+impl Gpu {
+    /// The cached pipeline of `kernel` (in `shader`) with `overrides`, and the module's binding
+    /// table.
+    pub(crate) fn pipeline(
+        &self,
+        shader: Shader,
+        kernel: Kernel,
+        overrides: &Overrides,
+    ) -> Result<(wgpu::ComputePipeline, Arc<HashMap<String, u32>>)> {
+        let subgroups = self.capabilities().subgroups;
+        let (module, table) = self.module(shader, subgroups)?;
+        let key = PipelineKey {
+            shader,
+            entry: kernel.entry(),
+            subgroups,
+            overrides: overrides.clone(),
+        };
+        let cache = self.cache();
+        if let Some(p) = cache.pipelines.lock().unwrap().get(&key) {
+            return Ok((p.clone(), table));
+        }
+        let constants =
+            overrides.constants(subgroups.then(|| self.capabilities().subgroup_min_size));
+        let pipeline = self.scoped(|d| {
+            d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry()),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry()),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // Every kernel writes workgroup memory before reading it; zeroing it costs
+                    // a pass per workgroup on CPU adapters.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        })?;
+        cache
+            .pipelines
+            .lock()
+            .unwrap()
+            .insert(key, pipeline.clone());
+        Ok((pipeline, table))
+    }
+
+    fn module(&self, shader: Shader, subgroups: bool) -> Result<Module> {
+        let cache = self.cache();
+        if let Some(m) = cache.modules.lock().unwrap().get(&(shader, subgroups)) {
+            return Ok(m.clone());
+        }
+        let src = shader.text(subgroups);
+        let table = Arc::new(binding_table(&src));
+        // Browsers require the extension to be enabled; naga (every other target) rejects it.
+        #[cfg(target_arch = "wasm32")]
+        let src = if subgroups {
+            format!("enable subgroups;\n{src}")
+        } else {
+            src
+        };
+        let m = self.scoped(|d| {
+            d.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.file()),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            })
+        })?;
+        let module = (m, table);
+        cache
+            .modules
+            .lock()
+            .unwrap()
+            .insert((shader, subgroups), module.clone());
+        Ok(module)
+    }
+}
+
+/// Looks a binding up, or says which kernel lacks it (a bug in the crate, not the caller's).
+pub(crate) fn binding_number(
+    table: &HashMap<String, u32>,
+    kernel: Kernel,
+    name: &str,
+) -> Result<u32> {
+    table.get(name).copied().ok_or_else(|| {
+        NormError::Wgpu(format!(
+            "internal: kernel {} has no binding named {name}",
+            kernel.entry()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_tables_name_every_declaration() {
+        let t = binding_table(&Shader::Rows { row_cache: 4 }.text(false));
+        assert_eq!(t["p"], 0);
+        assert_eq!(t["x"], 1);
+        assert_eq!(t["y1"], 8);
+        let t = binding_table(&Shader::Channels.text(true));
+        assert_eq!(t["coef_w"], 11);
+        assert_eq!(t["running_var"], 8);
+    }
+}

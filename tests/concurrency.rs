@@ -1,0 +1,89 @@
+//! Several threads on one context while one of them runs a long submission. wgpu's GL backend
+//! holds its context lock while it executes a submission (llvmpipe runs it inside `submit`) or
+//! waits for one, and panics any thread that cannot take the lock within 6 s; the crate makes
+//! its own calls wait their turn without a time limit instead.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{assert_close, Rng};
+use fused_norm::{gpu_layer_norm, reference, Gpu, LayerNorm, LayerNormOutput, Tensor};
+
+/// Records `reps` LayerNorms of a 16 MB tensor into one encoder.
+fn long_job(gpu: &Gpu, reps: usize) -> wgpu::CommandEncoder {
+    let (rows, d) = (1024, 4096);
+    let x = Tensor::from_slice(gpu, &Rng::new(1).normals(rows * d, 0.0, 1.0), &[rows, d]).unwrap();
+    let out = LayerNormOutput {
+        y: Tensor::empty(gpu, &[rows, d]).unwrap(),
+        mean: Tensor::empty(gpu, &[rows]).unwrap(),
+        rstd: Tensor::empty(gpu, &[rows]).unwrap(),
+    };
+    let ln = LayerNorm::new(&[d]);
+    let mut enc = gpu.encoder();
+    for _ in 0..reps {
+        ln.encode(gpu, &mut enc, &x, &out).unwrap();
+    }
+    enc
+}
+
+#[test]
+fn a_long_submission_does_not_break_other_threads() {
+    let gpu = Gpu::new().unwrap();
+    let gl = gpu.adapter_info().backend == wgpu::Backend::Gl;
+    // Past GL's 6 s lock timeout there; other backends have no such lock, a second will do.
+    let target = if gl { 11.0 } else { 1.0 };
+    gpu.submit_wait(long_job(&gpu, 1)).unwrap(); // pipelines compiled
+    let enc = long_job(&gpu, 32);
+    let start = Instant::now();
+    gpu.submit_wait(enc).unwrap();
+    let per_rep = start.elapsed().as_secs_f64() / 32.0;
+    let reps = ((target / per_rep).ceil() as usize).clamp(4, 20_000);
+
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let long = s.spawn(|| {
+            let enc = long_job(&gpu, reps);
+            let t = Instant::now();
+            gpu.submit_wait(enc).unwrap();
+            done.store(true, Ordering::SeqCst);
+            t.elapsed()
+        });
+        let small: Vec<_> = (0..2u64)
+            .map(|k| {
+                let (gpu, done) = (&gpu, &done);
+                s.spawn(move || {
+                    let mut rng = Rng::new(10 + k);
+                    let mut calls = 0;
+                    // At least one call while the long job runs, then until it ends.
+                    while calls == 0 || !done.load(Ordering::SeqCst) {
+                        let xs = rng.normals(3 * 100, 5.0, 2.0);
+                        let x = Tensor::from_slice(gpu, &xs, &[3, 100]).unwrap();
+                        let y = gpu_layer_norm(gpu, &x).unwrap().to_vec(gpu).unwrap();
+                        assert_close(
+                            "small call",
+                            &y,
+                            &reference::layer_norm(&xs, 100, None, None, 1e-5).y,
+                        );
+                        calls += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    calls
+                })
+            })
+            .collect();
+        let took = long.join().expect("the long submission");
+        // Otherwise the test would not have shown anything about the lock.
+        if gl {
+            assert!(
+                took > Duration::from_secs(6),
+                "the long job took only {took:?}"
+            );
+        }
+        for h in small {
+            assert!(h.join().expect("a small caller") >= 1);
+        }
+        eprintln!("long job: {reps} LayerNorms in {took:?}");
+    });
+}
