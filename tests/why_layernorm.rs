@@ -1,15 +1,17 @@
 //! The claims of `why_layernorm/report.md`, asserted on small shapes with the example's own
 //! experiment code, so the report cannot silently go stale.
 
+#[path = "../benches/common/mod.rs"]
+mod bench;
 mod common;
 #[path = "../examples/why_layernorm/experiments.rs"]
 #[allow(dead_code)]
 mod experiments;
 
+use bench::GpuTimer;
 use common::gpu;
 use experiments::*;
-use fused_norm::bench::GpuTimer;
-use fused_norm::{Layout, Tensor};
+use fused_norm::Layout;
 
 /// What the report says of a per-sample norm's output across contexts: bitwise the same
 /// wherever the same kernel ran, a few ulp apart across kernels.
@@ -26,22 +28,16 @@ fn assert_invariant(what: &str, inv: &Invariance) {
 
 #[test]
 fn sharing_sets_equal_the_definitions() {
-    let mut measured = 0;
     for (g, groups, at) in [
         (Grid { n: 4, c: 6, hw: 6 }, 3, (1, 2, 3)),
         (Grid { n: 3, c: 8, hw: 5 }, 2, (2, 7, 0)),
         (Grid { n: 2, c: 4, hw: 9 }, 4, (0, 0, 8)),
     ] {
         for kind in Norm::all(groups) {
-            let Some(set) = sharing(gpu(), kind, g, at).unwrap() else {
-                assert_eq!(kind, Norm::Rms, "only RMSNorm lacks a kernel");
-                continue;
-            };
+            let set = sharing(gpu(), kind, g, at).unwrap();
             assert_eq!(set, definition(kind, g, at), "{kind:?} on {g:?} at {at:?}");
-            measured += 1;
         }
     }
-    assert!(measured >= 12);
 }
 
 #[test]
@@ -54,43 +50,37 @@ fn batch_norm_depends_on_the_batch_and_per_sample_norms_do_not() {
     assert!(e[0] > 1e-2, "{e:?}");
     assert_eq!(*e.last().unwrap(), 0.0);
     // Per-sample norms: the same output in every batch.
-    let mut measured = 0;
+    assert_eq!(bd.per_sample.len(), 4);
     for (kind, inv) in &bd.per_sample {
-        match inv {
-            Some(inv) => {
-                assert_invariant(&kind.name(), inv);
-                measured += 1;
-            }
-            None => assert_eq!(*kind, Norm::Rms),
-        }
+        assert_invariant(&kind.name(), inv);
     }
-    assert_eq!(measured, 3);
 }
 
 #[test]
-fn layer_norm_is_bitwise_batch_independent() {
-    // Sample 0's LayerNorm output is bitwise the same in batches of every size. On CPU adapters
-    // the kernel policy switches kernels at about a thousand rows (rounding differs across that
-    // switch, see the report), so each list stays on one side of it.
+fn per_sample_norms_are_bitwise_batch_independent_within_one_kernel() {
+    // Sample 0's output is bitwise the same in batches of every size that run the same kernel.
+    // On CPU adapters the kernel policy picks the rows kernel by the number of rows (rounding
+    // differs across that switch, see the report), so the sizes span it and the test checks
+    // that some sizes share a kernel.
     let (c, s) = (4, 4);
+    let sizes = [1, 2, 5, 16, 64, 1024, 2048, 4096];
     let pool = images(4096, c, s, 3);
-    for sizes in [&[1, 2, 5, 16, 64][..], &[1024, 2048, 4096][..]] {
-        let mut outputs = Vec::new();
-        for &b in sizes {
-            let shape = [b, c, s];
-            let k = kernel_name(gpu(), Norm::Layer, &shape, Layout::ChannelsFirst);
-            let x = &pool[..b * c * s];
-            let y = normalize(gpu(), Norm::Layer, x, &shape, Layout::ChannelsFirst);
-            let bits: Vec<u32> = y.unwrap().unwrap()[..c * s]
-                .iter()
-                .map(|v| v.to_bits())
-                .collect();
-            outputs.push((b, k.unwrap(), bits));
-        }
-        for (b, k, bits) in &outputs[1..] {
-            let (b0, k0, bits0) = &outputs[0];
-            assert_eq!(bits, bits0, "B = {b} ({k}) vs B = {b0} ({k0})");
-        }
+    for kind in [Norm::Layer, Norm::Rms, Norm::Group { groups: 2 }] {
+        let outputs: Vec<(String, Vec<f32>)> = sizes
+            .iter()
+            .map(|&b| {
+                let x = &pool[..b * c * s];
+                let (mut y, k) =
+                    normalize(gpu(), kind, x, &[b, c, s], Layout::ChannelsFirst).unwrap();
+                y.truncate(c * s);
+                (k, y)
+            })
+            .collect();
+        let inv = Invariance::of(&outputs);
+        assert!(inv.bitwise_same_kernel, "{kind:?}: {inv:?}");
+        let mut kernels = inv.kernels.clone();
+        kernels.dedup();
+        assert!(kernels.len() < sizes.len(), "{kind:?}: {kernels:?}");
     }
 }
 
@@ -124,7 +114,7 @@ fn batch_norm_train_eval_gap_has_a_floor_set_by_the_batch_size() {
 }
 
 #[test]
-fn cost_times_every_norm_with_a_kernel() {
+fn cost_times_every_norm_in_both_layouts() {
     let timer = GpuTimer::new(gpu());
     let norms = [
         ("bn", Norm::Batch, Mode::Train),
@@ -134,35 +124,14 @@ fn cost_times_every_norm_with_a_kernel() {
         ("gn", Norm::Group { groups: 2 }, Mode::Train),
         ("rms", Norm::Rms, Mode::Train),
     ];
-    let rows = costs(
-        gpu(),
-        &timer,
-        &[4, 8, 16, 16],
-        Layout::ChannelsFirst,
-        &norms,
-        1,
-    )
-    .unwrap();
-    for r in &rows {
-        match r.label.as_str() {
-            "rms" => assert!(r.ms.is_none() && r.note == RMS_PENDING),
-            _ => assert!(r.ratio().is_some_and(|x| x > 0.0), "{r:?}"),
+    for (shape, layout) in [
+        ([4, 8, 16, 16], Layout::ChannelsFirst),
+        ([4, 16, 16, 8], Layout::ChannelsLast),
+    ] {
+        let rows = costs(gpu(), &timer, &shape, layout, &norms, 1).unwrap();
+        assert_eq!(rows.len(), norms.len());
+        for r in &rows {
+            assert!(r.ratio() > 0.0 && !r.kernel.is_empty(), "{r:?}");
         }
     }
-    // Channels-last runs what exists (BatchNorm, LayerNorm) and nothing else.
-    let x = Tensor::from_slice(gpu(), &[1.0; 64], &[8, 8]).unwrap();
-    let t = |kind| {
-        time_ms(
-            gpu(),
-            &timer,
-            kind,
-            Mode::Train,
-            &x,
-            Layout::ChannelsLast,
-            1,
-        )
-        .unwrap()
-    };
-    assert!(t(Norm::Layer).is_some() && t(Norm::Batch).is_some());
-    assert!(t(Norm::Instance).is_none());
 }

@@ -3,24 +3,21 @@
 //! sizes and asserts the report's claims). Everything here runs the crate's GPU kernels; nothing
 //! is computed on the CPU except the inputs and the comparisons.
 //!
-//! Which crate kernel realizes which norm is decided in one place, `kernel`, and used only by
-//! [`normalize`] (every norm output of the report), [`time_ms`] (every timing) and
-//! [`kernel_name`]; experiment 3 also drives a `BatchNorm`'s running statistics directly. When
-//! the GroupNorm, InstanceNorm and RmsNorm kernels land (issue 8), they become `Kernel` arms
-//! here and nothing else changes.
+//! Which crate norm realizes which [`Norm`] is decided in one place, `prepare`, and used only by
+//! [`normalize`] (every norm output of the report, with the plan that ran) and [`costs`] (every
+//! timing); experiment 3 also drives a `BatchNorm`'s running statistics directly.
 
-use fused_norm::bench::{pseudo_random, GpuTimer};
+use crate::bench::baseline::Baselines;
+use crate::bench::{pseudo_random, GpuTimer, Record};
 use fused_norm::{
-    baseline, BatchNorm, BatchNormOutput, Gpu, LayerNorm, LayerNormOutput, Layout, Result, Tensor,
+    BatchNorm, BatchNormOutput, Gpu, GroupNorm, InstanceNorm, LayerNorm, Layout, NormOutput, Plan,
+    Result, RmsNorm, RmsNormOutput, Tensor,
 };
 
 /// eps of every norm in the report (PyTorch's default for BatchNorm, LayerNorm and GroupNorm).
 pub const EPS: f32 = 1e-5;
 /// BatchNorm's running-statistics momentum (PyTorch's default).
 pub const MOMENTUM: f32 = 0.1;
-/// Why RMSNorm rows are empty: there is no kernel to measure yet, and the report never
-/// substitutes a CPU computation for a kernel measurement.
-pub const RMS_PENDING: &str = "pending the RmsNorm kernel (issue 8)";
 
 /// The norms compared. All without affine parameters: weight and bias act after the statistics
 /// and change none of the report's claims.
@@ -61,90 +58,6 @@ impl Norm {
     }
 }
 
-/// How a norm runs on the crate's current kernels. `x` is `[N, C, spatial...]` for
-/// `Layout::ChannelsFirst` (images: a sample is one `[C, spatial...]` item) or `[tokens..., C]`
-/// for `Layout::ChannelsLast` (sequences: a sample is one token's C features).
-enum Kernel {
-    /// LayerNorm over `[rows, d]`: LayerNorm itself, and InstanceNorm / GroupNorm as LayerNorm
-    /// over a reshape (channels-first only) until their kernels land.
-    Rows { rows: usize, d: usize },
-    /// The BatchNorm kernels, per channel over everything else.
-    Channels { c: usize, layout: Layout },
-}
-
-fn kernel(
-    kind: Norm,
-    shape: &[usize],
-    layout: Layout,
-) -> std::result::Result<Kernel, &'static str> {
-    let numel: usize = shape.iter().product();
-    let (n, c) = match layout {
-        Layout::ChannelsFirst => (shape[0], shape[1]),
-        Layout::ChannelsLast => (numel / shape[shape.len() - 1], shape[shape.len() - 1]),
-    };
-    let rows = |rows: usize| Kernel::Rows {
-        rows,
-        d: numel / rows,
-    };
-    let channels_first = |k: Kernel| match layout {
-        Layout::ChannelsFirst => Ok(k),
-        Layout::ChannelsLast => Err("channels-last: pending the InstanceNorm/GroupNorm kernels"),
-    };
-    match kind {
-        Norm::Batch => Ok(Kernel::Channels { c, layout }),
-        Norm::Layer => Ok(rows(n)),
-        Norm::Instance => channels_first(rows(n * c)),
-        Norm::Group { groups } if c.is_multiple_of(groups) => channels_first(rows(n * groups)),
-        Norm::Group { .. } => Err("GroupNorm needs C divisible by the groups"),
-        Norm::Rms => Err(RMS_PENDING),
-    }
-}
-
-/// `kind` applied to `x` of `shape` on the GPU in training mode (BatchNorm: batch statistics);
-/// `None` where the crate has no kernel for it yet.
-pub fn normalize(
-    gpu: &Gpu,
-    kind: Norm,
-    x: &[f32],
-    shape: &[usize],
-    layout: Layout,
-) -> Result<Option<Vec<f32>>> {
-    let Ok(k) = kernel(kind, shape, layout) else {
-        return Ok(None);
-    };
-    let xt = Tensor::from_slice(gpu, x, shape)?;
-    let y = match k {
-        Kernel::Rows { rows, d } => {
-            LayerNorm::new(&[d])
-                .eps(EPS)
-                .forward(gpu, &xt.reshape(&[rows, d])?)?
-                .y
-        }
-        Kernel::Channels { c, layout } => {
-            BatchNorm::new(gpu, c)?
-                .eps(EPS)
-                .forward_train(gpu, &xt, layout)?
-                .y
-        }
-    };
-    Ok(Some(y.to_vec(gpu)?))
-}
-
-/// The crate kernel `normalize` runs for `kind` on `shape` (its plan, without the reason).
-pub fn kernel_name(gpu: &Gpu, kind: Norm, shape: &[usize], layout: Layout) -> Result<String> {
-    Ok(match kernel(kind, shape, layout) {
-        Ok(Kernel::Rows { rows, d }) => {
-            let plan = LayerNorm::new(&[d]).plan(gpu, &[rows, d])?.to_string();
-            plan.split(':').next().unwrap_or_default().to_string()
-        }
-        Ok(Kernel::Channels { c, layout }) => BatchNorm::new(gpu, c)?
-            .plan(gpu, shape, layout)?
-            .apply_name()
-            .to_string(),
-        Err(why) => why.to_string(),
-    })
-}
-
 /// Training or inference forward (only BatchNorm differs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -152,72 +65,138 @@ pub enum Mode {
     Eval,
 }
 
-/// Milliseconds of one `kind` forward over `x` and of a vec4 copy of the same bytes (device
-/// time where the adapter has timestamps): the fastest of `samples` submits of each, taken in
-/// turns so that both see the same load (on a CPU adapter, other work on the machine only ever
-/// adds time). `None` where there is no kernel yet.
-pub fn time_ms(
-    gpu: &Gpu,
-    timer: &GpuTimer,
+/// A norm ready to record on one input.
+struct Prepared<'a> {
+    /// The plan that runs, without the policy's reason.
+    kernel: String,
+    record: Box<Record<'a>>,
+}
+
+/// `kind` on `x` in `layout`, writing `y` (its statistics go to buffers allocated here), as the
+/// crate's own struct for it. `Layout::ChannelsFirst` is images `[N, C, spatial...]`: LayerNorm
+/// and RMSNorm per sample over dims 1.. (ONNX axis 1). `Layout::ChannelsLast` is sequences
+/// `[tokens..., C]`: LayerNorm and RMSNorm per token over the last dim. BatchNorm, InstanceNorm
+/// and GroupNorm take the layout as it is (their sample is dim 0 in both).
+fn prepare<'a>(
+    gpu: &'a Gpu,
     kind: Norm,
     mode: Mode,
-    x: &Tensor,
+    x: &'a Tensor,
     layout: Layout,
-    samples: usize,
-) -> Result<Option<(f64, f64)>> {
-    let Ok(k) = kernel(kind, x.shape(), layout) else {
-        return Ok(None);
+    y: &'a Tensor,
+) -> Result<Prepared<'a>> {
+    let shape = x.shape();
+    let (axis, c) = match layout {
+        Layout::ChannelsFirst => (1, shape[1]),
+        Layout::ChannelsLast => (-1, shape[shape.len() - 1]),
     };
-    let y = Tensor::empty(gpu, x.shape())?;
-    let ms = match k {
-        Kernel::Rows { rows, d } => {
-            let ln = LayerNorm::new(&[d]).eps(EPS);
-            let x = x.reshape(&[rows, d])?;
-            let out = LayerNormOutput {
-                y: y.reshape(&[rows, d])?,
-                mean: Tensor::empty(gpu, &[rows])?,
-                rstd: Tensor::empty(gpu, &[rows])?,
-            };
-            alternate(gpu, timer, samples, &x, &mut |e| {
-                ln.encode(gpu, e, &x, &out)
-            })?
-        }
-        Kernel::Channels { c, layout } => {
+    let rows = match layout {
+        Layout::ChannelsFirst => shape[0],
+        Layout::ChannelsLast => x.numel() / c,
+    };
+    let stats = |k: usize| Tensor::empty(gpu, &[k]);
+    let norm_output = |k: usize| -> Result<NormOutput> {
+        Ok(NormOutput {
+            y: y.clone(),
+            mean: stats(k)?,
+            rstd: stats(k)?,
+        })
+    };
+    let (plan, record): (Plan, Box<Record<'a>>) = match kind {
+        Norm::Batch => {
             let bn = BatchNorm::new(gpu, c)?.eps(EPS);
             let out = BatchNormOutput {
                 y: y.clone(),
-                mean: Tensor::empty(gpu, &[c])?,
-                invstd: Tensor::empty(gpu, &[c])?,
+                mean: stats(c)?,
+                invstd: stats(c)?,
             };
-            alternate(gpu, timer, samples, x, &mut |e| match mode {
-                // Never committed: the batch counter stays, momentum is fixed.
-                Mode::Train => bn.encode_train(gpu, e, x, layout, &out).map(drop),
-                Mode::Eval => bn.encode_eval(gpu, e, x, layout, &y),
-            })?
+            let plan = bn.plan(gpu, shape, layout)?;
+            if mode == Mode::Eval {
+                // plan() describes training; inference runs the coefficients and the same apply.
+                let apply = plan.kernels.last().copied().unwrap_or_default();
+                return Ok(Prepared {
+                    kernel: format!("[channels_eval_coef, {apply}]"),
+                    record: Box::new(move |e| bn.encode_eval(gpu, e, x, layout, &out.y)),
+                });
+            }
+            // Never committed: the batch counter stays, momentum is fixed.
+            let record = move |e: &mut _| bn.encode_train(gpu, e, x, layout, &out).map(drop);
+            (plan, Box::new(record))
+        }
+        Norm::Layer => {
+            let ln = LayerNorm::from_axis(axis).eps(EPS);
+            let out = norm_output(rows)?;
+            (
+                ln.plan(gpu, shape)?,
+                Box::new(move |e| ln.encode(gpu, e, x, &out)),
+            )
+        }
+        Norm::Instance | Norm::Group { .. } => {
+            // InstanceNorm is the GroupNorm with a group per channel it dereferences to.
+            let (gn, groups) = match kind {
+                Norm::Group { groups } => (GroupNorm::new(groups, c)?.eps(EPS), groups),
+                _ => ((*InstanceNorm::new(c).eps(EPS)).clone(), c),
+            };
+            let out = norm_output(shape[0] * groups)?;
+            (
+                gn.plan(gpu, shape, layout)?,
+                Box::new(move |e| gn.encode(gpu, e, x, layout, &out)),
+            )
+        }
+        Norm::Rms => {
+            let rms = RmsNorm::from_axis(axis).eps(EPS);
+            let out = RmsNormOutput {
+                y: y.clone(),
+                rstd: stats(rows)?,
+            };
+            (
+                rms.plan(gpu, shape)?,
+                Box::new(move |e| rms.encode(gpu, e, x, &out)),
+            )
         }
     };
-    Ok(Some(ms))
+    let text = plan.to_string();
+    Ok(Prepared {
+        kernel: text.split_once(": ").map_or(&*text, |(k, _)| k).to_string(),
+        record,
+    })
 }
 
-/// The fastest of `samples` timings of `record` and of the vec4 copy of `x`, taken in turns
-/// (after one warm-up of each): (record ms, copy ms).
-fn alternate(
+/// `kind` applied to `x` of `shape` on the GPU in training mode (BatchNorm: batch statistics):
+/// the output, and the plan that ran (without its reason).
+pub fn normalize(
     gpu: &Gpu,
+    kind: Norm,
+    x: &[f32],
+    shape: &[usize],
+    layout: Layout,
+) -> Result<(Vec<f32>, String)> {
+    let xt = Tensor::from_slice(gpu, x, shape)?;
+    let y = Tensor::empty(gpu, shape)?;
+    let mut p = prepare(gpu, kind, Mode::Train, &xt, layout, &y)?;
+    let mut enc = gpu.encoder();
+    (p.record)(&mut enc)?;
+    gpu.submit_wait(enc)?;
+    Ok((y.to_vec(gpu)?, p.kernel))
+}
+
+/// The fastest of `samples` timings of `a` and of `b`, taken in turns (after one warm-up of
+/// each) so that both see the same load: on a CPU adapter, other work on the machine only ever
+/// adds time.
+fn alternate(
     timer: &GpuTimer,
     samples: usize,
-    x: &Tensor,
-    record: &mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
+    a: &mut Record,
+    b: &mut Record,
 ) -> Result<(f64, f64)> {
-    let y = Tensor::empty(gpu, x.shape())?;
-    let mut copy = |e: &mut wgpu::CommandEncoder| baseline::encode_copy(gpu, e, x, &y);
-    timer.sample_ms(1, record)?;
-    timer.sample_ms(1, &mut copy)?;
-    let (mut norm_ms, mut copy_ms) = (f64::MAX, f64::MAX);
+    timer.sample_ms(1, a)?;
+    timer.sample_ms(1, b)?;
+    let (mut a_ms, mut b_ms) = (f64::MAX, f64::MAX);
     for _ in 0..samples.max(1) {
-        norm_ms = norm_ms.min(timer.sample_ms(1, record)?);
-        copy_ms = copy_ms.min(timer.sample_ms(1, &mut copy)?);
+        a_ms = a_ms.min(timer.sample_ms(1, a)?);
+        b_ms = b_ms.min(timer.sample_ms(1, b)?);
     }
-    Ok((norm_ms, copy_ms))
+    Ok((a_ms, b_ms))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,7 +248,7 @@ pub struct Invariance {
 }
 
 impl Invariance {
-    fn of(outputs: &[(String, Vec<f32>)]) -> Invariance {
+    pub fn of(outputs: &[(String, Vec<f32>)]) -> Invariance {
         let y0 = &outputs[0].1;
         let mut inv = Invariance {
             kernels: outputs.iter().map(|(k, _)| k.clone()).collect(),
@@ -309,27 +288,18 @@ impl Grid {
 }
 
 /// Perturbs element `at = (n, c, s)` of an `[N, C, H*W]` input by +1 and returns, per element,
-/// whether `kind`'s GPU output changed (any bit). `None`: no kernel yet.
-pub fn sharing(
-    gpu: &Gpu,
-    kind: Norm,
-    g: Grid,
-    at: (usize, usize, usize),
-) -> Result<Option<Vec<bool>>> {
+/// whether `kind`'s GPU output changed (any bit).
+pub fn sharing(gpu: &Gpu, kind: Norm, g: Grid, at: (usize, usize, usize)) -> Result<Vec<bool>> {
     let shape = [g.n, g.c, g.hw];
     let x = images(g.n, g.c, g.hw, 11);
     let mut xp = x.clone();
     xp[g.index(at.0, at.1, at.2)] += 1.0;
     let run = |x: &[f32]| normalize(gpu, kind, x, &shape, Layout::ChannelsFirst);
-    let (Some(y), Some(yp)) = (run(&x)?, run(&xp)?) else {
-        return Ok(None);
-    };
-    Ok(Some(
-        y.iter()
-            .zip(&yp)
-            .map(|(a, b)| a.to_bits() != b.to_bits())
-            .collect(),
-    ))
+    let (y, yp) = (run(&x)?.0, run(&xp)?.0);
+    Ok(y.iter()
+        .zip(&yp)
+        .map(|(a, b)| a.to_bits() != b.to_bits())
+        .collect())
 }
 
 /// The textbook set of elements that share statistics with `at` (Wu & He, Group Normalization,
@@ -365,8 +335,8 @@ pub struct BatchDependence {
     pub bn_mean_err: Vec<f64>,
     /// Per batch size: the max of the same difference.
     pub bn_max_err: Vec<f64>,
-    /// Per per-sample norm: sample 0's output across the batch sizes (`None`: no kernel yet).
-    pub per_sample: Vec<(Norm, Option<Invariance>)>,
+    /// Per per-sample norm: sample 0's output across the batch sizes.
+    pub per_sample: Vec<(Norm, Invariance)>,
 }
 
 impl BatchDependence {
@@ -374,8 +344,7 @@ impl BatchDependence {
     pub fn per_sample_max_diff(&self) -> f64 {
         self.per_sample
             .iter()
-            .filter_map(|(_, i)| i.as_ref())
-            .map(|i| i.max_diff)
+            .map(|(_, i)| i.max_diff)
             .fold(0.0, f64::max)
     }
 }
@@ -392,20 +361,20 @@ pub fn batch_dependence(
     let full = *sizes.iter().max().expect("batch sizes");
     let pool = images(full, c, hw, 21);
     let sample = c * hw;
-    let sample0 = |kind, b: usize| -> Result<Option<Vec<f32>>> {
-        let y = normalize(
+    // (the kernel that ran, sample 0's output)
+    let sample0 = |kind, b: usize| -> Result<(String, Vec<f32>)> {
+        let shape = [b, c, hw];
+        let (mut y, kernel) = normalize(
             gpu,
             kind,
             &pool[..b * sample],
-            &[b, c, hw],
+            &shape,
             Layout::ChannelsFirst,
         )?;
-        Ok(y.map(|mut y| {
-            y.truncate(sample);
-            y
-        }))
+        y.truncate(sample);
+        Ok((kernel, y))
     };
-    let reference = sample0(Norm::Batch, full)?.expect("BatchNorm has a kernel");
+    let reference = sample0(Norm::Batch, full)?.1;
     let mut out = BatchDependence {
         sizes: sizes.to_vec(),
         bn_mean_err: Vec::new(),
@@ -413,19 +382,16 @@ pub fn batch_dependence(
         per_sample: Vec::new(),
     };
     for &b in sizes {
-        let y = sample0(Norm::Batch, b)?.expect("BatchNorm has a kernel");
+        let y = sample0(Norm::Batch, b)?.1;
         out.bn_mean_err.push(mean_abs_diff(&y, &reference));
         out.bn_max_err.push(max_abs_diff(&y, &reference));
     }
     for kind in Norm::all(groups).into_iter().filter(|k| k.per_sample()) {
-        let mut outputs = Vec::new();
-        for &b in sizes {
-            let Some(y) = sample0(kind, b)? else { break };
-            let name = kernel_name(gpu, kind, &[b, c, hw], Layout::ChannelsFirst)?;
-            outputs.push((name, y));
-        }
-        let inv = (!outputs.is_empty()).then(|| Invariance::of(&outputs));
-        out.per_sample.push((kind, inv));
+        let outputs = sizes
+            .iter()
+            .map(|&b| sample0(kind, b))
+            .collect::<Result<Vec<_>>>()?;
+        out.per_sample.push((kind, Invariance::of(&outputs)));
     }
     Ok(out)
 }
@@ -477,8 +443,7 @@ pub fn train_eval_gap(
             }
             let mut sum = 0.0;
             for x in &held_out {
-                let train = normalize(gpu, Norm::Batch, x, &shape, Layout::ChannelsFirst)?
-                    .expect("BatchNorm has a kernel");
+                let train = normalize(gpu, Norm::Batch, x, &shape, Layout::ChannelsFirst)?.0;
                 let xt = Tensor::from_slice(gpu, x, &shape)?;
                 let eval = bn
                     .forward_eval(gpu, &xt, Layout::ChannelsFirst)?
@@ -551,22 +516,17 @@ pub fn padding(gpu: &Gpu, lengths: &[usize], d: usize, seed: u64) -> Result<Padd
         }
         out
     };
-    let run = |kind, x: &[f32], shape: &[usize]| -> Result<Vec<f32>> {
-        Ok(normalize(gpu, kind, x, shape, Layout::ChannelsLast)?.expect("has a kernel"))
-    };
-    let bn_pad = real_rows(run(Norm::Batch, &padded, &[b, t, d])?);
-    let bn_real = run(Norm::Batch, &tokens, &[real, d])?;
-    let ln_pad = real_rows(run(Norm::Layer, &padded, &[b, t, d])?);
-    let ln_real = run(Norm::Layer, &tokens, &[real, d])?;
-    let ln_kernel = |shape: &[usize]| kernel_name(gpu, Norm::Layer, shape, Layout::ChannelsLast);
+    let run =
+        |kind, x: &[f32], shape: &[usize]| normalize(gpu, kind, x, shape, Layout::ChannelsLast);
+    let bn_pad = real_rows(run(Norm::Batch, &padded, &[b, t, d])?.0);
+    let bn_real = run(Norm::Batch, &tokens, &[real, d])?.0;
+    let (ln_pad, pad_kernel) = run(Norm::Layer, &padded, &[b, t, d])?;
+    let (ln_real, real_kernel) = run(Norm::Layer, &tokens, &[real, d])?;
     Ok(PaddingPoint {
         pad_fraction: 1.0 - real as f64 / (b * t) as f64,
         bn_err: mean_abs_diff(&bn_pad, &bn_real),
         bn_max_err: max_abs_diff(&bn_pad, &bn_real),
-        ln: Invariance::of(&[
-            (ln_kernel(&[b, t, d])?, ln_pad),
-            (ln_kernel(&[real, d])?, ln_real),
-        ]),
+        ln: Invariance::of(&[(pad_kernel, real_rows(ln_pad)), (real_kernel, ln_real)]),
     })
 }
 
@@ -577,20 +537,21 @@ pub fn padding(gpu: &Gpu, lengths: &[usize], d: usize, seed: u64) -> Result<Padd
 #[derive(Clone, Debug)]
 pub struct Cost {
     pub label: String,
-    /// `None`: no kernel yet (the reason is in `note`).
-    pub ms: Option<f64>,
+    pub ms: f64,
     /// The copy of the same bytes, timed in turns with the norm.
-    pub copy_ms: Option<f64>,
-    pub note: &'static str,
+    pub copy_ms: f64,
+    /// The plan that ran, without its reason.
+    pub kernel: String,
 }
 
 impl Cost {
-    pub fn ratio(&self) -> Option<f64> {
-        Some(self.ms? / self.copy_ms?)
+    pub fn ratio(&self) -> f64 {
+        self.ms / self.copy_ms
     }
 }
 
-/// Times `norms` (label, kind, mode) on one input of `shape` (values from `seed`).
+/// Times `norms` (label, kind, mode) on one input of `shape` against a vec4 copy of the same
+/// bytes: the fastest of `samples` submits of each, norm and copy in turns.
 pub fn costs(
     gpu: &Gpu,
     timer: &GpuTimer,
@@ -601,17 +562,21 @@ pub fn costs(
 ) -> Result<Vec<Cost>> {
     let numel: usize = shape.iter().product();
     let x = Tensor::from_slice(gpu, &pseudo_random(numel, 5, 0.5, 1.0), shape)?;
+    let (y, y_copy) = (Tensor::empty(gpu, shape)?, Tensor::empty(gpu, shape)?);
+    let base = Baselines::new(gpu);
+    let mut copy = |e: &mut wgpu::CommandEncoder| {
+        base.copy(e, &x, &y_copy);
+        Ok(())
+    };
     let mut out = Vec::new();
     for &(label, kind, mode) in norms {
-        let t = time_ms(gpu, timer, kind, mode, &x, layout, samples)?;
+        let mut p = prepare(gpu, kind, mode, &x, layout, &y)?;
+        let (ms, copy_ms) = alternate(timer, samples, &mut *p.record, &mut copy)?;
         out.push(Cost {
             label: label.to_string(),
-            ms: t.map(|t| t.0),
-            copy_ms: t.map(|t| t.1),
-            note: match kernel(kind, shape, layout) {
-                Ok(_) => "",
-                Err(why) => why,
-            },
+            ms,
+            copy_ms,
+            kernel: p.kernel,
         });
     }
     Ok(out)

@@ -33,7 +33,7 @@ fn draw_text(area: &Area, s: &str, at: (i32, i32), style: &TextStyle) -> Res<()>
 }
 
 // ---------------------------------------------------------------------------------------------
-// Figure 1: the four cubes (plus RMSNorm), one per norm, from the perturbation measurement.
+// Figure 1: the five cubes, one per norm, from the perturbation measurement.
 
 /// Draws one panel per norm: an `[N, C, H*W]` box (N across, C in depth, H x W up) with the
 /// cells whose output changed drawn as shaded cubes and the perturbed cell in red.
@@ -41,24 +41,18 @@ pub fn sharing(
     path: &Path,
     g: Grid,
     at: (usize, usize, usize),
-    sets: &[(Norm, Option<Vec<bool>>)],
+    sets: &[(Norm, Vec<bool>)],
 ) -> Res<()> {
     let root = SVGBackend::new(path, (250 * sets.len() as u32, 300)).into_drawing_area();
     root.fill(&WHITE)?;
     for (area, (kind, set)) in root.split_evenly((1, sets.len())).iter().zip(sets) {
-        cube(area, g, at, *kind, set.as_deref())?;
+        cube(area, g, at, *kind, set)?;
     }
     root.present()?;
     Ok(())
 }
 
-fn cube(
-    area: &Area,
-    g: Grid,
-    at: (usize, usize, usize),
-    kind: Norm,
-    set: Option<&[bool]>,
-) -> Res<()> {
+fn cube(area: &Area, g: Grid, at: (usize, usize, usize), kind: Norm, set: &[bool]) -> Res<()> {
     let (w, _) = area.dim_in_pixel();
     let (cw, ch, dx, dy) = (30i32, 22i32, 13i32, 9i32);
     let (gn, gc, gh) = (g.n as i32, g.c as i32, g.hw as i32);
@@ -74,14 +68,11 @@ fn cube(
         (w as i32 / 2, 14),
         &text(16, HPos::Center, VPos::Top),
     )?;
-    let sub = match set {
-        Some(s) => format!(
-            "{} of {} outputs changed",
-            s.iter().filter(|&&b| b).count(),
-            s.len()
-        ),
-        None => "pending the RmsNorm kernel".into(),
-    };
+    let sub = format!(
+        "{} of {} outputs changed",
+        set.iter().filter(|&&b| b).count(),
+        set.len()
+    );
     draw_text(
         area,
         &sub,
@@ -114,62 +105,60 @@ fn cube(
     }
 
     // Shaded cells, back (large c) to front, left to right, bottom to top: painter's order.
-    if let Some(set) = set {
-        for c in (0..g.c).rev() {
-            for n in 0..g.n {
-                for s in 0..g.hw {
-                    if !set[g.index(n, c, s)] {
-                        continue;
-                    }
-                    let (front, top, side) = if (n, c, s) == at {
-                        (
-                            RGBColor(214, 39, 40),
-                            RGBColor(240, 128, 128),
-                            RGBColor(160, 20, 20),
-                        )
-                    } else {
-                        (
-                            RGBColor(86, 150, 214),
-                            RGBColor(160, 198, 236),
-                            RGBColor(50, 105, 170),
-                        )
-                    };
-                    let (n, c, v) = (n as i32, c as i32, s as i32);
-                    let faces = [
-                        (
-                            quad(
-                                p(n, c, v),
-                                p(n + 1, c, v),
-                                p(n + 1, c, v + 1),
-                                p(n, c, v + 1),
-                            ),
-                            front,
+    for c in (0..g.c).rev() {
+        for n in 0..g.n {
+            for s in 0..g.hw {
+                if !set[g.index(n, c, s)] {
+                    continue;
+                }
+                let (front, top, side) = if (n, c, s) == at {
+                    (
+                        RGBColor(214, 39, 40),
+                        RGBColor(240, 128, 128),
+                        RGBColor(160, 20, 20),
+                    )
+                } else {
+                    (
+                        RGBColor(86, 150, 214),
+                        RGBColor(160, 198, 236),
+                        RGBColor(50, 105, 170),
+                    )
+                };
+                let (n, c, v) = (n as i32, c as i32, s as i32);
+                let faces = [
+                    (
+                        quad(
+                            p(n, c, v),
+                            p(n + 1, c, v),
+                            p(n + 1, c, v + 1),
+                            p(n, c, v + 1),
                         ),
-                        (
-                            quad(
-                                p(n, c, v + 1),
-                                p(n + 1, c, v + 1),
-                                p(n + 1, c + 1, v + 1),
-                                p(n, c + 1, v + 1),
-                            ),
-                            top,
+                        front,
+                    ),
+                    (
+                        quad(
+                            p(n, c, v + 1),
+                            p(n + 1, c, v + 1),
+                            p(n + 1, c + 1, v + 1),
+                            p(n, c + 1, v + 1),
                         ),
-                        (
-                            quad(
-                                p(n + 1, c, v),
-                                p(n + 1, c + 1, v),
-                                p(n + 1, c + 1, v + 1),
-                                p(n + 1, c, v + 1),
-                            ),
-                            side,
+                        top,
+                    ),
+                    (
+                        quad(
+                            p(n + 1, c, v),
+                            p(n + 1, c + 1, v),
+                            p(n + 1, c + 1, v + 1),
+                            p(n + 1, c, v + 1),
                         ),
-                    ];
-                    for (pts, colour) in faces {
-                        area.draw(&Polygon::new(pts.clone(), colour.filled()))?;
-                        let mut ring = pts;
-                        ring.push(ring[0]);
-                        area.draw(&PathElement::new(ring, WHITE.mix(0.8).stroke_width(1)))?;
-                    }
+                        side,
+                    ),
+                ];
+                for (pts, colour) in faces {
+                    area.draw(&Polygon::new(pts.clone(), colour.filled()))?;
+                    let mut ring = pts;
+                    ring.push(ring[0]);
+                    area.draw(&PathElement::new(ring, WHITE.mix(0.8).stroke_width(1)))?;
                 }
             }
         }
@@ -281,7 +270,7 @@ pub fn batch_dependence(path: &Path, bd: &BatchDependence) -> Res<()> {
     };
     draw_text(
         &note,
-        &format!("LayerNorm, InstanceNorm, GroupNorm: {per_sample}; RMSNorm: pending its kernel"),
+        &format!("LayerNorm, RMSNorm, InstanceNorm, GroupNorm: {per_sample}"),
         (84, 12),
         &text(12, HPos::Left, VPos::Center),
     )?;
@@ -387,8 +376,8 @@ pub fn padding(path: &Path, points: &[(usize, PaddingPoint)]) -> Res<()> {
 // Figure 5: cost bars.
 
 /// Horizontal bars: each norm's time as a multiple of the copy, per shape.
-pub fn cost(path: &Path, tables: &[(&str, Vec<Cost>, Vec<String>)]) -> Res<()> {
-    let rows: usize = tables.iter().map(|(_, r, _)| r.len() + 1).sum();
+pub fn cost(path: &Path, tables: &[(&str, Vec<Cost>)]) -> Res<()> {
+    let rows: usize = tables.iter().map(|(_, r)| r.len() + 1).sum();
     let (w, row_h, top) = (720i32, 24i32, 40i32);
     let h = top + rows as i32 * row_h + 40;
     let root = SVGBackend::new(path, (w as u32, h as u32)).into_drawing_area();
@@ -401,13 +390,13 @@ pub fn cost(path: &Path, tables: &[(&str, Vec<Cost>, Vec<String>)]) -> Res<()> {
     )?;
     let max = tables
         .iter()
-        .flat_map(|(_, r, _)| r.iter().filter_map(Cost::ratio))
+        .flat_map(|(_, r)| r.iter().map(Cost::ratio))
         .fold(1.0, f64::max);
     let (x0, x1) = (190, w - 70);
     let scale = f64::from(x1 - x0) / max.ceil();
     let xr = |r: f64| x0 + (r * scale) as i32;
     let mut y = top;
-    for (i, (name, costs, _)) in tables.iter().enumerate() {
+    for (i, (name, costs)) in tables.iter().enumerate() {
         draw_text(
             &root,
             name,
@@ -422,26 +411,17 @@ pub fn cost(path: &Path, tables: &[(&str, Vec<Cost>, Vec<String>)]) -> Res<()> {
                 (x0 - 8, y + row_h / 2),
                 &text(12, HPos::Right, VPos::Center),
             )?;
-            match c.ratio() {
-                Some(r) => {
-                    root.draw(&Rectangle::new(
-                        [(x0, y + 4), (xr(r), y + row_h - 4)],
-                        PALETTE[i].filled(),
-                    ))?;
-                    draw_text(
-                        &root,
-                        &format!("{r:.2}x"),
-                        (xr(r) + 6, y + row_h / 2),
-                        &text(12, HPos::Left, VPos::Center),
-                    )?;
-                }
-                None => draw_text(
-                    &root,
-                    "pending its kernel",
-                    (xr(1.0) + 6, y + row_h / 2),
-                    &text(12, HPos::Left, VPos::Center),
-                )?,
-            }
+            let r = c.ratio();
+            root.draw(&Rectangle::new(
+                [(x0, y + 4), (xr(r), y + row_h - 4)],
+                PALETTE[i].filled(),
+            ))?;
+            draw_text(
+                &root,
+                &format!("{r:.2}x"),
+                (xr(r) + 6, y + row_h / 2),
+                &text(12, HPos::Left, VPos::Center),
+            )?;
             y += row_h;
         }
     }

@@ -7,6 +7,8 @@
 //! in `experiments.rs`, which `tests/why_layernorm.rs` runs at small sizes to check the
 //! report's claims; this file only sizes them, draws and writes.
 
+#[path = "../../benches/common/mod.rs"]
+mod bench;
 mod experiments;
 mod figures;
 
@@ -15,9 +17,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use bench::GpuTimer;
 use experiments::*;
-use fused_norm::bench::GpuTimer;
-use fused_norm::{Gpu, Layout};
+use fused_norm::Layout;
 
 type Res<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -36,7 +38,8 @@ fn main() -> Res<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("why_layernorm"));
     std::fs::create_dir_all(&out_dir)?;
-    let gpu = Gpu::new()?;
+    // With timestamp queries where the adapter has them (experiment 5).
+    let gpu = bench::gpu()?;
     let adapter = gpu.describe();
     println!("adapter: {adapter}");
     let mut md = String::new();
@@ -48,9 +51,10 @@ fn main() -> Res<()> {
          and the comparisons are computed on the CPU); `tests/why_layernorm.rs` asserts the \
          same claims on small shapes. No norm has weight or bias (they act after the \
          statistics); eps is {EPS:e}.\n\n\
-         InstanceNorm and GroupNorm run as LayerNorm over a reshape of the NCHW tensor \
-         (`[N*C, H*W]` and `[N*G, C/G*H*W]`) until their own kernels land; RMSNorm rows are \
-         empty, {RMS_PENDING}: nothing here is computed in its place.\n"
+         Each norm runs as the crate's own struct: `BatchNorm`, `InstanceNorm`, \
+         `GroupNorm` in the tensor's layout; on images `[N, C, H, W]` `LayerNorm::from_axis(1)` \
+         and `RmsNorm::from_axis(1)` (per sample over C, H, W), on token batches \
+         `[B, T, D]` `from_axis(-1)` (per token). The kernel each call ran is its `plan()`.\n"
     )?;
 
     // 1. Sharing sets.
@@ -99,19 +103,14 @@ fn main() -> Res<()> {
     let timer = GpuTimer::new(&gpu);
     let transformer = [8, 512, 768];
     let cnn = [32, 64, 56, 56];
-    let norms = |layout| {
-        let mut v = vec![
-            ("BatchNorm train", Norm::Batch, Mode::Train),
-            ("BatchNorm eval", Norm::Batch, Mode::Eval),
-            ("LayerNorm", Norm::Layer, Mode::Train),
-            ("RMSNorm", Norm::Rms, Mode::Train),
-        ];
-        if layout == Layout::ChannelsFirst {
-            v.push(("InstanceNorm", Norm::Instance, Mode::Train));
-            v.push(("GroupNorm (G=32)", Norm::Group { groups: 32 }, Mode::Train));
-        }
-        v
-    };
+    let norms = [
+        ("BatchNorm train", Norm::Batch, Mode::Train),
+        ("BatchNorm eval", Norm::Batch, Mode::Eval),
+        ("LayerNorm", Norm::Layer, Mode::Train),
+        ("RMSNorm", Norm::Rms, Mode::Train),
+        ("InstanceNorm", Norm::Instance, Mode::Train),
+        ("GroupNorm (G=32)", Norm::Group { groups: 32 }, Mode::Train),
+    ];
     let mut cost = Vec::new();
     for (name, shape, layout) in [
         (
@@ -121,23 +120,18 @@ fn main() -> Res<()> {
         ),
         ("CNN [32, 64, 56, 56] NCHW", &cnn[..], Layout::ChannelsFirst),
     ] {
-        let list = norms(layout);
-        let rows = costs(&gpu, &timer, shape, layout, &list, SAMPLES)?;
-        let kernels = list
-            .iter()
-            .map(|(_, k, _)| kernel_name(&gpu, *k, shape, layout))
-            .collect::<fused_norm::Result<Vec<_>>>()?;
-        cost.push((name, rows, kernels));
+        cost.push((name, costs(&gpu, &timer, shape, layout, &norms, SAMPLES)?));
     }
     figures::cost(&out_dir.join("fig5_cost.svg"), &cost)?;
-    section_cost(&mut md, &cost, timer.kind().name())?;
+    let exp5 = section_cost(&mut md, &cost, timer.kind().name())?;
     println!("5. cost: {:.1} s", t.elapsed().as_secs_f64());
 
     let total = start.elapsed().as_secs_f64();
     writeln!(
         md,
         "## Summary\n\n![figure 1](fig1_sharing.svg)\n\n\
-         - Batch dependence: {exp2}\n- Train/eval gap: {exp3}\n- Padding: {exp4}\n\n\
+         - Batch dependence: {exp2}\n- Train/eval gap: {exp3}\n- Padding: {exp4}\n\
+         - Cost: {exp5}\n\n\
          The whole run took {total:.0} s on this adapter.\n"
     )?;
     std::fs::write(out_dir.join("report.md"), &md)?;
@@ -148,7 +142,7 @@ fn main() -> Res<()> {
     Ok(())
 }
 
-fn section_sharing(md: &mut String, sets: &[(Norm, Option<Vec<bool>>)]) -> Res<()> {
+fn section_sharing(md: &mut String, sets: &[(Norm, Vec<bool>)]) -> Res<()> {
     let (n, c, s) = AT;
     writeln!(
         md,
@@ -167,20 +161,15 @@ fn section_sharing(md: &mut String, sets: &[(Norm, Option<Vec<bool>>)]) -> Res<(
             Norm::Instance => "H, W (one channel of one sample)",
             Norm::Group { .. } => "C/G, H, W (one group of one sample)",
         };
-        match set {
-            Some(set) => {
-                let changed = set.iter().filter(|&&b| b).count();
-                let ok = *set == definition(*kind, GRID, AT);
-                writeln!(
-                    md,
-                    "| {} | {changed} of {} | {over} | {} |",
-                    kind.name(),
-                    GRID.len(),
-                    if ok { "yes" } else { "**no**" }
-                )?;
-            }
-            None => writeln!(md, "| {} | — | {over} | {RMS_PENDING} |", kind.name())?,
-        }
+        let changed = set.iter().filter(|&&b| b).count();
+        let ok = *set == definition(*kind, GRID, AT);
+        writeln!(
+            md,
+            "| {} | {changed} of {} | {over} | {} |",
+            kind.name(),
+            GRID.len(),
+            if ok { "yes" } else { "**no**" }
+        )?;
     }
     writeln!(
         md,
@@ -215,38 +204,45 @@ fn section_batch_dependence(md: &mut String, bd: &BatchDependence) -> Res<String
          max abs change | kernels (B = 2 .. {full}) |\n|---|---|---|---:|---|"
     )?;
     for (kind, inv) in &bd.per_sample {
-        match inv {
-            Some(inv) => writeln!(
-                md,
-                "| {} | {} | {} | {:.1e} | {} |",
-                kind.name(),
-                yes_no(inv.bitwise),
-                yes_no(inv.bitwise_same_kernel),
-                inv.max_diff,
-                kernel_runs(&inv.kernels)
-            )?,
-            None => writeln!(md, "| {} | — | — | — | {RMS_PENDING} |", kind.name())?,
-        }
+        writeln!(
+            md,
+            "| {} | {} | {} | {:.1e} | {} |",
+            kind.name(),
+            yes_no(inv.bitwise),
+            yes_no(inv.bitwise_same_kernel),
+            inv.max_diff,
+            kernel_runs(&inv.kernels)
+        )?;
     }
     let worst = bd.per_sample_max_diff();
-    let same_kernel = bd
-        .per_sample
-        .iter()
-        .filter_map(|(_, i)| i.as_ref())
-        .all(|i| i.bitwise_same_kernel);
-    let (note, short) = if worst == 0.0 {
+    let same_kernel = bd.per_sample.iter().all(|(_, i)| i.bitwise_same_kernel);
+    let names = |bitwise: bool| {
+        let v: Vec<String> = bd
+            .per_sample
+            .iter()
+            .filter(|(_, i)| i.bitwise == bitwise)
+            .map(|(k, _)| k.name())
+            .collect();
+        v.join(", ")
+    };
+    let (everywhere, switched) = (names(true), names(false));
+    let (note, short) = if switched.is_empty() {
         (
             "their output is bitwise the same for every B, across the kernels listed too."
                 .to_string(),
-            "bitwise the same output for every B".to_string(),
+            format!("{everywhere} give bitwise the same output for every B"),
         )
     } else {
+        let everywhere = match everywhere.is_empty() {
+            true => String::new(),
+            false => format!("{everywhere}: bitwise the same for every B; "),
+        };
         (
             format!(
-                "their output is bitwise the same {}. The crate's kernel policy for CPU \
-                 adapters picks LayerNorm's kernel by the number of rows (split rows when there \
-                 are too few for every core), and the kernels sum in different orders, so a \
-                 batch whose row count crosses that threshold moves the last bits: at most \
+                "{everywhere}{switched}: bitwise the same {}. The crate's kernel policy for CPU \
+                 adapters picks the rows kernel by the number of statistics (split rows when \
+                 there are too few for every core), and the kernels sum in different orders, so \
+                 a batch whose count crosses that threshold moves the last bits: at most \
                  {worst:.1e} here, a few ulp.",
                 if same_kernel {
                     "whenever the same kernel runs"
@@ -255,8 +251,8 @@ fn section_batch_dependence(md: &mut String, bd: &BatchDependence) -> Res<String
                 }
             ),
             format!(
-                "the same output for every B (bitwise within one kernel, at most {worst:.1e} \
-                 across the kernel switch)"
+                "{everywhere}{switched}: the same output for every B, bitwise within one \
+                 kernel, at most {worst:.1e} across the kernel switch"
             ),
         )
     };
@@ -268,8 +264,7 @@ fn section_batch_dependence(md: &mut String, bd: &BatchDependence) -> Res<String
     let i128 = bd.sizes.iter().position(|&b| b == 128).unwrap_or(0);
     Ok(format!(
         "one sample's BatchNorm output moves by {:.3} (mean abs) at B = 2, {:.3} at B = 8, \
-         {:.4} at B = 128 against B = {full}; LayerNorm, InstanceNorm and GroupNorm give \
-         {short}.",
+         {:.4} at B = 128 against B = {full}; {short}.",
         bd.bn_mean_err[0], bd.bn_mean_err[i8], bd.bn_mean_err[i128]
     ))
 }
@@ -391,36 +386,53 @@ fn section_padding(md: &mut String, points: &[(usize, PaddingPoint)]) -> Res<Str
     ))
 }
 
-type CostTable<'a> = (&'a str, Vec<Cost>, Vec<String>);
+type CostTable<'a> = (&'a str, Vec<Cost>);
 
-fn section_cost(md: &mut String, cost: &[CostTable], timer: &str) -> Res<()> {
+fn section_cost(md: &mut String, cost: &[CostTable], timer: &str) -> Res<String> {
     writeln!(
         md,
         "## 5. Cost\n\n\
          The fastest of {SAMPLES} submits ({timer} timer) of each norm and of a vec4 copy of \
-         the same bytes, timed in turns (`x copy`: norm time / copy time). BatchNorm at the transformer shape \
-         is per feature over (B, T), channels-last with C = 768; LayerNorm there is per token, \
-         at the CNN shape per sample over (C, H, W). On a CPU adapter (lavapipe, llvmpipe) the \
-         kernels share the CPU with whatever else runs: other work only adds time, hence the fastest \
-         submit, and the copy is timed in turns with each norm so both see the same load.\n\n\
+         the same bytes, timed in turns (`x copy`: norm time / copy time). At the transformer \
+         shape (channels-last, C = 768) LayerNorm and RMSNorm are per token, BatchNorm per \
+         feature over (B, T), and InstanceNorm and GroupNorm per sequence over its 512 tokens \
+         (per feature, per group of 24 features): they mix a sequence's tokens, future ones \
+         included, as BatchNorm mixes samples, so no transformer uses them; they are timed for \
+         the cost only. At the CNN shape LayerNorm and RMSNorm are per sample over (C, H, W). \
+         On a CPU adapter (lavapipe, llvmpipe) the kernels share the CPU with whatever else \
+         runs: other work only adds time, hence the fastest submit, and the copy is timed in \
+         turns with each norm so both see the same load.\n\n\
          ![figure 5: cost](fig5_cost.svg)\n"
     )?;
-    for (name, rows, kernels) in cost {
+    let mut summary = Vec::new();
+    for (name, rows) in cost {
         writeln!(
             md,
             "**{name}**\n\n| norm | ms | copy ms | x copy | kernel |\n|---|---:|---:|---:|---|"
         )?;
-        for (r, k) in rows.iter().zip(kernels) {
-            match (r.ms, r.copy_ms, r.ratio()) {
-                (Some(ms), Some(c), Some(x)) => {
-                    writeln!(md, "| {} | {ms:.2} | {c:.2} | {x:.2} | {k} |", r.label)?
-                }
-                _ => writeln!(md, "| {} | — | — | — | {} |", r.label, r.note)?,
-            }
+        for r in rows {
+            writeln!(
+                md,
+                "| {} | {:.2} | {:.2} | {:.2} | `{}` |",
+                r.label,
+                r.ms,
+                r.copy_ms,
+                r.ratio(),
+                r.kernel
+            )?;
         }
         writeln!(md)?;
+        let ratios: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{} {:.2}x", r.label, r.ratio()))
+            .collect();
+        let shape = name.split(':').next().unwrap_or(name);
+        summary.push(format!("{shape}: {}", ratios.join(", ")));
     }
-    Ok(())
+    Ok(format!(
+        "time as a multiple of a copy of the same bytes, {}.",
+        summary.join("; ")
+    ))
 }
 
 fn yes_no(b: bool) -> &'static str {
