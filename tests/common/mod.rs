@@ -246,3 +246,26 @@ pub fn channel_index(i: usize, c: usize, s: usize, channels_last: bool) -> usize
         (i / s) % c
     }
 }
+
+/// None when `a` and `b` are bitwise equal, else where and how they differ: the number of
+/// differing values, the first one, and the largest distance in ulps (for failure reports
+/// that cover several cases at once).
+pub fn bits_mismatch(a: &[f32], b: &[f32]) -> Option<String> {
+    if a.len() != b.len() {
+        return Some(format!("lengths {} vs {}", a.len(), b.len()));
+    }
+    let ulps =
+        |x: f32, y: f32| (i64::from(x.to_bits() as i32) - i64::from(y.to_bits() as i32)).abs();
+    let diff: Vec<usize> = (0..a.len())
+        .filter(|&i| a[i].to_bits() != b[i].to_bits())
+        .collect();
+    let &first = diff.first()?;
+    let worst = diff.iter().map(|&i| ulps(a[i], b[i])).max().unwrap_or(0);
+    Some(format!(
+        "{} of {} values differ, first [{first}]: {} vs {}, at most {worst} ulp",
+        diff.len(),
+        a.len(),
+        a[first],
+        b[first]
+    ))
+}
