@@ -11,6 +11,9 @@ use fused_norm::{
     reference, Gpu, GroupNorm, GroupNormOutput, LayerNorm, Layout, NormError, NormOutput, Tensor,
 };
 
+/// (N, C, spatial dims, groups).
+type Dims = (usize, usize, &'static [usize], usize);
+
 const LAYOUTS: [Layout; 2] = [Layout::ChannelsFirst, Layout::ChannelsLast];
 
 #[derive(Clone)]
@@ -129,7 +132,7 @@ fn check(c: &Case) {
 fn group_lengths_that_break_weak_kernels() {
     // (N, C, spatial, groups): group lengths (C / G * spatial) 1, 3, 1000, 4097 and 65537.
     let mut rng = Rng::new(201);
-    let shapes: [(usize, usize, &[usize], usize); 11] = [
+    let shapes: [Dims; 13] = [
         (3, 4, &[], 4),
         (2, 5, &[1, 1], 5),
         (4, 3, &[], 1),
@@ -141,6 +144,9 @@ fn group_lengths_that_break_weak_kernels() {
         (3, 1, &[4097], 1),
         (1, 3, &[65537], 3),
         (2, 1, &[65537], 1),
+        // Many channels per group: 125 and 241 (odd) channels of 3 and 2 positions.
+        (2, 1000, &[3], 8),
+        (2, 4097, &[2], 17),
     ];
     for dims in shapes {
         for layout in LAYOUTS {
@@ -151,10 +157,10 @@ fn group_lengths_that_break_weak_kernels() {
 
 #[test]
 fn more_than_65535_groups_or_rows() {
-    // 140000 and 198000 (sample, group) statistics; channels-last, 40000 rows of channels.
+    // 140000 and 198000 (sample, group) statistics; channels-last, 40000 and 75000 rows of
+    // channels.
     let mut rng = Rng::new(202);
-    let shapes: [(usize, usize, &[usize], usize); 3] =
-        [(70000, 4, &[], 2), (66000, 3, &[], 3), (2, 6, &[20000], 3)];
+    let shapes: [Dims; 3] = [(70000, 4, &[], 2), (66000, 3, &[], 3), (2, 6, &[20000], 3)];
     for dims in shapes {
         for layout in LAYOUTS {
             check(&Case::new(&mut rng, dims, layout, 1.0).affine(&mut rng));
@@ -165,7 +171,7 @@ fn more_than_65535_groups_or_rows() {
 #[test]
 fn group_means_of_1e4_to_1e6_keep_full_precision() {
     let mut rng = Rng::new(203);
-    let shapes: [(usize, usize, &[usize], usize); 4] = [
+    let shapes: [Dims; 4] = [
         (3, 6, &[7, 7], 3),
         (2, 4, &[1000], 2),
         (2, 3, &[4097], 1),
@@ -185,10 +191,11 @@ fn group_means_of_1e4_to_1e6_keep_full_precision() {
 #[test]
 fn a_constant_group_gives_bias_exactly_and_its_mean() {
     let mut rng = Rng::new(204);
-    let shapes: [(usize, usize, &[usize], usize); 5] = [
+    let shapes: [Dims; 6] = [
         (2, 6, &[7, 7], 3),
         (2, 8, &[3, 5], 4),
         (2, 4, &[4097], 2),
+        (1, 4, &[65537], 2),
         (3, 5, &[], 5),
         (2, 8, &[4, 4], 2),
     ];
@@ -199,7 +206,7 @@ fn a_constant_group_gives_bias_exactly_and_its_mean() {
             let (_, ch, s) = ncs(&c.shape, layout);
             let stats = c.shape[0] * c.groups;
             // Statistic k is constant when k % 2 == 0 (the odd ones stay random).
-            let constant = |k: usize| (k % 2 == 0).then(|| constants[(k / 2) % 4]);
+            let constant = |k: usize| k.is_multiple_of(2).then(|| constants[(k / 2) % 4]);
             let (groups, cl) = (c.groups, c.cl());
             for (i, v) in c.x.iter_mut().enumerate() {
                 if let Some(k) = constant(group_index(i, ch, s, groups, cl)) {
@@ -220,9 +227,10 @@ fn a_constant_group_gives_bias_exactly_and_its_mean() {
                         assert_close(&format!("{what} y[{i}]"), &[v], &want_y[i..i + 1]);
                     }
                 }
-                for k in 0..stats {
-                    if let Some(m) = constant(k) {
-                        assert_eq!(mean[k], m, "{what}: mean[{k}]");
+                assert_eq!(mean.len(), stats, "{what}");
+                for (k, &m) in mean.iter().enumerate() {
+                    if let Some(want) = constant(k) {
+                        assert_eq!(m, want, "{what}: mean[{k}]");
                     }
                 }
                 assert_close(&format!("{what} mean"), &mean, &st.mean);
@@ -235,9 +243,10 @@ fn a_constant_group_gives_bias_exactly_and_its_mean() {
 #[test]
 fn non_finite_values_stay_in_their_group() {
     let mut rng = Rng::new(205);
-    let shapes: [(usize, usize, &[usize], usize); 4] = [
+    let shapes: [Dims; 5] = [
         (2, 6, &[7, 7], 3),
         (3, 4, &[1000], 2),
+        (2, 3, &[20000], 3),
         (2, 15, &[3], 5),
         (6, 2, &[], 1),
     ];
@@ -305,8 +314,7 @@ fn odd_channel_counts_spatial_sizes_and_ranks() {
 #[test]
 fn weight_and_bias_are_independent() {
     let mut rng = Rng::new(207);
-    let shapes: [(usize, usize, &[usize], usize); 3] =
-        [(2, 6, &[5, 5], 3), (2, 8, &[4, 4], 2), (3, 5, &[], 1)];
+    let shapes: [Dims; 3] = [(2, 6, &[5, 5], 3), (2, 8, &[4, 4], 2), (3, 5, &[], 1)];
     for dims in shapes {
         for layout in LAYOUTS {
             let base = Case::new(&mut rng, dims, layout, 1.0).affine(&mut rng);
@@ -327,12 +335,58 @@ fn weight_and_bias_are_independent() {
 }
 
 #[test]
+fn diffusion_and_detection_shapes() {
+    // GroupNorm(32, C) as U-Nets and VAEs use it, and GroupNorm(32, 256) of detection heads on
+    // odd feature maps.
+    let mut rng = Rng::new(214);
+    let shapes: [Dims; 4] = [
+        (2, 320, &[16, 16], 32),
+        (1, 512, &[8, 8], 32),
+        (2, 640, &[7, 7], 32),
+        (1, 256, &[13, 19], 32),
+    ];
+    for dims in shapes {
+        for layout in LAYOUTS {
+            check(&Case::new(&mut rng, dims, layout, 0.3).affine(&mut rng));
+        }
+    }
+}
+
+#[test]
+fn default_eps_is_1e5() {
+    // Groups of variance ~1e-6, where eps = 1e-5 changes the result far beyond TOL.
+    let mut rng = Rng::new(215);
+    for layout in LAYOUTS {
+        let mut c = Case::new(&mut rng, (2, 6, &[5, 5], 3), layout, 0.0);
+        c.x.iter_mut().for_each(|v| *v *= 1e-3);
+        let (want_y, st) = c.reference();
+        c.eps = 0.0;
+        let (no_eps, _) = c.reference();
+        assert!((want_y[0] - no_eps[0]).abs() > 100.0 * common::TOL);
+        for (path, g) in gpus() {
+            let x = Tensor::from_slice(g, &c.x, &c.shape).unwrap();
+            let out = GroupNorm::new(3, 6)
+                .unwrap()
+                .forward(g, &x, layout)
+                .unwrap();
+            let what = c.what(path);
+            assert_close(&format!("{what} y"), &out.y.to_vec(g).unwrap(), &want_y);
+            assert_close(
+                &format!("{what} rstd"),
+                &out.rstd.to_vec(g).unwrap(),
+                &st.rstd,
+            );
+        }
+    }
+}
+
+#[test]
 fn one_group_is_a_layer_norm_over_channels_and_space_bit_for_bit() {
     // GroupNorm(1, C) without affine on [N, C, *spatial] (channels-first) is
     // LayerNorm(&[C * S]) on the [N, C * S] reshape: same y, mean and rstd bits, same context.
     // Every mismatch is collected, then reported together.
     let mut rng = Rng::new(208);
-    let shapes: [(usize, usize, &[usize], usize); 9] = [
+    let shapes: [Dims; 9] = [
         (2, 3, &[7, 7], 1),
         (3, 4, &[4, 4], 1),
         (2, 5, &[3, 5], 1),
@@ -384,7 +438,7 @@ fn channels_last_equals_channels_first_after_transposing() {
     // output as the expected values (within TOL); mean and rstd likewise. Same data, same
     // context, weight and bias.
     let mut rng = Rng::new(209);
-    let shapes: [(usize, usize, &[usize], usize); 5] = [
+    let shapes: [Dims; 5] = [
         (2, 6, &[7, 7], 3),
         (3, 5, &[3, 5], 5),
         (2, 4, &[1000], 1),
@@ -421,7 +475,7 @@ fn chunked_bindings_match_the_reference() {
     // 64 KiB bindings: each tensor goes in several chunks (groups and rows of channels split
     // across them where the family allows).
     let mut rng = Rng::new(210);
-    let cases: [((usize, usize, &[usize], usize), Layout); 6] = [
+    let cases: [(Dims, Layout); 6] = [
         ((8, 6, &[30, 31], 3), Layout::ChannelsFirst),
         ((8, 6, &[30, 31], 3), Layout::ChannelsLast),
         ((64, 3, &[30, 31], 1), Layout::ChannelsLast),
@@ -457,8 +511,7 @@ fn a_sample_larger_than_a_binding_is_too_large_or_right() {
 #[test]
 fn same_input_gives_bit_identical_output() {
     let mut rng = Rng::new(211);
-    let shapes: [(usize, usize, &[usize], usize); 3] =
-        [(8, 32, &[16, 16], 8), (2, 3, &[7, 7], 1), (4096, 6, &[], 2)];
+    let shapes: [Dims; 3] = [(8, 32, &[16, 16], 8), (2, 3, &[7, 7], 1), (4096, 6, &[], 2)];
     for dims in shapes {
         for layout in LAYOUTS {
             let c = Case::new(&mut rng, dims, layout, 1.0).affine(&mut rng);

@@ -12,6 +12,9 @@ use fused_norm::{
     NormOutput, Tensor,
 };
 
+/// (N, C, spatial dims).
+type Dims = (usize, usize, &'static [usize]);
+
 const LAYOUTS: [Layout; 2] = [Layout::ChannelsFirst, Layout::ChannelsLast];
 
 #[derive(Clone)]
@@ -131,7 +134,7 @@ fn check(c: &Case) {
 fn instance_lengths_that_break_weak_kernels() {
     // (N, C, spatial): instance lengths 1, 3, 1000, 4097 and 65537.
     let mut rng = Rng::new(301);
-    let shapes: [(usize, usize, &[usize]); 9] = [
+    let shapes: [Dims; 9] = [
         (3, 4, &[1]),
         (2, 5, &[1, 1]),
         (4, 3, &[3]),
@@ -153,7 +156,7 @@ fn instance_lengths_that_break_weak_kernels() {
 fn more_than_65535_instances_or_rows() {
     // 70000 and 80000 (sample, channel) instances; channels-last, 80000 rows of channels.
     let mut rng = Rng::new(302);
-    let shapes: [(usize, usize, &[usize]); 4] = [
+    let shapes: [Dims; 4] = [
         (1, 70000, &[1, 1]),
         (1, 70000, &[3]),
         (2, 40000, &[2]),
@@ -169,7 +172,7 @@ fn more_than_65535_instances_or_rows() {
 #[test]
 fn instance_means_of_1e4_to_1e6_keep_full_precision() {
     let mut rng = Rng::new(303);
-    let shapes: [(usize, usize, &[usize]); 4] = [
+    let shapes: [Dims; 4] = [
         (3, 5, &[7, 7]),
         (2, 3, &[1000]),
         (2, 2, &[4097]),
@@ -189,10 +192,11 @@ fn instance_means_of_1e4_to_1e6_keep_full_precision() {
 #[test]
 fn a_constant_instance_gives_bias_exactly_and_its_mean() {
     let mut rng = Rng::new(304);
-    let shapes: [(usize, usize, &[usize]); 5] = [
+    let shapes: [Dims; 6] = [
         (2, 3, &[7, 7]),
         (2, 5, &[3, 5]),
         (2, 2, &[4097]),
+        (1, 2, &[65537]),
         (3, 4, &[1]),
         (2, 4, &[4, 4]),
     ];
@@ -202,7 +206,7 @@ fn a_constant_instance_gives_bias_exactly_and_its_mean() {
             let mut c = Case::new(&mut rng, dims, layout, 2.0).affine(&mut rng);
             let (_, ch, s) = ncs(&c.shape, layout);
             // Instance k is constant when k % 2 == 0 (the odd ones stay random).
-            let constant = |k: usize| (k % 2 == 0).then(|| constants[(k / 2) % 4]);
+            let constant = |k: usize| k.is_multiple_of(2).then(|| constants[(k / 2) % 4]);
             let inst: Vec<usize> = (0..c.x.len()).map(|i| c.instance(i)).collect();
             for (i, v) in c.x.iter_mut().enumerate() {
                 if let Some(k) = constant(inst[i]) {
@@ -237,8 +241,7 @@ fn a_constant_instance_gives_bias_exactly_and_its_mean() {
 #[test]
 fn non_finite_values_stay_in_their_instance() {
     let mut rng = Rng::new(305);
-    let shapes: [(usize, usize, &[usize]); 4] =
-        [(2, 3, &[7, 7]), (3, 2, &[1000]), (2, 5, &[3]), (6, 1, &[2])];
+    let shapes: [Dims; 4] = [(2, 3, &[7, 7]), (3, 2, &[1000]), (2, 5, &[3]), (6, 1, &[2])];
     for dims in shapes {
         for layout in LAYOUTS {
             let mut c = Case::new(&mut rng, dims, layout, 1.0).affine(&mut rng);
@@ -308,7 +311,7 @@ fn odd_channel_counts_spatial_sizes_and_ranks() {
 #[test]
 fn weight_and_bias_are_independent() {
     let mut rng = Rng::new(307);
-    let shapes: [(usize, usize, &[usize]); 3] = [(2, 3, &[5, 5]), (2, 8, &[4, 4]), (3, 5, &[7])];
+    let shapes: [Dims; 3] = [(2, 3, &[5, 5]), (2, 8, &[4, 4]), (3, 5, &[7])];
     for dims in shapes {
         for layout in LAYOUTS {
             let base = Case::new(&mut rng, dims, layout, 1.0).affine(&mut rng);
@@ -329,12 +332,55 @@ fn weight_and_bias_are_independent() {
 }
 
 #[test]
+fn style_transfer_and_audio_shapes() {
+    // InstanceNorm2d of style-transfer networks, InstanceNorm1d over audio frames, and a 3-D
+    // volume.
+    let mut rng = Rng::new(314);
+    let shapes: [Dims; 4] = [
+        (1, 64, &[63, 65]),
+        (4, 128, &[15, 15]),
+        (2, 80, &[1001]),
+        (1, 16, &[9, 11, 13]),
+    ];
+    for dims in shapes {
+        for layout in LAYOUTS {
+            check(&Case::new(&mut rng, dims, layout, 0.3).affine(&mut rng));
+        }
+    }
+}
+
+#[test]
+fn default_eps_is_1e5() {
+    // Instances of variance ~1e-6, where eps = 1e-5 changes the result far beyond TOL.
+    let mut rng = Rng::new(315);
+    for layout in LAYOUTS {
+        let mut c = Case::new(&mut rng, (2, 3, &[5, 5]), layout, 0.0);
+        c.x.iter_mut().for_each(|v| *v *= 1e-3);
+        let (want_y, st) = c.reference();
+        c.eps = 0.0;
+        let (no_eps, _) = c.reference();
+        assert!((want_y[0] - no_eps[0]).abs() > 100.0 * common::TOL);
+        for (path, g) in gpus() {
+            let x = Tensor::from_slice(g, &c.x, &c.shape).unwrap();
+            let out = InstanceNorm::new(3).forward(g, &x, layout).unwrap();
+            let what = c.what(path);
+            assert_close(&format!("{what} y"), &out.y.to_vec(g).unwrap(), &want_y);
+            assert_close(
+                &format!("{what} rstd"),
+                &out.rstd.to_vec(g).unwrap(),
+                &st.rstd,
+            );
+        }
+    }
+}
+
+#[test]
 fn instance_norm_is_a_layer_norm_over_space_bit_for_bit() {
     // InstanceNorm without affine on [N, C, *spatial] (channels-first) is LayerNorm(&[S]) on the
     // [N * C, S] reshape: same y, mean and rstd bits, same context. Every mismatch is
     // collected, then reported together.
     let mut rng = Rng::new(308);
-    let shapes: [(usize, usize, &[usize]); 8] = [
+    let shapes: [Dims; 8] = [
         (2, 3, &[7, 7]),
         (3, 4, &[4, 4]),
         (2, 5, &[3, 5]),
@@ -407,7 +453,7 @@ fn channels_last_equals_channels_first_after_transposing() {
     // output as the expected values (within TOL); mean and rstd likewise. Same data, same
     // context, weight and bias.
     let mut rng = Rng::new(310);
-    let shapes: [(usize, usize, &[usize]); 5] = [
+    let shapes: [Dims; 5] = [
         (2, 3, &[7, 7]),
         (3, 5, &[3, 5]),
         (2, 4, &[1000]),
@@ -440,7 +486,7 @@ fn channels_last_equals_channels_first_after_transposing() {
 fn chunked_bindings_match_the_reference() {
     // 64 KiB bindings: each tensor goes in several chunks.
     let mut rng = Rng::new(311);
-    let cases: [((usize, usize, &[usize]), Layout); 6] = [
+    let cases: [(Dims, Layout); 6] = [
         ((8, 6, &[30, 31]), Layout::ChannelsFirst),
         ((8, 6, &[30, 31]), Layout::ChannelsLast),
         ((40, 5, &[999]), Layout::ChannelsFirst),
@@ -457,8 +503,7 @@ fn chunked_bindings_match_the_reference() {
 #[test]
 fn same_input_gives_bit_identical_output() {
     let mut rng = Rng::new(312);
-    let shapes: [(usize, usize, &[usize]); 3] =
-        [(8, 32, &[16, 16]), (2, 3, &[7, 7]), (1, 4096, &[6])];
+    let shapes: [Dims; 3] = [(8, 32, &[16, 16]), (2, 3, &[7, 7]), (1, 4096, &[6])];
     for dims in shapes {
         for layout in LAYOUTS {
             let c = Case::new(&mut rng, dims, layout, 1.0).affine(&mut rng);

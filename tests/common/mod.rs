@@ -221,7 +221,7 @@ pub fn grouped_data(
     for ni in 0..n {
         for ci in 0..c {
             let g = ni * groups + ci / cpg;
-            let m = if g % 2 == 0 { offset } else { -offset } + 0.1 * (ci % cpg) as f64;
+            let m = if g.is_multiple_of(2) { offset } else { -offset } + 0.1 * (ci % cpg) as f64;
             x.extend(rng.normals(s, m, 1.0));
         }
     }
