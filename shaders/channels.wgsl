@@ -275,17 +275,26 @@ fn bias_of(ch: u32) -> f32 {
     return 0.0;
 }
 
-// A group of TPR threads per slot: lane l merges the slot's partials l, l + TPR, ... (channel
-// major, then block) in order, then the fixed-order group reduction combines the lanes, so the
-// result does not depend on timing. Every lane then writes the coefficients of its share of
-// the slot's channels.
-@compute @workgroup_size(WG)
-fn channels_finalize(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+// A slot's statistics of x - pivot from its partials, for the finalize and SyncBatchNorm's
+// local statistics: a group of TPR threads per slot, lane l merging the slot's partials l,
+// l + TPR, ... (channel major, then block) in order, then the fixed-order group reduction
+// combines the lanes, so the result does not depend on timing. Every lane gets the total. Must
+// be called in uniform control flow by the whole workgroup.
+struct SlotTotal {
+    k: u32,
+    lane: u32,
+    valid: bool,
+    sample: u32,
+    c0: u32,
+    pivot: f32,
+    tot: Welford,
+}
+
+fn slot_total(wid: vec3<u32>, l: Lane) -> SlotTotal {
     let t = thread_index(l);
     let lane = t % TPR;
     let k = group_id(wid) * (WG / TPR) + t / TPR;
-    let slots = (p.n / p.spr) * p.groups;
-    let valid = k < slots;
+    let valid = k < (p.n / p.spr) * p.groups;
     let sample = k / p.groups;
     let c0 = (k % p.groups) * p.cpg;
     var acc = welford_empty();
@@ -299,31 +308,80 @@ fn channels_finalize(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
             acc = welford_merge(acc, Welford(block_count(b), q.x, q.y));
         }
     }
-    let tot = reduce_welford(acc, l);
-    if (!valid) {
+    return SlotTotal(k, lane, valid, sample, c0, pivot, reduce_welford(acc, l));
+}
+
+// Per slot: mean and invstd, BatchNorm's running statistics, and the apply coefficients of the
+// slot's channels (every lane writes its share).
+@compute @workgroup_size(WG)
+fn channels_finalize(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let st = slot_total(wid, l);
+    if (!st.valid) {
         return;
     }
+    let tot = st.tot;
     let count = f32(p.cpg) * f32(p.spr) * f32(p.s);
     let var_b = tot.m2 / count;
     let invstd = inverseSqrt(var_b + p.eps);
-    for (var i = lane; i < p.cpg; i += TPR) {
-        let ch = c0 + i;
+    for (var i = st.lane; i < p.cpg; i += TPR) {
+        let ch = st.c0 + i;
         let scale = invstd * weight_of(ch);
-        set_apply_coef(coef_index(sample, ch), pivot, scale, bias_of(ch) - tot.mean * scale, i != 0u);
+        let q = coef_index(st.sample, ch);
+        set_apply_coef(q, st.pivot, scale, bias_of(ch) - tot.mean * scale, i != 0u);
     }
-    if (lane != 0u) {
+    if (st.lane != 0u) {
         return;
     }
-    let mean = pivot + tot.mean;
-    mean_out[k] = mean;
-    invstd_out[k] = invstd;
+    let mean = st.pivot + tot.mean;
+    mean_out[st.k] = mean;
+    invstd_out[st.k] = invstd;
     if (UPDATE) {
         var v = var_b;
         if (UNBIASED) {
             v = tot.m2 / (count - 1.0);
         }
-        running_mean[k] = (1.0 - p.factor) * running_mean[k] + p.factor * mean;
-        running_var[k] = (1.0 - p.factor) * running_var[k] + p.factor * v;
+        update_running(st.k, mean, v);
+    }
+}
+
+fn update_running(ch: u32, mean: f32, v: f32) {
+    running_mean[ch] = (1.0 - p.factor) * running_mean[ch] + p.factor * mean;
+    running_var[ch] = (1.0 - p.factor) * running_var[ch] + p.factor * v;
+}
+
+// SyncBatchNorm (statistics merged across processes, see src/stats.rs). One vec4 per slot:
+// channels_local_stats writes (pivot, mean of x - pivot, m2, count) of this process's part;
+// channels_given_coef reads (mean, biased variance, running-variance input, mean - f64(mean as
+// f32)) of the global batch, computed on the host in f64 and rounded once.
+@group(0) @binding(13) var<storage, read_write> slot_stats: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn channels_local_stats(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let st = slot_total(wid, l);
+    if (st.valid && st.lane == 0u) {
+        slot_stats[st.k] = vec4<f32>(st.pivot, st.tot.mean, st.tot.m2, st.tot.n);
+    }
+}
+
+// One thread per channel: apply coefficients from the given global statistics, the batch mean
+// and invstd outputs, and the running-statistics update (the finalize's formula). The centre is
+// the f32 mean and the shift takes the rest of the f64 mean, beta - rest * scale: x - centre is
+// exact near the mean, so channel means of 1e4 keep full precision, as the pivot does in
+// training.
+@compute @workgroup_size(WG)
+fn channels_given_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let ch = group_id(wid) * WG + lid;
+    if (ch >= p.c) {
+        return;
+    }
+    let g = slot_stats[ch];
+    let invstd = inverseSqrt(g.y + p.eps);
+    let scale = invstd * weight_of(ch);
+    set_apply_coef(ch, g.x, scale, bias_of(ch) - g.w * scale, true);
+    mean_out[ch] = g.x;
+    invstd_out[ch] = invstd;
+    if (UPDATE) {
+        update_running(ch, g.x, g.z);
     }
 }
 

@@ -73,13 +73,14 @@ fn fold_b(base: u32, span: u32, fan: u32, welford: bool) -> vec4<f32> {
 
 // Combines the partials of each aligned block of TPR threads; every thread of the block gets the
 // block's total. The order is fixed (lower block first), so results are bit-identical run to
-// run. Radix 8 keeps the barrier count at ceil(log8(TPR / INNER_SPAN)) + 1, since barriers
+// run. Radix 8 keeps the barrier count near ceil(log8(TPR / INNER_SPAN)), since barriers
 // dominate on CPU adapters. Must be called in uniform control flow by the whole workgroup.
 //
 // GPUs run a workgroup's subgroups in any order between barriers, so: a level writes one array
 // and reads it after a barrier; the next level writes the other array (the slow subgroups may
-// still be reading the first); and a barrier after the last level keeps a fast subgroup's next
-// reduction (which starts on red_a) from overwriting partials a slow one has not read yet.
+// still be reading the first); and a barrier after a last level on red_a keeps a fast
+// subgroup's next reduction (which starts on red_a) from overwriting partials a slow one has not
+// read yet.
 // `tests/shaders.rs` checks every kernel for a read and a write of one workgroup array between
 // two barriers.
 fn reduce_group(w: vec4<f32>, welford: bool, l: Lane) -> vec4<f32> {
@@ -98,6 +99,9 @@ fn reduce_group(w: vec4<f32>, welford: bool, l: Lane) -> vec4<f32> {
         a = fold_a(t - t % (span * fan), span, fan, welford);
         span = span * fan;
         if (span >= TPR) {
+            // The next reduction starts on red_a: no thread may write it before every thread has
+            // read it. (After a red_b level, the next reduction's first barrier orders that.)
+            workgroupBarrier();
             break;
         }
         fan = min(8u, TPR / span);
@@ -109,7 +113,6 @@ fn reduce_group(w: vec4<f32>, welford: bool, l: Lane) -> vec4<f32> {
             break;
         }
     }
-    workgroupBarrier();
     return a;
 }
 

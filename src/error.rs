@@ -41,6 +41,15 @@ pub enum NormError {
     /// Reading results back from the device failed.
     #[error("readback failed: {0}")]
     Readback(String),
+    /// A collective call (SyncBatchNorm across processes) failed on `rank`, the lowest failing
+    /// one; every rank returns this error, so none waits in an exchange for a failed peer.
+    #[error("rank {rank} failed: {message}")]
+    Collective {
+        /// The lowest rank that failed.
+        rank: usize,
+        /// What went wrong there (its own error, as text), or why the exchange failed.
+        message: String,
+    },
 }
 
 /// Shorthand for `Result<T, NormError>`.

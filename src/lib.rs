@@ -13,11 +13,14 @@
 pub mod baseline;
 pub mod bench;
 mod context;
+#[cfg(feature = "mpi")]
+pub mod dist;
 mod error;
 mod norms;
 mod ops;
 pub mod reference;
 mod runtime;
+mod stats;
 mod tensor;
 
 pub use context::{Capabilities, Gpu, GpuOptions, Tuning};
@@ -30,4 +33,5 @@ pub use norms::{
 };
 #[doc(hidden)]
 pub use runtime::pipeline::module_source;
+pub use stats::{ChannelStats, StatsReducer, ThreadReducer};
 pub use tensor::Tensor;

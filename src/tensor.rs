@@ -288,10 +288,17 @@ impl Tensor {
     }
 
     /// Errors if `out` shares its buffer with `input` (kernels read one and write the other).
-    pub(crate) fn check_no_alias(&self, name: &str, input: &Tensor) -> Result<()> {
-        if self.owner == input.owner && self.buffer() == input.buffer() {
+    /// Errors if this output shares its buffer with `other` (another output, or a tensor the
+    /// kernels read): each kernel writes an output while it reads the others.
+    pub(crate) fn check_no_alias(
+        &self,
+        name: &str,
+        other_name: &str,
+        other: &Tensor,
+    ) -> Result<()> {
+        if self.owner == other.owner && self.buffer() == other.buffer() {
             return Err(NormError::InvalidArgument(format!(
-                "output {name} shares its buffer with the input; in-place is not supported"
+                "output {name} shares its buffer with {other_name}; in-place is not supported"
             )));
         }
         Ok(())

@@ -520,16 +520,16 @@ fn no_kernel_reuses_workgroup_memory_without_a_barrier() {
 }
 
 #[test]
-fn the_race_check_catches_two_reductions_without_a_trailing_barrier() {
-    // reduce_group as it was: the last level reads red_a, and the next call's first level writes
-    // red_a with no barrier between.
+fn the_race_check_catches_two_reductions_without_the_barrier_between() {
+    // reduce_group without the barrier after a last level on red_a: the next call's first level
+    // writes red_a with no barrier between.
     let src = fused_norm::module_source("rows", false).unwrap();
-    let fixed = "    }\n    workgroupBarrier();\n    return a;\n}";
+    let fixed = "            workgroupBarrier();\n            break;";
     assert!(
         src.contains(fixed),
-        "reduce_group's trailing barrier moved; update this test"
+        "reduce_group's barrier after a red_a level moved; update this test"
     );
-    let broken = src.replace(fixed, "    }\n    return a;\n}");
+    let broken = src.replace(fixed, "            break;");
     let module = naga::front::wgsl::parse_str(&broken).unwrap();
     let found = workgroup_races(&module, &[]);
     assert!(

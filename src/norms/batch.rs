@@ -5,8 +5,10 @@ use crate::context::Gpu;
 use crate::error::{NormError, Result};
 use crate::norms::{BatchNormPlan, Layout};
 use crate::ops::affine::{check_affine, check_eps, check_outputs, check_u32_elems, ncs};
-use crate::ops::channels::{Channels, Source};
+use crate::ops::channels::{Channels, Running, Source};
 use crate::tensor::Tensor;
+
+mod sync;
 
 /// Outputs of [`BatchNorm::forward_train`].
 #[derive(Clone, Debug)]
@@ -354,26 +356,50 @@ impl BatchNorm {
             ("mean", &out.mean, c),
             ("invstd", &out.invstd, c),
         ];
-        check_outputs(gpu, x, &outputs)?;
+        check_outputs(gpu, &self.reads(x), &outputs)?;
         let update = self.track_running_stats;
-        let factor = match self.momentum {
-            Some(m) => m,
-            None => 1.0 / (self.num_batches_tracked + 1) as f32,
-        };
+        let factor = self.factor();
         let _turn = gpu.turn();
         self.adopt_pending(gpu, encoder)?;
         let source = Source::Batch {
             mean: &out.mean,
             invstd: &out.invstd,
-            update: update.then_some((
-                &self.running_mean,
-                &self.running_var,
-                factor,
-                self.unbiased,
-            )),
+            update: update.then_some(self.running(factor)),
         };
         op.encode(gpu, encoder, x, &out.y, source)?;
         Ok(TrainCommit { counted: update })
+    }
+
+    /// What a call reads, which no output may share a buffer with.
+    fn reads<'a>(&'a self, x: &'a Tensor) -> [(&'static str, Option<&'a Tensor>); 7] {
+        let pending = self.pending_init.as_ref();
+        [
+            ("the input", Some(x)),
+            ("weight", self.weight.as_ref()),
+            ("bias", self.bias.as_ref()),
+            ("running_mean", Some(&self.running_mean)),
+            ("running_var", Some(&self.running_var)),
+            ("the given running mean", pending.map(|p| &p.0)),
+            ("the given running var", pending.map(|p| &p.1)),
+        ]
+    }
+
+    /// The running statistics, updated with weight `factor`.
+    fn running(&self, factor: f32) -> Running<'_> {
+        Running {
+            mean: &self.running_mean,
+            var: &self.running_var,
+            factor,
+            unbiased: self.unbiased,
+        }
+    }
+
+    /// The weight of this batch in the running statistics: the momentum, or 1 / batches seen.
+    fn factor(&self) -> f32 {
+        match self.momentum {
+            Some(m) => m,
+            None => 1.0 / (self.num_batches_tracked + 1) as f32,
+        }
     }
 
     /// Batch statistics need two values per channel (PyTorch refuses one too).
@@ -424,7 +450,7 @@ impl BatchNorm {
     ) -> Result<()> {
         x.check_device(gpu, "x")?;
         let op = self.op(gpu, x.shape(), layout)?;
-        check_outputs(gpu, x, &[("y", y, x.numel())])?;
+        check_outputs(gpu, &self.reads(x), &[("y", y, x.numel())])?;
         let _turn = gpu.turn();
         if self.track_running_stats {
             let (rm, rv) = match &self.pending_init {

@@ -192,7 +192,12 @@ impl GroupNorm {
             ("mean", &out.mean, k),
             ("rstd", &out.rstd, k),
         ];
-        check_outputs(gpu, x, &outputs)?;
+        let reads = [
+            ("the input", Some(x)),
+            ("weight", self.weight.as_ref()),
+            ("bias", self.bias.as_ref()),
+        ];
+        check_outputs(gpu, &reads, &outputs)?;
         match call {
             Call::Rows(r) => r.encode(gpu, encoder, x, &out.y, Some(&out.mean), &out.rstd),
             Call::Channels(c) => {

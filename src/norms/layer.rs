@@ -203,9 +203,14 @@ impl LayerNorm {
     ) -> Result<()> {
         x.check_device(gpu, "x")?;
         let (op, _) = self.op(gpu, x.shape())?;
+        let reads = [
+            ("the input", Some(x)),
+            ("weight", self.weight.as_ref()),
+            ("bias", self.bias.as_ref()),
+        ];
         check_outputs(
             gpu,
-            x,
+            &reads,
             &[
                 ("y", &out.y, x.numel()),
                 ("mean", &out.mean, op.rows),

@@ -155,7 +155,8 @@ impl RmsNorm {
         x.check_device(gpu, "x")?;
         let (op, _) = self.op(gpu, x.shape())?;
         let outputs = [("y", &out.y, x.numel()), ("rstd", &out.rstd, op.rows)];
-        check_outputs(gpu, x, &outputs)?;
+        let reads = [("the input", Some(x)), ("weight", self.weight.as_ref())];
+        check_outputs(gpu, &reads, &outputs)?;
         op.encode(gpu, encoder, x, &out.y, None, &out.rstd)
     }
 }

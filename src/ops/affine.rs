@@ -40,21 +40,28 @@ pub(crate) fn check_affine(
     Ok(())
 }
 
-/// Outputs given to an `encode`: on `gpu`, not sharing x's buffer, of the right sizes.
+/// Outputs given to an `encode`: on `gpu`, of the right sizes, sharing no buffer with each
+/// other or with a tensor the call reads (x first, then weight, bias, running statistics).
 pub(crate) fn check_outputs(
     gpu: &Gpu,
-    x: &Tensor,
+    reads: &[(&str, Option<&Tensor>)],
     outputs: &[(&str, &Tensor, usize)],
 ) -> Result<()> {
-    x.check_device(gpu, "x")?;
-    for &(name, t, n) in outputs {
+    for (i, &(name, t, n)) in outputs.iter().enumerate() {
         t.check_device(gpu, "output")?;
-        t.check_no_alias(name, x)?;
         if t.numel() != n {
             return Err(NormError::Shape(format!(
                 "output {name} has {} values, needs {n}",
                 t.numel()
             )));
+        }
+        for &(other, r) in reads {
+            if let Some(r) = r {
+                t.check_no_alias(name, other, r)?;
+            }
+        }
+        for &(other, o, _) in &outputs[..i] {
+            t.check_no_alias(name, &format!("output {other}"), o)?;
         }
     }
     Ok(())

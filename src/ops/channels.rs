@@ -49,17 +49,37 @@ pub(crate) struct Blocks {
     pub nbt: u64,
 }
 
-/// Where the statistics come from.
+/// BatchNorm's running statistics and how a batch updates them.
+#[derive(Clone, Copy)]
+pub(crate) struct Running<'a> {
+    pub mean: &'a Tensor,
+    pub var: &'a Tensor,
+    /// Weight of this batch (momentum, or 1 / batches seen).
+    pub factor: f32,
+    /// Running variance from the unbiased batch variance.
+    pub unbiased: bool,
+}
+
+/// Where the statistics come from, and what the call writes.
 pub(crate) enum Source<'a> {
-    /// The batch: mean and invstd written per statistic; BatchNorm's running statistics updated
-    /// with (running_mean, running_var, factor, unbiased) when given.
+    /// The batch: mean and invstd written per statistic, running statistics updated when given.
     Batch {
         mean: &'a Tensor,
         invstd: &'a Tensor,
-        update: Option<(&'a Tensor, &'a Tensor, f32, bool)>,
+        update: Option<Running<'a>>,
     },
-    /// BatchNorm inference: the running statistics (running_mean, running_var).
+    /// BatchNorm inference: the running statistics (mean, var).
     Running(&'a Tensor, &'a Tensor),
+    /// SyncBatchNorm, first half: this part's (pivot, mean of x - pivot, m2, count) per
+    /// statistic into the tensor; no output.
+    Local(&'a Tensor),
+    /// SyncBatchNorm, second half: given global statistics (see `channels_given_coef`).
+    Given {
+        stats: &'a Tensor,
+        mean: &'a Tensor,
+        invstd: &'a Tensor,
+        update: Option<Running<'a>>,
+    },
 }
 
 /// One call of the channels family on x viewed as `[n, c, s]` runs (channels-last: s = 1, n =
@@ -224,13 +244,12 @@ impl Channels<'_> {
     ) -> Result<()> {
         // Held until the call's temporaries (uniforms, scratch) are freed (see `Gpu::turn`).
         let _turn = gpu.turn();
-        let batch = matches!(source, Source::Batch { .. });
-        let plan = self.plan(gpu, batch)?;
+        let from_x = matches!(source, Source::Batch { .. } | Source::Local(_));
+        let plan = self.plan(gpu, from_x)?;
         let cp = plan.channels.expect("a channels plan");
         let wg = plan.workgroup_size;
         let b = cp.blocks;
         let (n, c, s) = (self.n, self.c, self.s);
-        let slab = c * s;
         let samples = self.samples();
         let plane = samples * c.div_ceil(4) * 4;
         let (dummy, sink) = (gpu.placeholder()?, gpu.sink()?);
@@ -239,16 +258,9 @@ impl Channels<'_> {
         // Three planes, then a vec4 per entry (see apply.wgsl).
         let coef = Tensor::empty(gpu, &[(7 * plane) as usize])?;
         let partials = Tensor::empty(gpu, &[(2 * samples * c * b.nbt).max(4) as usize])?;
-        let vec = match cp.channels_last {
-            true => c.is_multiple_of(4),
-            false => s.is_multiple_of(4),
-        };
-        let (update, factor, unbiased) = match &source {
-            Source::Batch {
-                update: Some((_, _, f, u)),
-                ..
-            } => (true, *f, *u),
-            _ => (false, 0.0, true),
+        let update = match &source {
+            Source::Batch { update, .. } | Source::Given { update, .. } => *update,
+            _ => None,
         };
         let base = ChannelsParams {
             n: n as u32,
@@ -259,108 +271,32 @@ impl Channels<'_> {
             ssegs: b.ssegs as u32,
             nbt: b.nbt as u32,
             eps: self.eps,
-            factor,
+            factor: update.map_or(0.0, |u| u.factor),
             spr: self.spr as u32,
             groups: self.groups as u32,
             cpg: self.cpg as u32,
             plane: plane as u32,
             ..Default::default()
         };
-        let o_stats = Overrides::new(wg, wg)
+        let (rm, rv) = update.map_or((&sink, &sink), |u| (u.mean, u.var));
+        let coefs = Overrides::new(wg, cp.finalize_threads)
             .flag(Flag::HasWeight, self.weight.is_some())
             .flag(Flag::HasBias, self.bias.is_some())
-            .flag(Flag::Update, update)
-            .flag(Flag::Unbiased, unbiased);
-        let xv = |r0: u64, r1: u64| view(gpu, r0 * slab, r1 * slab, x.buffer().size());
+            .flag(Flag::Update, update.is_some())
+            .flag(Flag::Unbiased, update.is_none_or(|u| u.unbiased));
+        let per_channel = (c as u32).div_ceil(wg);
+        let launch = |kernel, o: &Overrides, groups| {
+            Launch::new(gpu, Shader::Channels, kernel, o, groups, |g| {
+                ChannelsParams { grid_x: g, ..base }
+            })
+        };
         let mut launches = Vec::new();
+        if from_x {
+            self.stage1(gpu, &cp, wg, base, x, &coef, &partials, &mut launches)?;
+        }
         match source {
-            Source::Batch {
-                mean,
-                invstd,
-                update,
-            } => {
-                let per_sample = samples > 1;
-                let o_part = Overrides::new(wg, cp.partial_threads).flag(Flag::Vec, vec);
-                for (i, (r0, r1)) in chunks(n, cp.chunk_runs).enumerate() {
-                    let runs = r1 - r0;
-                    let v = xv(r0, r1);
-                    let chunk = ChannelsParams {
-                        runs: runs as u32,
-                        run0: r0 as u32,
-                        x_off: v.elem_off,
-                        ..base
-                    };
-                    // Pivots: per sample, from each chunk's own samples; per channel, from the
-                    // first chunk.
-                    let (k0, k1) = match per_sample {
-                        true => (r0 / self.spr * self.groups, r1 / self.spr * self.groups),
-                        false => (0, if i == 0 { self.groups } else { 0 }),
-                    };
-                    if k1 > k0 {
-                        let p = ChannelsParams {
-                            k0: k0 as u32,
-                            work: (k1 - k0) as u32,
-                            ..chunk
-                        };
-                        let groups = ((k1 - k0) as u32).div_ceil(wg);
-                        let plain = Overrides::new(wg, wg);
-                        launches.push(
-                            Launch::new(
-                                gpu,
-                                Shader::Channels,
-                                Kernel::ChannelsPivot,
-                                &plain,
-                                groups,
-                                |g| ChannelsParams { grid_x: g, ..p },
-                            )?
-                            .bind("x", v.bind(x.buffer()))
-                            .buf("coef_w", coef.buffer()),
-                        );
-                    }
-                    let (kernel, work, groups) = if cp.channels_last {
-                        let lanes = if vec { c / 4 } else { c };
-                        let blocks = match per_sample {
-                            true => runs / self.spr * b.nbt,
-                            false => runs.div_ceil(b.nbr),
-                        };
-                        let work = (blocks * lanes) as u32;
-                        (Kernel::ChannelsPartialCl, work, work.div_ceil(wg))
-                    } else {
-                        let groups = c * runs.div_ceil(b.nbr) * b.ssegs;
-                        let per_wg = u64::from(wg / cp.partial_threads);
-                        (Kernel::ChannelsPartialCf, 0, groups.div_ceil(per_wg) as u32)
-                    };
-                    launches.push(
-                        Launch::new(gpu, Shader::Channels, kernel, &o_part, groups, |g| {
-                            ChannelsParams {
-                                grid_x: g,
-                                work,
-                                ..chunk
-                            }
-                        })?
-                        .bind("x", v.bind(x.buffer()))
-                        .buf("partials", partials.buffer())
-                        .buf("coef", coef.buffer()),
-                    );
-                }
-                let (rm, rv) = match update {
-                    Some((rm, rv, _, _)) => (rm, rv),
-                    None => (&sink, &sink),
-                };
-                let o_fin = Overrides::new(wg, cp.finalize_threads)
-                    .flag(Flag::HasWeight, self.weight.is_some())
-                    .flag(Flag::HasBias, self.bias.is_some())
-                    .flag(Flag::Update, update.is_some())
-                    .flag(Flag::Unbiased, unbiased);
-                launches.push(
-                    Launch::new(
-                        gpu,
-                        Shader::Channels,
-                        Kernel::ChannelsFinalize,
-                        &o_fin,
-                        cp.finalize_workgroups,
-                        |g| ChannelsParams { grid_x: g, ..base },
-                    )?
+            Source::Batch { mean, invstd, .. } => launches.push(
+                launch(Kernel::ChannelsFinalize, &coefs, cp.finalize_workgroups)?
                     .buf("partials", partials.buffer())
                     .buf("coef_w", coef.buffer())
                     .buf("gamma", gamma)
@@ -369,26 +305,42 @@ impl Channels<'_> {
                     .buf("running_var", rv.buffer())
                     .buf("mean_out", mean.buffer())
                     .buf("invstd_out", invstd.buffer()),
-                );
-            }
-            Source::Running(rm, rv) => {
-                let groups = (c as u32).div_ceil(wg);
+            ),
+            Source::Local(out) => {
+                let o = Overrides::new(wg, cp.finalize_threads);
                 launches.push(
-                    Launch::new(
-                        gpu,
-                        Shader::Channels,
-                        Kernel::ChannelsEvalCoef,
-                        &o_stats,
-                        groups,
-                        |g| ChannelsParams { grid_x: g, ..base },
-                    )?
+                    launch(Kernel::ChannelsLocalStats, &o, cp.finalize_workgroups)?
+                        .buf("partials", partials.buffer())
+                        .buf("coef_w", coef.buffer())
+                        .buf("slot_stats", out.buffer()),
+                );
+                // Statistics only: no output pass.
+                return record_all(gpu, encoder, &launches);
+            }
+            Source::Running(mean, var) => launches.push(
+                launch(Kernel::ChannelsEvalCoef, &coefs, per_channel)?
+                    .buf("coef_w", coef.buffer())
+                    .buf("gamma", gamma)
+                    .buf("beta", beta)
+                    .buf("running_mean", mean.buffer())
+                    .buf("running_var", var.buffer()),
+            ),
+            Source::Given {
+                stats,
+                mean,
+                invstd,
+                ..
+            } => launches.push(
+                launch(Kernel::ChannelsGivenCoef, &coefs, per_channel)?
+                    .buf("slot_stats", stats.buffer())
                     .buf("coef_w", coef.buffer())
                     .buf("gamma", gamma)
                     .buf("beta", beta)
                     .buf("running_mean", rm.buffer())
-                    .buf("running_var", rv.buffer()),
-                );
-            }
+                    .buf("running_var", rv.buffer())
+                    .buf("mean_out", mean.buffer())
+                    .buf("invstd_out", invstd.buffer()),
+            ),
         }
         let apply = Apply {
             n,
@@ -401,5 +353,91 @@ impl Channels<'_> {
         };
         launches.extend(apply.launches(gpu, x, y, &coef)?);
         record_all(gpu, encoder, &launches)
+    }
+
+    /// Stage 1, per chunk of x: the pivots (per sample from each chunk's own samples; per
+    /// channel from the first chunk), then the per-block partials.
+    #[allow(clippy::too_many_arguments)]
+    fn stage1<'a>(
+        &self,
+        gpu: &Gpu,
+        cp: &ChannelsPlan,
+        wg: u32,
+        base: ChannelsParams,
+        x: &'a Tensor,
+        coef: &'a Tensor,
+        partials: &'a Tensor,
+        launches: &mut Vec<Launch<'a>>,
+    ) -> Result<()> {
+        let (c, s, b) = (self.c, self.s, cp.blocks);
+        let slab = c * s;
+        let per_sample = self.samples() > 1;
+        let vec = match cp.channels_last {
+            true => c.is_multiple_of(4),
+            false => s.is_multiple_of(4),
+        };
+        let plain = Overrides::new(wg, wg);
+        let o_part = Overrides::new(wg, cp.partial_threads).flag(Flag::Vec, vec);
+        for (i, (r0, r1)) in chunks(self.n, cp.chunk_runs).enumerate() {
+            let runs = r1 - r0;
+            let v = view(gpu, r0 * slab, r1 * slab, x.buffer().size());
+            let chunk = ChannelsParams {
+                runs: runs as u32,
+                run0: r0 as u32,
+                x_off: v.elem_off,
+                ..base
+            };
+            let (k0, k1) = match per_sample {
+                true => (r0 / self.spr * self.groups, r1 / self.spr * self.groups),
+                false => (0, if i == 0 { self.groups } else { 0 }),
+            };
+            if k1 > k0 {
+                let work = (k1 - k0) as u32;
+                let p = |g| ChannelsParams {
+                    k0: k0 as u32,
+                    work,
+                    grid_x: g,
+                    ..chunk
+                };
+                let groups = work.div_ceil(wg);
+                launches.push(
+                    Launch::new(
+                        gpu,
+                        Shader::Channels,
+                        Kernel::ChannelsPivot,
+                        &plain,
+                        groups,
+                        p,
+                    )?
+                    .bind("x", v.bind(x.buffer()))
+                    .buf("coef_w", coef.buffer()),
+                );
+            }
+            let (kernel, work, groups) = if cp.channels_last {
+                let lanes = if vec { c / 4 } else { c };
+                let blocks = match per_sample {
+                    true => runs / self.spr * b.nbt,
+                    false => runs.div_ceil(b.nbr),
+                };
+                let work = (blocks * lanes) as u32;
+                (Kernel::ChannelsPartialCl, work, work.div_ceil(wg))
+            } else {
+                let groups = c * runs.div_ceil(b.nbr) * b.ssegs;
+                let per_wg = u64::from(wg / cp.partial_threads);
+                (Kernel::ChannelsPartialCf, 0, groups.div_ceil(per_wg) as u32)
+            };
+            let p = |g| ChannelsParams {
+                grid_x: g,
+                work,
+                ..chunk
+            };
+            launches.push(
+                Launch::new(gpu, Shader::Channels, kernel, &o_part, groups, p)?
+                    .bind("x", v.bind(x.buffer()))
+                    .buf("partials", partials.buffer())
+                    .buf("coef", coef.buffer()),
+            );
+        }
+        Ok(())
     }
 }

@@ -165,8 +165,14 @@ impl Gpu {
         u64::from(self.limits().min_storage_buffer_offset_alignment).max(16)
     }
 
-    /// Largest workgroup this crate uses on this device (the shaders' workgroup arrays hold 256).
+    /// Largest workgroup this crate uses on this device: a power of two (reductions split it
+    /// into power-of-two groups), at most 256 (the shaders' workgroup arrays).
     pub(crate) fn max_wg(&self) -> u32 {
-        self.limits().max_compute_invocations_per_workgroup.min(256)
+        let l = self.limits();
+        let most = l
+            .max_compute_invocations_per_workgroup
+            .min(l.max_compute_workgroup_size_x)
+            .clamp(1, 256);
+        1 << most.ilog2()
     }
 }

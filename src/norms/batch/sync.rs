@@ -1,0 +1,150 @@
+//! SyncBatchNorm: batch statistics of a batch split across processes (or threads, or GPUs).
+//! Each rank reduces its part on its GPU ([`BatchNorm::local_stats`]), the ranks exchange the
+//! per-channel (count, mean, m2) through a [`StatsReducer`], every rank merges them in rank
+//! order in f64 ([`ChannelStats::merge`]) and normalizes with the result
+//! ([`BatchNorm::forward_train_with_stats`]): identical bits on every rank.
+
+use super::{BatchNorm, BatchNormOutput, Layout, TrainCommit};
+use crate::context::Gpu;
+use crate::error::{NormError, Result};
+use crate::ops::channels::Source;
+use crate::stats::{ChannelStats, StatsReducer};
+use crate::tensor::Tensor;
+
+impl BatchNorm {
+    /// Per-channel statistics of `x` (count, mean, m2), reduced on the GPU by the training
+    /// kernels (pivot, partials, fixed-order merge) and read back as f64. Blocks. Nothing of
+    /// the module changes.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0], &[4, 1])?;
+    /// let bn = BatchNorm::new(&gpu, 1)?;
+    /// let st = bn.local_stats(&gpu, &x, Layout::ChannelsLast)?;
+    /// assert_eq!((st.count[0], st.mean[0], st.m2[0]), (4, 2.5, 5.0));
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn local_stats(&self, gpu: &Gpu, x: &Tensor, layout: Layout) -> Result<ChannelStats> {
+        x.check_device(gpu, "x")?;
+        let op = self.op(gpu, x.shape(), layout)?;
+        let c = self.channels;
+        let out = Tensor::empty(gpu, &[c, 4])?;
+        let mut enc = gpu.encoder();
+        // Statistics only: nothing is written to the output argument.
+        op.encode(gpu, &mut enc, x, x, Source::Local(&out))?;
+        gpu.submit_wait(enc)?;
+        let v = out.to_vec(gpu)?;
+        // (pivot, mean of x - pivot, m2, -) per channel; the pivot keeps the mean exact.
+        Ok(ChannelStats {
+            count: vec![op.n * op.s; c],
+            mean: v
+                .chunks_exact(4)
+                .map(|q| f64::from(q[0]) + f64::from(q[1]))
+                .collect(),
+            m2: v.chunks_exact(4).map(|q| f64::from(q[2])).collect(),
+        })
+    }
+
+    /// Training forward with given batch statistics (usually [`ChannelStats::merge`] of every
+    /// rank's [`BatchNorm::local_stats`]): normalizes x with their mean and biased variance,
+    /// and updates the running statistics from them with their count (unbiased variance
+    /// m2 / (count - 1) unless `.running_var_unbiased(false)`). The f64 statistics are rounded
+    /// to f32 once on the host, so ranks with the same statistics compute the same bits.
+    /// Blocks. On error nothing changes.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let (a, b) = (Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?, Tensor::from_slice(&gpu, &[2.0; 12], &[3, 4])?);
+    /// let mut bn = BatchNorm::new(&gpu, 4)?;
+    /// let parts = [bn.local_stats(&gpu, &a, Layout::ChannelsLast)?, bn.local_stats(&gpu, &b, Layout::ChannelsLast)?];
+    /// let global = ChannelStats::merge(&parts)?;
+    /// let out = bn.forward_train_with_stats(&gpu, &a, Layout::ChannelsLast, &global)?; // a's rows
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn forward_train_with_stats(
+        &mut self,
+        gpu: &Gpu,
+        x: &Tensor,
+        layout: Layout,
+        stats: &ChannelStats,
+    ) -> Result<BatchNormOutput> {
+        x.check_device(gpu, "x")?;
+        let op = self.op(gpu, x.shape(), layout)?;
+        let c = self.channels;
+        if stats.channels() != c || stats.mean.len() != c || stats.m2.len() != c {
+            return Err(NormError::Shape(format!(
+                "statistics for {} channels, the BatchNorm has {c}",
+                stats.channels()
+            )));
+        }
+        let var_b = stats.var_biased();
+        let var_run = if self.unbiased {
+            stats.var_unbiased()
+        } else {
+            var_b.clone()
+        };
+        // The f32 mean is the apply's centre; the rest of the f64 mean goes into the shift.
+        let given: Vec<f32> = (0..c)
+            .flat_map(|ch| {
+                let m = stats.mean[ch];
+                let rest = m - f64::from(m as f32);
+                [m, var_b[ch], var_run[ch], rest].map(|v| v as f32)
+            })
+            .collect();
+        let given = Tensor::from_slice(gpu, &given, &[c, 4])?;
+        let out = BatchNormOutput {
+            y: Tensor::empty(gpu, x.shape())?,
+            mean: Tensor::empty(gpu, &[c])?,
+            invstd: Tensor::empty(gpu, &[c])?,
+        };
+        let update = self.track_running_stats;
+        let mut enc = gpu.encoder();
+        {
+            let _turn = gpu.turn();
+            self.adopt_pending(gpu, &mut enc)?;
+            let source = Source::Given {
+                stats: &given,
+                mean: &out.mean,
+                invstd: &out.invstd,
+                update: update.then_some(self.running(self.factor())),
+            };
+            op.encode(gpu, &mut enc, x, &out.y, source)?;
+        }
+        gpu.submit_wait(enc)?;
+        TrainCommit { counted: update }.commit(self);
+        Ok(out)
+    }
+
+    /// SyncBatchNorm training forward: x is this rank's part of the global batch; normalizes
+    /// it with the statistics of the whole batch (all ranks' parts) and updates the running
+    /// statistics with them, identically on every rank. Collective: every rank of `reducer`
+    /// calls it, with its own part (parts may differ in size, down to one value per channel).
+    /// If any rank's input is bad, every rank returns [`NormError::Collective`] naming the
+    /// lowest such rank, after one fixed-size exchange (no rank waits for a failed one).
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+    /// let solo = ThreadReducer::group(1).pop().unwrap(); // or dist::MpiReducer::new(world)
+    /// let mut bn = BatchNorm::new(&gpu, 4)?;
+    /// let out = bn.forward_train_sync(&gpu, &x, Layout::ChannelsLast, &solo)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn forward_train_sync<R: StatsReducer + ?Sized>(
+        &mut self,
+        gpu: &Gpu,
+        x: &Tensor,
+        layout: Layout,
+        reducer: &R,
+    ) -> Result<BatchNormOutput> {
+        // Local statistics first, so a GPU error here is agreed on too.
+        let local = self.local_stats(gpu, x, layout);
+        reducer.agree(self.channels, local.as_ref().err())?;
+        let parts = reducer.all_gather_stats(&local?)?;
+        let global = ChannelStats::merge(&parts)?;
+        self.forward_train_with_stats(gpu, x, layout, &global)
+    }
+}
