@@ -1,12 +1,16 @@
 //! Prints a markdown table of each kernel against a vec4 copy of the same bytes (the bandwidth
-//! limit), the naive multi-pass baseline and the CPU reference, on the current adapter.
+//! limit), the naive multi-pass baseline and the f64 reference, on the current adapter.
 //!
 //! cargo run --release --example bench -- [--quick] [--json FILE] [--variants] [--filter OP]
 
-use std::fmt::Write as _;
+#[path = "../benches/common/mod.rs"]
+mod common;
 
-use fused_norm::bench::{self, Op, Row};
-use fused_norm::{Gpu, Layout, LnVariant};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use common::{Op, Row};
+use fused_norm::LnVariant;
 
 struct Args {
     quick: bool,
@@ -43,20 +47,17 @@ fn json_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn layout_name(r: &Row) -> &'static str {
-    match (r.case.op, r.case.layout) {
-        (Op::LayerNorm, _) => "rows",
-        (_, Layout::ChannelsFirst) => "NCHW",
-        (_, Layout::ChannelsLast) => "NHWC",
-    }
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.2}"))
 }
 
 fn main() -> Result<(), fused_norm::NormError> {
     let a = args();
-    let gpu = Gpu::new()?;
+    let gpu = common::gpu()?;
+    let base = Arc::new(common::baseline::Baselines::new(&gpu));
     let info = gpu.adapter_info();
-    let timer = bench::GpuTimer::new(&gpu);
-    let overhead = bench::submit_overhead_ms(&gpu, 20)?;
+    let timer = common::GpuTimer::new(&gpu);
+    let overhead = common::submit_overhead_ms(&gpu, 20)?;
     let (samples, iters) = if a.quick { (3, 1) } else { (7, 3) };
     println!("adapter: {}", gpu.describe());
     println!(
@@ -75,15 +76,15 @@ fn main() -> Result<(), fused_norm::NormError> {
         "| op | shape | layout | variant | MB moved | ms | GB/s | x copy | vs naive | CPU f64 ms |"
     );
     println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|");
-    let mut rows = Vec::new();
-    for case in bench::grid() {
+    let mut rows: Vec<(Row, bool)> = Vec::new();
+    for case in common::grid() {
         if let Some(f) = &a.filter {
             if !case.op.name().contains(f.as_str()) {
                 continue;
             }
         }
         let mut variants = vec![None];
-        if a.variants && case.op == Op::LayerNorm {
+        if a.variants && matches!(case.op, Op::LayerNorm | Op::RmsNorm) {
             variants = vec![
                 None,
                 Some(LnVariant::Rows { threads_per_row: 1 }),
@@ -95,12 +96,12 @@ fn main() -> Result<(), fused_norm::NormError> {
             ];
         }
         for v in variants {
-            let r = bench::run_case(&gpu, &timer, &case, v, samples, iters)?;
+            let r = common::run_case(&gpu, &base, &timer, &case, v, samples, iters)?;
             println!(
-                "| {} | {:?} | {} | {} | {:.1} | {:.3} | {:.2} | {:.2} | {:.2} | {:.1} |",
+                "| {} | {:?} | {} | {} | {:.1} | {:.3} | {:.2} | {:.2} | {} | {:.1} |",
                 r.case.op.name(),
                 r.case.shape,
-                layout_name(&r),
+                r.case.layout_name(),
                 if v.is_some() {
                     format!("{} (forced)", r.variant)
                 } else {
@@ -110,7 +111,7 @@ fn main() -> Result<(), fused_norm::NormError> {
                 r.median_ms,
                 r.gbps(),
                 r.ratio_to_copy(),
-                r.speedup_vs_naive(),
+                fmt_opt(r.speedup_vs_naive()),
                 r.cpu_ms
             );
             rows.push((r, v.is_some()));
@@ -138,16 +139,16 @@ fn main() -> Result<(), fused_norm::NormError> {
                  \"speedup_vs_naive\": {}, \"timer\": {}}}{}",
                 json_str(r.case.op.name()),
                 shape.join(", "),
-                json_str(layout_name(r)),
+                json_str(r.case.layout_name()),
                 json_str(&r.variant),
                 r.bytes,
                 r.median_ms,
                 r.gbps(),
                 r.copy_ms,
-                r.naive_ms,
+                r.naive_ms.map_or("null".into(), |v| v.to_string()),
                 r.cpu_ms,
                 r.ratio_to_copy(),
-                r.speedup_vs_naive(),
+                r.speedup_vs_naive().map_or("null".into(), |v| v.to_string()),
                 json_str(r.timer.name()),
                 if i + 1 < rows.len() { "," } else { "" }
             );

@@ -47,6 +47,9 @@ pub struct GpuOptions {
     pub power_preference: wgpu::PowerPreference,
     /// Which kernel-selection tables to use (default: from the adapter's device type).
     pub tuning: Tuning,
+    /// Request timestamp queries (for benchmarks) where the adapter has them; off by default,
+    /// since the kernels never need them.
+    pub timestamps: bool,
 }
 
 /// Kernel-selection tables. CPU adapters (lavapipe, llvmpipe, WARP) pay microseconds per
@@ -182,10 +185,11 @@ impl Gpu {
                     .unwrap_or_default();
                 NormError::NoAdapter(format!("{backend} ({e})"))
             })?;
-        let wanted = wgpu::Features::SUBGROUP
-            | wgpu::Features::SHADER_F16
-            | wgpu::Features::TIMESTAMP_QUERY
-            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let mut wanted = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
+        if opts.timestamps {
+            wanted |=
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        }
         let mut features = adapter.features() & wanted;
         if opts.disable_subgroups {
             features.remove(wgpu::Features::SUBGROUP);
@@ -602,11 +606,6 @@ impl Gpu {
         let bytes = buffer.get_mapped_range(..).map_err(|e| err(&e))?.to_vec();
         buffer.unmap();
         Ok(bytes)
-    }
-
-    /// Blocking [`Gpu::read_mapped_async`].
-    pub(crate) fn read_mapped(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
-        block(self.read_mapped_async(buffer))?
     }
 
     /// A new command encoder on this device.

@@ -10,8 +10,6 @@
 //! # Ok::<(), fused_norm::NormError>(())
 //! ```
 
-pub mod baseline;
-pub mod bench;
 mod context;
 #[cfg(feature = "mpi")]
 pub mod dist;

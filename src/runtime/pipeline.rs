@@ -18,8 +18,6 @@ pub(crate) enum Shader {
     Channels,
     /// `apply.wgsl`: the elementwise pass of the channels family.
     Apply,
-    /// `baseline.wgsl`: the benchmarks' copy and naive kernels.
-    Baseline,
 }
 
 /// A kernel: its family and entry point.
@@ -41,13 +39,6 @@ pub(crate) enum Kernel {
     ApplyCf4,
     ApplyCl4,
     ApplyScalar,
-    Copy,
-    NaiveLnMean,
-    NaiveLnVar,
-    NaiveLnApply,
-    NaiveBnMean,
-    NaiveBnVar,
-    NaiveBnApply,
 }
 
 impl Kernel {
@@ -69,13 +60,6 @@ impl Kernel {
             Kernel::ApplyCf4 => "apply_cf4",
             Kernel::ApplyCl4 => "apply_cl4",
             Kernel::ApplyScalar => "apply_scalar",
-            Kernel::Copy => "copy_vec4",
-            Kernel::NaiveLnMean => "naive_ln_mean",
-            Kernel::NaiveLnVar => "naive_ln_var",
-            Kernel::NaiveLnApply => "naive_ln_apply",
-            Kernel::NaiveBnMean => "naive_bn_mean",
-            Kernel::NaiveBnVar => "naive_bn_var",
-            Kernel::NaiveBnApply => "naive_bn_apply",
         }
     }
 }
@@ -86,7 +70,6 @@ impl Shader {
             Shader::Rows { .. } => "rows",
             Shader::Channels => "channels",
             Shader::Apply => "apply",
-            Shader::Baseline => "baseline",
         }
     }
 
@@ -98,7 +81,6 @@ impl Shader {
             ),
             Shader::Channels => include_str!("../../shaders/channels.wgsl").into(),
             Shader::Apply => include_str!("../../shaders/apply.wgsl").into(),
-            Shader::Baseline => include_str!("../../shaders/baseline.wgsl").into(),
         }
     }
 
@@ -118,15 +100,13 @@ impl Shader {
     }
 }
 
-/// The WGSL of a kernel family (`"rows"`, `"channels"`, `"apply"`, `"baseline"`) as the crate
-/// builds it, for the shader tests (naga validation on every back end). Not part of the API.
+/// The WGSL of a kernel family (`"rows"`, `"channels"`, `"apply"`) as the crate builds it, for the shader tests (naga validation on every back end). Not part of the API.
 #[doc(hidden)]
 pub fn module_source(family: &str, subgroups: bool) -> Option<String> {
     [
         Shader::Rows { row_cache: 16 },
         Shader::Channels,
         Shader::Apply,
-        Shader::Baseline,
     ]
     .into_iter()
     .find(|s| s.file() == family)

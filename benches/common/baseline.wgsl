@@ -16,6 +16,10 @@ struct BaseParams {
     _pad: u32,
 }
 
+// Standalone (the library's preludes are not prepended): its own workgroup size.
+override WG: u32 = 256u;
+const MAX_WG: u32 = 256u;
+
 override HAS_W: bool = false;
 override HAS_B: bool = false;
 
