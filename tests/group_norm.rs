@@ -756,6 +756,36 @@ fn encode_refuses_wrong_sizes_and_aliasing() {
         .encode(g, &mut enc, &x4, Layout::ChannelsFirst, &out)
         .unwrap_err();
     assert!(matches!(e, NormError::InvalidArgument(_)), "{e}");
+    // mean and rstd the same buffer; rstd sharing the bias's, mean the weight's buffer.
+    let stats = t(g, &[1, 4]);
+    let same = NormOutput {
+        y: t(g, &[1, 4]),
+        mean: stats.clone(),
+        rstd: stats,
+    };
+    let (w, b) = (t(g, &[4]), t(g, &[4]));
+    let read = NormOutput {
+        y: t(g, &[1, 4]),
+        mean: w.reshape(&[1, 4]).unwrap(),
+        rstd: b.reshape(&[1, 4]).unwrap(),
+    };
+    for layout in LAYOUTS {
+        let e = gn4.encode(g, &mut enc, &x4, layout, &same).unwrap_err();
+        assert!(
+            matches!(e, NormError::InvalidArgument(_)),
+            "{layout:?}: {e}"
+        );
+        let e = gn4
+            .clone()
+            .weight(w.clone())
+            .bias(b.clone())
+            .encode(g, &mut enc, &x4, layout, &read)
+            .unwrap_err();
+        assert!(
+            matches!(e, NormError::InvalidArgument(_)),
+            "{layout:?}: {e}"
+        );
+    }
     g.queue().submit([enc.finish()]);
     assert_bits_eq(
         "x",

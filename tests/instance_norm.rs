@@ -749,6 +749,44 @@ fn encode_refuses_wrong_sizes_and_aliasing() {
         .encode(g, &mut enc, &x, Layout::ChannelsFirst, &out)
         .unwrap_err();
     assert!(matches!(e, NormError::InvalidArgument(_)), "{e}");
+    // mean and rstd the same buffer; mean sharing the weight's, rstd the bias's buffer.
+    let stats = t(g, &[2, 4]);
+    let same = NormOutput {
+        y: t(g, &[2, 4, 1]),
+        mean: stats.clone(),
+        rstd: stats,
+    };
+    let (w, b) = (t(g, &[8]), t(g, &[8]));
+    let read = NormOutput {
+        y: t(g, &[2, 4, 1]),
+        mean: w.clone(),
+        rstd: b.clone(),
+    };
+    let inn8 = InstanceNorm::new(8);
+    let x8 = t(g, &[1, 8, 3]);
+    for layout in LAYOUTS {
+        let x = x.reshape(&layout_shape(2, 4, &[1], layout)).unwrap();
+        let e = inn.encode(g, &mut enc, &x, layout, &same).unwrap_err();
+        assert!(
+            matches!(e, NormError::InvalidArgument(_)),
+            "{layout:?}: {e}"
+        );
+        let read = NormOutput {
+            y: t(g, &[1, 8, 3]),
+            ..read.clone()
+        };
+        let x8 = x8.reshape(&layout_shape(1, 8, &[3], layout)).unwrap();
+        let e = inn8
+            .clone()
+            .weight(w.clone())
+            .bias(b.clone())
+            .encode(g, &mut enc, &x8, layout, &read)
+            .unwrap_err();
+        assert!(
+            matches!(e, NormError::InvalidArgument(_)),
+            "{layout:?}: {e}"
+        );
+    }
     g.queue().submit([enc.finish()]);
     assert_bits_eq(
         "x",

@@ -563,6 +563,30 @@ fn encode_refuses_wrong_sizes_and_aliasing() {
         .encode(g, &mut enc, &x4, &out)
         .unwrap_err();
     assert!(matches!(e, NormError::InvalidArgument(_)), "{e}");
+    // y and rstd the same buffer; rstd sharing the weight's buffer.
+    let out = RmsNormOutput {
+        y: t(g, &[4, 1]),
+        rstd: t(g, &[4, 1]),
+    };
+    let same = RmsNormOutput {
+        y: out.y.clone(),
+        rstd: out.y.clone(),
+    };
+    let e = RmsNorm::new(&[1])
+        .encode(g, &mut enc, &x4, &same)
+        .unwrap_err();
+    assert!(matches!(e, NormError::InvalidArgument(_)), "{e}");
+    let w = t(g, &[4]);
+    let x44 = t(g, &[4, 4]);
+    let out = RmsNormOutput {
+        y: t(g, &[4, 4]),
+        rstd: w.reshape(&[4, 1]).unwrap(),
+    };
+    let e = RmsNorm::new(&[4])
+        .weight(w)
+        .encode(g, &mut enc, &x44, &out)
+        .unwrap_err();
+    assert!(matches!(e, NormError::InvalidArgument(_)), "{e}");
     // Nothing was recorded that breaks the encoder, and x is unchanged.
     g.queue().submit([enc.finish()]);
     assert_eq!(
