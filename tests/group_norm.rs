@@ -509,6 +509,79 @@ fn a_sample_larger_than_a_binding_is_too_large_or_right() {
 }
 
 #[test]
+fn tensor_over_128_mib_in_both_layouts() {
+    // 33.8M values (135 MB): more than lavapipe's 128 MiB binding, so the default context
+    // chunks it too.
+    let mut rng = Rng::new(216);
+    for layout in LAYOUTS {
+        let c = Case::new(&mut rng, (40, 32, &[160, 165], 8), layout, 2.0).affine(&mut rng);
+        assert!(c.x.len() * 4 > 128 << 20);
+        check_on(&[("default", gpu())], &c);
+    }
+}
+
+#[test]
+fn calls_recorded_in_one_encoder_keep_their_own_parameters() {
+    // GroupNorms of two shapes, layouts, eps values and affines, then one reading the first
+    // one's output, all in one encoder and one submit.
+    let mut rng = Rng::new(217);
+    let mut a =
+        Case::new(&mut rng, (3, 6, &[5, 7], 3), Layout::ChannelsFirst, 1.0).affine(&mut rng);
+    a.eps = 1e-3;
+    let b = Case::new(&mut rng, (2, 5, &[3, 3], 5), Layout::ChannelsLast, -3.0).affine(&mut rng);
+    for (path, g) in gpus() {
+        let out = |c: &Case| NormOutput {
+            y: Tensor::empty(g, &c.shape).unwrap(),
+            mean: Tensor::empty(g, &[c.shape[0], c.groups]).unwrap(),
+            rstd: Tensor::empty(g, &[c.shape[0], c.groups]).unwrap(),
+        };
+        let (oa, ob) = (out(&a), out(&b));
+        let oc = NormOutput {
+            y: Tensor::empty(g, &a.shape).unwrap(),
+            mean: Tensor::empty(g, &[3, 1]).unwrap(),
+            rstd: Tensor::empty(g, &[3, 1]).unwrap(),
+        };
+        let xa = Tensor::from_slice(g, &a.x, &a.shape).unwrap();
+        let xb = Tensor::from_slice(g, &b.x, &b.shape).unwrap();
+        let mut enc = g.device().create_command_encoder(&Default::default());
+        module(g, &a)
+            .encode(g, &mut enc, &xa, a.layout, &oa)
+            .unwrap();
+        module(g, &b)
+            .encode(g, &mut enc, &xb, b.layout, &ob)
+            .unwrap();
+        GroupNorm::new(1, 6)
+            .unwrap()
+            .encode(g, &mut enc, &oa.y, Layout::ChannelsFirst, &oc)
+            .unwrap();
+        g.queue().submit([enc.finish()]);
+        let c = Case {
+            x: oa.y.to_vec(g).unwrap(),
+            groups: 1,
+            weight: None,
+            bias: None,
+            eps: 1e-5,
+            ..a.clone()
+        };
+        for (name, case, o) in [("a", &a, &oa), ("b", &b, &ob), ("a then G=1", &c, &oc)] {
+            let (want_y, st) = case.reference();
+            let what = format!("{path} {name}");
+            assert_close(&format!("{what} y"), &o.y.to_vec(g).unwrap(), &want_y);
+            assert_close(
+                &format!("{what} mean"),
+                &o.mean.to_vec(g).unwrap(),
+                &st.mean,
+            );
+            assert_close(
+                &format!("{what} rstd"),
+                &o.rstd.to_vec(g).unwrap(),
+                &st.rstd,
+            );
+        }
+    }
+}
+
+#[test]
 fn same_input_gives_bit_identical_output() {
     let mut rng = Rng::new(211);
     let shapes: [Dims; 3] = [(8, 32, &[16, 16], 8), (2, 3, &[7, 7], 1), (4096, 6, &[], 2)];

@@ -501,6 +501,18 @@ fn chunked_bindings_match_the_reference() {
 }
 
 #[test]
+fn tensor_over_128_mib_in_both_layouts() {
+    // 33.7M values (135 MB): more than lavapipe's 128 MiB binding, so the default context
+    // chunks it too.
+    let mut rng = Rng::new(316);
+    for layout in LAYOUTS {
+        let c = Case::new(&mut rng, (16, 64, &[180, 183]), layout, 2.0).affine(&mut rng);
+        assert!(c.x.len() * 4 > 128 << 20);
+        check_on(&[("default", gpu())], &c);
+    }
+}
+
+#[test]
 fn same_input_gives_bit_identical_output() {
     let mut rng = Rng::new(312);
     let shapes: [Dims; 3] = [(8, 32, &[16, 16]), (2, 3, &[7, 7]), (1, 4096, &[6])];

@@ -418,6 +418,75 @@ fn encode_into_a_callers_encoder_and_buffers() {
 }
 
 #[test]
+fn calls_recorded_in_one_encoder_keep_their_own_parameters() {
+    // Two shapes, eps values and weights, then a third call reading the first one's output,
+    // all in one encoder and one submit.
+    let mut rng = Rng::new(114);
+    let (xa, xb) = (
+        rng.normals(5 * 7, 1.0, 2.0),
+        rng.normals(3 * 1000, -2.0, 0.5),
+    );
+    let (wa, wb) = (rng.normals(7, 1.0, 0.5), rng.normals(1000, 1.0, 0.5));
+    for (path, g) in gpus() {
+        let ta = Tensor::from_slice(g, &xa, &[5, 7]).unwrap();
+        let tb = Tensor::from_slice(g, &xb, &[3, 1000]).unwrap();
+        let out = |shape: &[usize], rows: usize| RmsNormOutput {
+            y: Tensor::empty(g, shape).unwrap(),
+            rstd: Tensor::empty(g, &[rows, 1]).unwrap(),
+        };
+        let (oa, ob, oc) = (out(&[5, 7], 5), out(&[3, 1000], 3), out(&[5, 7], 5));
+        let a = RmsNorm::new(&[7])
+            .eps(1e-3)
+            .weight(Tensor::from_slice(g, &wa, &[7]).unwrap());
+        let b = RmsNorm::new(&[1000])
+            .eps(1e-6)
+            .weight(Tensor::from_slice(g, &wb, &[1000]).unwrap());
+        let mut enc = g.device().create_command_encoder(&Default::default());
+        a.encode(g, &mut enc, &ta, &oa).unwrap();
+        b.encode(g, &mut enc, &tb, &ob).unwrap();
+        RmsNorm::from_axis(-1)
+            .encode(g, &mut enc, &oa.y, &oc)
+            .unwrap();
+        g.queue().submit([enc.finish()]);
+        let ya = oa.y.to_vec(g).unwrap();
+        let checks = [
+            ("a", &oa, reference::rms_norm(&xa, 7, Some(&wa), 1e-3)),
+            ("b", &ob, reference::rms_norm(&xb, 1000, Some(&wb), 1e-6)),
+            (
+                "a then from_axis",
+                &oc,
+                reference::rms_norm(&ya, 7, None, 1e-5),
+            ),
+        ];
+        for (name, o, (want_y, st)) in checks {
+            assert_close(
+                &format!("{path} {name} y"),
+                &o.y.to_vec(g).unwrap(),
+                &want_y,
+            );
+            assert_close(
+                &format!("{path} {name} rstd"),
+                &o.rstd.to_vec(g).unwrap(),
+                &st.rstd,
+            );
+        }
+    }
+}
+
+#[test]
+fn tensor_over_128_mib() {
+    let (rows, d) = (8200usize, 4097usize);
+    assert!(rows * d * 4 > 128 << 20);
+    let mut rng = Rng::new(115);
+    let mut c = Case::new(rng.normals(rows * d, 3.0, 1.0), &[rows, d]);
+    c.weight = Some(rng.normals(d, 1.0, 0.2));
+    let (want_y, want_rstd) = c.reference();
+    let (y, rstd) = run(gpu(), &c, LnVariant::Auto);
+    assert_close("y", &y, &want_y);
+    assert_close("rstd", &rstd, &want_rstd);
+}
+
+#[test]
 fn plan_names_the_kernels_and_honours_forcing() {
     for (path, g) in gpus() {
         let auto = RmsNorm::new(&[4096]).plan(g, &[8, 4096]).unwrap();
