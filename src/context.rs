@@ -168,23 +168,45 @@ impl Gpu {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub async fn with_options_async(opts: GpuOptions) -> Result<Gpu> {
-        // Instance::default() ignores WGPU_BACKEND; this reads it.
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions {
+        // Instance::default() ignores WGPU_BACKEND; this reads it. Without it, the native
+        // backends are asked first and GL only when they have no adapter: GL's EGL probe prints
+        // warnings (XDG_RUNTIME_DIR) on machines that never use it.
+        let from_env = std::env::var_os("WGPU_BACKEND").is_some();
+        let tries = match from_env {
+            true => vec![None],
+            false => vec![
+                Some(wgpu::Backends::PRIMARY),
+                Some(wgpu::Backends::SECONDARY),
+            ],
+        };
+        let mut failure = None;
+        let mut found = None;
+        for backends in tries {
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+            if let Some(b) = backends {
+                desc.backends = b;
+            }
+            let instance = wgpu::Instance::new(desc);
+            let options = wgpu::RequestAdapterOptions {
                 power_preference: opts.power_preference,
                 force_fallback_adapter: false,
                 compatible_surface: None,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                let backend = std::env::var("WGPU_BACKEND")
-                    .map(|b| format!(" for WGPU_BACKEND={b}"))
-                    .unwrap_or_default();
-                NormError::NoAdapter(format!("{backend} ({e})"))
-            })?;
+            };
+            match instance.request_adapter(&options).await {
+                Ok(a) => {
+                    found = Some(a);
+                    break;
+                }
+                Err(e) => failure = Some(e.to_string()),
+            }
+        }
+        let adapter = found.ok_or_else(|| {
+            let backend = std::env::var("WGPU_BACKEND")
+                .map(|b| format!(" for WGPU_BACKEND={b}"))
+                .unwrap_or_default();
+            NormError::NoAdapter(format!("{backend} ({})", failure.unwrap_or_default()))
+        })?;
         let mut wanted = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
         if opts.timestamps {
             wanted |=

@@ -30,6 +30,6 @@ pub use norms::{
     RmsNormPlan, RowsPlan, TrainCommit,
 };
 #[doc(hidden)]
-pub use runtime::pipeline::module_source;
+pub use runtime::{pipeline::module_source, uniform_layouts};
 pub use stats::{ChannelStats, StatsReducer, ThreadReducer};
 pub use tensor::Tensor;

@@ -147,8 +147,11 @@ impl Tensor {
     }
 
     /// Wraps an existing buffer without copying. It needs `STORAGE` usage (and `COPY_SRC` for
-    /// [`Tensor::to_vec`]) and at least `numel * 4` bytes rounded up to 16, and must come from
-    /// `gpu`'s device (wgpu cannot tell us which device a buffer belongs to).
+    /// [`Tensor::to_vec`]), at least `numel * 4` bytes, and must come from `gpu`'s device (wgpu
+    /// cannot tell us which device a buffer belongs to). The kernels read and write whole
+    /// vec4s: a buffer of `numel * 4` bytes that is not a multiple of 16 works too, through a
+    /// padded copy (its input needs `COPY_SRC`, an output `COPY_DST`); size buffers to a
+    /// multiple of 16 bytes to skip that copy.
     ///
     /// ```no_run
     /// # let gpu = fused_norm::Gpu::new()?;
@@ -167,10 +170,10 @@ impl Tensor {
                 buffer.usage()
             )));
         }
-        let need = padded_bytes(n);
+        let need = n as u64 * 4;
         if buffer.size() < need {
             return Err(NormError::Buffer(format!(
-                "shape {shape:?} needs {need} bytes (f32, padded to 16), the buffer has {}",
+                "shape {shape:?} needs {need} bytes (f32), the buffer has {}",
                 buffer.size()
             )));
         }
@@ -288,6 +291,11 @@ impl Tensor {
     }
 
     /// Errors if `out` shares its buffer with `input` (kernels read one and write the other).
+    /// Whether kernels can bind the buffer as vec4s: it covers the values rounded up to 16 bytes.
+    pub(crate) fn is_padded(&self) -> bool {
+        self.buffer().size() >= padded_bytes(self.numel())
+    }
+
     /// Errors if this output shares its buffer with `other` (another output, or a tensor the
     /// kernels read): each kernel writes an output while it reads the others.
     pub(crate) fn check_no_alias(

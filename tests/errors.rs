@@ -3,6 +3,7 @@
 mod common;
 
 use common::{gpu, gpu_small_bindings};
+use fused_norm::reference;
 use fused_norm::{
     BatchNorm, BatchNormOutput, Gpu, LayerNorm, LayerNormOutput, Layout, NormError, Tensor,
 };
@@ -280,4 +281,77 @@ fn batch_norm_bad_input_leaves_running_stats_unchanged() {
     assert!(bn
         .forward_eval(g, &t(g, &[1, 3]), Layout::ChannelsFirst)
         .is_ok());
+}
+
+#[test]
+fn caller_buffers_of_exactly_numel_times_4_bytes_work() {
+    // 15 values: 60 bytes, not a multiple of 16 (the kernels bind whole vec4s).
+    let g = gpu();
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let mk = |bytes: u64| {
+        g.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let xh: Vec<f32> = (0..15).map(|i| (i * i % 11) as f32 - 3.0).collect();
+    let xb = mk(60);
+    g.queue().write_buffer(&xb, 0, bytemuck::cast_slice(&xh));
+    let x = Tensor::from_buffer(g, xb, &[3, 5]).unwrap();
+    let out = LayerNormOutput {
+        y: Tensor::from_buffer(g, mk(60), &[3, 5]).unwrap(),
+        mean: Tensor::from_buffer(g, mk(12), &[3]).unwrap(),
+        rstd: Tensor::from_buffer(g, mk(12), &[3]).unwrap(),
+    };
+    let mut enc = g.encoder();
+    LayerNorm::new(&[5]).encode(g, &mut enc, &x, &out).unwrap();
+    g.submit_wait(enc).unwrap();
+    let r = reference::layer_norm(&xh, 5, None, None, 1e-5);
+    common::assert_close("y", &out.y.to_vec(g).unwrap(), &r.y);
+    common::assert_close("mean", &out.mean.to_vec(g).unwrap(), &r.mean);
+    // The same buffers through the channels family.
+    let y = BatchNorm::new(g, 5)
+        .unwrap()
+        .forward_eval(g, &x, Layout::ChannelsLast)
+        .unwrap();
+    let want = reference::batch_norm_apply(&xh, 5, 1, &[0.0; 5], &[1.0; 5], None, None, 1e-5);
+    common::assert_close("bn eval", &y.to_vec(g).unwrap(), &want);
+    // Without COPY_SRC the padded copy cannot be made: a clear error, not a wgpu one.
+    let bare = g.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 60,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let x = Tensor::from_buffer(g, bare, &[3, 5]).unwrap();
+    let e = LayerNorm::new(&[5]).forward(g, &x).unwrap_err();
+    assert!(matches!(e, NormError::Buffer(_)), "{e}");
+}
+
+#[test]
+fn too_few_storage_buffers_per_stage_is_named() {
+    // wgpu's downlevel limits allow 4 storage buffers per stage; the kernels bind up to 8.
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
+    let limits = wgpu::Limits::downlevel_defaults().using_resolution(adapter.limits());
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .unwrap();
+    let g = Gpu::from_wgpu(device, queue);
+    assert_eq!(g.limits().max_storage_buffers_per_shader_stage, 4);
+    let x = t(&g, &[4, 8]);
+    let e = LayerNorm::new(&[8]).forward(&g, &x).unwrap_err();
+    assert!(
+        matches!(&e, NormError::Device(m) if m.contains("max_storage_buffers_per_shader_stage")),
+        "{e}"
+    );
+    let mut bn = BatchNorm::new(&g, 8).unwrap();
+    let e = bn.forward_train(&g, &x, Layout::ChannelsLast).unwrap_err();
+    assert!(matches!(e, NormError::Device(_)), "{e}");
 }

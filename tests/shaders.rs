@@ -558,3 +558,29 @@ fn the_race_check_catches_two_reductions_without_the_barrier_between() {
         "{found:?}"
     );
 }
+
+#[test]
+fn every_params_struct_matches_its_wgsl_struct() {
+    let layouts = fused_norm::uniform_layouts();
+    assert!(layouts.len() >= 3);
+    for (family, name, size, fields) in layouts {
+        let (module, _) = parsed(family, false);
+        let ty = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{family}: no WGSL struct {name}"))
+            .1;
+        let TypeInner::Struct { members, span } = &ty.inner else {
+            panic!("{family}: {name} is not a struct");
+        };
+        assert_eq!(*span as usize, size, "{family}: {name} size");
+        for (field, offset) in fields {
+            let m = members
+                .iter()
+                .find(|m| m.name.as_deref() == Some(field))
+                .unwrap_or_else(|| panic!("{family}: {name} has no field {field}"));
+            assert_eq!(m.offset as usize, offset, "{family}: {name}.{field}");
+        }
+    }
+}

@@ -137,3 +137,64 @@ pub(crate) fn check_u32_elems(numel: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Tensors whose buffers hold exactly `numel * 4` bytes (not a multiple of 16) pass through
+/// padded copies, since the kernels bind whole vec4s: inputs are copied in before the kernels,
+/// outputs copied back after them.
+#[derive(Default)]
+pub(crate) struct Staging {
+    back: Vec<(Tensor, Tensor)>,
+}
+
+impl Staging {
+    /// What the kernels read for `t`: itself, or a padded copy recorded into `encoder`.
+    pub(crate) fn input(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        t: &Tensor,
+    ) -> Result<Tensor> {
+        if t.is_padded() {
+            return Ok(t.clone());
+        }
+        Self::copyable(t, wgpu::BufferUsages::COPY_SRC, "read")?;
+        let padded = Tensor::empty(gpu, t.shape())?;
+        let bytes = t.numel() as u64 * 4;
+        gpu.scoped(|_| encoder.copy_buffer_to_buffer(t.buffer(), 0, padded.buffer(), 0, bytes))?;
+        Ok(padded)
+    }
+
+    /// Where the kernels write `t`: itself, or a padded temporary that [`Staging::finish`]
+    /// copies back.
+    pub(crate) fn output(&mut self, gpu: &Gpu, t: &Tensor) -> Result<Tensor> {
+        if t.is_padded() {
+            return Ok(t.clone());
+        }
+        Self::copyable(t, wgpu::BufferUsages::COPY_DST, "written")?;
+        let padded = Tensor::empty(gpu, t.shape())?;
+        self.back.push((t.clone(), padded.clone()));
+        Ok(padded)
+    }
+
+    /// Records the copies of staged outputs into the caller's tensors (after the kernels).
+    pub(crate) fn finish(self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        gpu.scoped(|_| {
+            for (t, padded) in &self.back {
+                let bytes = t.numel() as u64 * 4;
+                encoder.copy_buffer_to_buffer(padded.buffer(), 0, t.buffer(), 0, bytes);
+            }
+        })
+    }
+
+    fn copyable(t: &Tensor, usage: wgpu::BufferUsages, how: &str) -> Result<()> {
+        if t.buffer().usage().contains(usage) {
+            return Ok(());
+        }
+        Err(NormError::Buffer(format!(
+            "a buffer of {} bytes for {} values is {how} through a padded copy, which needs \
+             {usage:?} usage; or give it a size rounded up to 16 bytes",
+            t.buffer().size(),
+            t.numel()
+        )))
+    }
+}

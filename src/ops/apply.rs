@@ -126,3 +126,11 @@ impl Apply {
         Ok(out)
     }
 }
+
+pub(crate) fn layout() -> crate::runtime::UniformLayout {
+    crate::runtime::uniform_layout!(
+        "apply",
+        ApplyParams,
+        [c, s, spr, plane, e0, x_off, y_off, work, grid_x]
+    )
+}

@@ -7,6 +7,7 @@
 use crate::context::Gpu;
 use crate::error::{NormError, Result};
 use crate::norms::{ChannelsPlan, Plan};
+use crate::ops::affine::Staging;
 use crate::ops::apply::{Apply, ApplyKind};
 use crate::runtime::constants::{Flag, Overrides};
 use crate::runtime::dispatch::{chunks, record_all, units_per_binding, view, Launch};
@@ -85,6 +86,7 @@ pub(crate) enum Source<'a> {
 /// One call of the channels family on x viewed as `[n, c, s]` runs (channels-last: s = 1, n =
 /// all rows), `spr` runs per sample (BatchNorm: n), `groups` statistics per sample of `cpg`
 /// channels each (BatchNorm: c and 1).
+#[derive(Clone, Copy)]
 pub(crate) struct Channels<'a> {
     pub n: u64,
     pub c: u64,
@@ -244,6 +246,61 @@ impl Channels<'_> {
     ) -> Result<()> {
         // Held until the call's temporaries (uniforms, scratch) are freed (see `Gpu::turn`).
         let _turn = gpu.turn();
+        let mut st = Staging::default();
+        let x = st.input(gpu, encoder, x)?;
+        let w = self.weight.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let b = self.bias.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let y = match source {
+            Source::Local(_) => x.clone(),
+            _ => st.output(gpu, y)?,
+        };
+        let (m, v);
+        let source = match source {
+            Source::Batch {
+                mean,
+                invstd,
+                update,
+            } => {
+                (m, v) = (st.output(gpu, mean)?, st.output(gpu, invstd)?);
+                Source::Batch {
+                    mean: &m,
+                    invstd: &v,
+                    update,
+                }
+            }
+            Source::Given {
+                stats,
+                mean,
+                invstd,
+                update,
+            } => {
+                (m, v) = (st.output(gpu, mean)?, st.output(gpu, invstd)?);
+                Source::Given {
+                    stats,
+                    mean: &m,
+                    invstd: &v,
+                    update,
+                }
+            }
+            other => other,
+        };
+        let op = Channels {
+            weight: w.as_ref(),
+            bias: b.as_ref(),
+            ..*self
+        };
+        op.encode_padded(gpu, encoder, &x, &y, source)?;
+        st.finish(gpu, encoder)
+    }
+
+    fn encode_padded(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        source: Source<'_>,
+    ) -> Result<()> {
         let from_x = matches!(source, Source::Batch { .. } | Source::Local(_));
         let plan = self.plan(gpu, from_x)?;
         let cp = plan.channels.expect("a channels plan");
@@ -440,4 +497,15 @@ impl Channels<'_> {
         }
         Ok(())
     }
+}
+
+pub(crate) fn layout() -> crate::runtime::UniformLayout {
+    crate::runtime::uniform_layout!(
+        "channels",
+        ChannelsParams,
+        [
+            n, c, s, runs, run0, x_off, nbr, seg, ssegs, nbt, grid_x, eps, factor, work, spr,
+            groups, cpg, plane, k0
+        ]
+    )
 }

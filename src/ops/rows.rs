@@ -5,6 +5,7 @@
 use crate::context::Gpu;
 use crate::error::{NormError, Result};
 use crate::norms::{LnVariant, Plan, RowsPlan};
+use crate::ops::affine::Staging;
 use crate::runtime::constants::{Flag, Overrides};
 use crate::runtime::dispatch::{record_all, units_per_binding, view, Launch};
 use crate::runtime::pipeline::{Kernel, Shader};
@@ -59,6 +60,7 @@ pub(crate) struct RowsParams {
 }
 
 /// One call of the rows family.
+#[derive(Clone, Copy)]
 pub(crate) struct Rows<'a> {
     pub rows: usize,
     pub d: usize,
@@ -248,6 +250,32 @@ impl Rows<'_> {
     ) -> Result<()> {
         // Held until the call's temporaries (uniforms, scratch) are freed (see `Gpu::turn`).
         let _turn = gpu.turn();
+        let mut st = Staging::default();
+        let x = st.input(gpu, encoder, x)?;
+        let (w, b) = (self.weight, self.bias);
+        let w = w.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let b = b.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let y = st.output(gpu, y)?;
+        let mean = mean.map(|t| st.output(gpu, t)).transpose()?;
+        let rstd = st.output(gpu, rstd)?;
+        let op = Rows {
+            weight: w.as_ref(),
+            bias: b.as_ref(),
+            ..*self
+        };
+        op.encode_padded(gpu, encoder, &x, &y, mean.as_ref(), &rstd)?;
+        st.finish(gpu, encoder)
+    }
+
+    fn encode_padded(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+    ) -> Result<()> {
         let plan = self.plan(gpu);
         let rp = plan.rows.expect("a rows plan");
         let (rows, d) = (self.rows as u64, self.d as u64);
@@ -371,4 +399,12 @@ impl Rows<'_> {
         }
         record_all(gpu, encoder, &launches)
     }
+}
+
+pub(crate) fn layout() -> crate::runtime::UniformLayout {
+    crate::runtime::uniform_layout!(
+        "rows",
+        RowsParams,
+        [rows, d, x_off, y_off, stat_off, grid_x, eps, segs, seg_v4, groups, cpg, run, row0]
+    )
 }

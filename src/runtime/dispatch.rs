@@ -59,7 +59,18 @@ pub(crate) fn record_all(
     launches: &[Launch<'_>],
 ) -> Result<()> {
     let mut ready = Vec::with_capacity(launches.len());
+    let most = gpu.limits().max_storage_buffers_per_shader_stage as usize;
     for l in launches {
+        if l.binds.len() > most {
+            return Err(NormError::Device(format!(
+                "kernel {} binds {} storage buffers, but this device allows {most} per shader \
+                 stage (max_storage_buffers_per_shader_stage, 4 in wgpu's downlevel limits). \
+                 Create the device with the adapter's limits (Gpu::new does), or use an adapter \
+                 that allows at least 8, as every WebGPU one does",
+                l.kernel.entry(),
+                l.binds.len()
+            )));
+        }
         let (pipeline, table) = gpu.pipeline(l.shader, l.kernel, &l.overrides)?;
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
