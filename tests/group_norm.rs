@@ -4,8 +4,9 @@
 mod common;
 
 use common::{
-    assert_bits_eq, assert_close, bits_mismatch, gpu, gpu_small_bindings, gpus, group_index,
-    grouped_data, layout_shape, ncs, to_channels_first, to_channels_last, Rng,
+    assert_bits_eq, assert_close, bits_mismatch, exact_empty, exact_tensor, gpu,
+    gpu_small_bindings, gpus, group_index, grouped_data, layout_shape, ncs, to_channels_first,
+    to_channels_last, Rng,
 };
 use fused_norm::{
     reference, Gpu, GroupNorm, GroupNormOutput, LayerNorm, Layout, NormError, NormOutput, Tensor,
@@ -504,6 +505,62 @@ fn a_sample_larger_than_a_binding_is_too_large_or_right() {
             Err(NormError::TooLarge(_)) => {}
             Ok(_) if layout == Layout::ChannelsLast => check_on(&[("chunked", g)], &c),
             r => panic!("{layout:?}: {r:?}"),
+        }
+    }
+}
+
+#[test]
+fn caller_buffers_of_exactly_numel_floats() {
+    // x, weight, bias, y, mean and rstd on buffers of exactly numel * 4 bytes (numel odd: no
+    // padding for a vec4 to run into).
+    let mut rng = Rng::new(218);
+    let shapes: [Dims; 4] = [
+        (5, 6, &[7], 3),
+        (3, 5, &[3, 3], 5),
+        (7, 3, &[], 1),
+        (1, 10, &[101], 2),
+    ];
+    for dims in shapes {
+        for layout in LAYOUTS {
+            let c = Case::new(&mut rng, dims, layout, 1.0).affine(&mut rng);
+            let (want_y, st) = c.reference();
+            let ch = c.c();
+            let stats = [c.shape[0], c.groups];
+            for (path, g) in gpus() {
+                let x = exact_tensor(g, &c.x, &c.shape);
+                let norm = GroupNorm::new(c.groups, ch)
+                    .unwrap()
+                    .eps(c.eps)
+                    .weight(exact_tensor(g, c.weight.as_ref().unwrap(), &[ch]))
+                    .bias(exact_tensor(g, c.bias.as_ref().unwrap(), &[ch]));
+                let what = c.what(path);
+                let out = norm.forward(g, &x, layout).unwrap();
+                assert_close(
+                    &format!("{what} forward y"),
+                    &out.y.to_vec(g).unwrap(),
+                    &want_y,
+                );
+                let out = NormOutput {
+                    y: exact_empty(g, &c.shape),
+                    mean: exact_empty(g, &stats),
+                    rstd: exact_empty(g, &stats),
+                };
+                let mut enc = g.encoder();
+                norm.encode(g, &mut enc, &x, layout, &out).unwrap();
+                g.submit_wait(enc).unwrap();
+                assert_close(&format!("{what} y"), &out.y.to_vec(g).unwrap(), &want_y);
+                assert_close(
+                    &format!("{what} mean"),
+                    &out.mean.to_vec(g).unwrap(),
+                    &st.mean,
+                );
+                assert_close(
+                    &format!("{what} rstd"),
+                    &out.rstd.to_vec(g).unwrap(),
+                    &st.rstd,
+                );
+                assert_bits_eq(&format!("{what} x"), &x.to_vec(g).unwrap(), &c.x);
+            }
         }
     }
 }

@@ -4,8 +4,9 @@
 mod common;
 
 use common::{
-    assert_bits_eq, assert_close, bits_mismatch, channel_index, gpu, gpu_small_bindings, gpus,
-    grouped_data, layout_shape, ncs, to_channels_first, to_channels_last, Rng,
+    assert_bits_eq, assert_close, bits_mismatch, channel_index, exact_empty, exact_tensor, gpu,
+    gpu_small_bindings, gpus, grouped_data, layout_shape, ncs, to_channels_first, to_channels_last,
+    Rng,
 };
 use fused_norm::{
     reference, Gpu, GroupNorm, InstanceNorm, InstanceNormOutput, LayerNorm, Layout, NormError,
@@ -497,6 +498,56 @@ fn chunked_bindings_match_the_reference() {
     for (dims, layout) in cases {
         let c = Case::new(&mut rng, dims, layout, 10.0).affine(&mut rng);
         check_on(&[("chunked", gpu_small_bindings())], &c);
+    }
+}
+
+#[test]
+fn caller_buffers_of_exactly_numel_floats() {
+    // x, weight, bias, y, mean and rstd on buffers of exactly numel * 4 bytes (numel odd: no
+    // padding for a vec4 to run into).
+    let mut rng = Rng::new(317);
+    let shapes: [Dims; 4] = [(5, 3, &[7]), (3, 5, &[3, 3]), (7, 3, &[1]), (1, 5, &[101])];
+    for dims in shapes {
+        for layout in LAYOUTS {
+            let c = Case::new(&mut rng, dims, layout, 1.0).affine(&mut rng);
+            let (want_y, st) = c.reference();
+            let ch = c.c();
+            let stats = [c.shape[0], ch];
+            for (path, g) in gpus() {
+                let x = exact_tensor(g, &c.x, &c.shape);
+                let norm = InstanceNorm::new(ch)
+                    .eps(c.eps)
+                    .weight(exact_tensor(g, c.weight.as_ref().unwrap(), &[ch]))
+                    .bias(exact_tensor(g, c.bias.as_ref().unwrap(), &[ch]));
+                let what = c.what(path);
+                let out = norm.forward(g, &x, layout).unwrap();
+                assert_close(
+                    &format!("{what} forward y"),
+                    &out.y.to_vec(g).unwrap(),
+                    &want_y,
+                );
+                let out = NormOutput {
+                    y: exact_empty(g, &c.shape),
+                    mean: exact_empty(g, &stats),
+                    rstd: exact_empty(g, &stats),
+                };
+                let mut enc = g.encoder();
+                norm.encode(g, &mut enc, &x, layout, &out).unwrap();
+                g.submit_wait(enc).unwrap();
+                assert_close(&format!("{what} y"), &out.y.to_vec(g).unwrap(), &want_y);
+                assert_close(
+                    &format!("{what} mean"),
+                    &out.mean.to_vec(g).unwrap(),
+                    &st.mean,
+                );
+                assert_close(
+                    &format!("{what} rstd"),
+                    &out.rstd.to_vec(g).unwrap(),
+                    &st.rstd,
+                );
+                assert_bits_eq(&format!("{what} x"), &x.to_vec(g).unwrap(), &c.x);
+            }
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{assert_bits_eq, assert_close, gpu, gpu_small_bindings, gpus, Rng};
+use common::{
+    assert_bits_eq, assert_close, exact_empty, exact_tensor, gpu, gpu_small_bindings, gpus, Rng,
+};
 use fused_norm::{reference, Gpu, LnVariant, NormError, RmsNorm, RmsNormOutput, Tensor};
 
 /// Every kernel variant, plus the policy's own choice.
@@ -469,6 +471,45 @@ fn calls_recorded_in_one_encoder_keep_their_own_parameters() {
                 &o.rstd.to_vec(g).unwrap(),
                 &st.rstd,
             );
+        }
+    }
+}
+
+#[test]
+fn caller_buffers_of_exactly_numel_floats() {
+    // x, weight, y and rstd on buffers of exactly numel * 4 bytes (numel odd: no padding for a
+    // vec4 to run into).
+    let mut rng = Rng::new(116);
+    for (rows, d) in [(5usize, 7usize), (3, 1001), (7, 4)] {
+        let x = rng.normals(rows * d, 0.5, 1.5);
+        let w = rng.normals(d, 1.0, 0.5);
+        let (want_y, st) = reference::rms_norm(&x, d, Some(&w), 1e-6);
+        for (path, g) in gpus() {
+            let xt = exact_tensor(g, &x, &[rows, d]);
+            let rms = RmsNorm::new(&[d])
+                .eps(1e-6)
+                .weight(exact_tensor(g, &w, &[d]));
+            let what = format!("{path} {rows}x{d}");
+            let out = rms.forward(g, &xt).unwrap();
+            assert_close(
+                &format!("{what} forward y"),
+                &out.y.to_vec(g).unwrap(),
+                &want_y,
+            );
+            let out = RmsNormOutput {
+                y: exact_empty(g, &[rows, d]),
+                rstd: exact_empty(g, &[rows, 1]),
+            };
+            let mut enc = g.encoder();
+            rms.encode(g, &mut enc, &xt, &out).unwrap();
+            g.submit_wait(enc).unwrap();
+            assert_close(&format!("{what} y"), &out.y.to_vec(g).unwrap(), &want_y);
+            assert_close(
+                &format!("{what} rstd"),
+                &out.rstd.to_vec(g).unwrap(),
+                &st.rstd,
+            );
+            assert_bits_eq(&format!("{what} x"), &xt.to_vec(g).unwrap(), &x);
         }
     }
 }

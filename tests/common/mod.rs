@@ -269,3 +269,24 @@ pub fn bits_mismatch(a: &[f32], b: &[f32]) -> Option<String> {
         b[first]
     ))
 }
+
+/// A tensor on a caller's buffer of exactly `data.len() * 4` bytes (no padding to 16 bytes),
+/// holding `data`.
+pub fn exact_tensor(gpu: &Gpu, data: &[f32], shape: &[usize]) -> fused_norm::Tensor {
+    let buf = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("caller buffer, exact size"),
+        size: (data.len() * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    gpu.queue()
+        .write_buffer(&buf, 0, bytemuck::cast_slice(data));
+    fused_norm::Tensor::from_buffer(gpu, buf, shape).unwrap()
+}
+
+/// An output tensor on a caller's buffer of exactly `numel * 4` bytes, filled with NaN.
+pub fn exact_empty(gpu: &Gpu, shape: &[usize]) -> fused_norm::Tensor {
+    exact_tensor(gpu, &vec![f32::NAN; shape.iter().product()], shape)
+}
