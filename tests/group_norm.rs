@@ -133,7 +133,7 @@ fn check(c: &Case) {
 fn group_lengths_that_break_weak_kernels() {
     // (N, C, spatial, groups): group lengths (C / G * spatial) 1, 3, 1000, 4097 and 65537.
     let mut rng = Rng::new(201);
-    let shapes: [Dims; 13] = [
+    let shapes: [Dims; 15] = [
         (3, 4, &[], 4),
         (2, 5, &[1, 1], 5),
         (4, 3, &[], 1),
@@ -148,6 +148,10 @@ fn group_lengths_that_break_weak_kernels() {
         // Many channels per group: 125 and 241 (odd) channels of 3 and 2 positions.
         (2, 1000, &[3], 8),
         (2, 4097, &[2], 17),
+        // Long groups of several channels (split rows whose segments cross channels), with runs
+        // that are and are not whole vec4s.
+        (1, 6, &[30001], 2),
+        (1, 4, &[16384], 1),
     ];
     for dims in shapes {
         for layout in LAYOUTS {
@@ -172,11 +176,12 @@ fn more_than_65535_groups_or_rows() {
 #[test]
 fn group_means_of_1e4_to_1e6_keep_full_precision() {
     let mut rng = Rng::new(203);
-    let shapes: [Dims; 4] = [
+    let shapes: [Dims; 5] = [
         (3, 6, &[7, 7], 3),
         (2, 4, &[1000], 2),
         (2, 3, &[4097], 1),
         (2, 10, &[3], 10),
+        (1, 6, &[30001], 2),
     ];
     for offset in [1e4, -1e4, 1e5, 1e6] {
         for dims in shapes {

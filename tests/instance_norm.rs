@@ -173,11 +173,12 @@ fn more_than_65535_instances_or_rows() {
 #[test]
 fn instance_means_of_1e4_to_1e6_keep_full_precision() {
     let mut rng = Rng::new(303);
-    let shapes: [Dims; 4] = [
+    let shapes: [Dims; 5] = [
         (3, 5, &[7, 7]),
         (2, 3, &[1000]),
         (2, 2, &[4097]),
         (2, 10, &[3]),
+        (1, 3, &[65537]),
     ];
     for offset in [1e4, -1e4, 1e5, 1e6] {
         for dims in shapes {
