@@ -291,6 +291,16 @@ impl Tensor {
     }
 
     /// Errors if `out` shares its buffer with `input` (kernels read one and write the other).
+    /// A tensor of `shape` on `gpu` backed by the context's 16-byte placeholder: for planning
+    /// a call, never bound.
+    pub(crate) fn shape_only(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        check_shape(shape)?;
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..gpu.placeholder()?
+        })
+    }
+
     /// Whether kernels can bind the buffer as vec4s: it covers the values rounded up to 16 bytes.
     pub(crate) fn is_padded(&self) -> bool {
         self.buffer().size() >= padded_bytes(self.numel())

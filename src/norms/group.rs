@@ -4,9 +4,9 @@
 
 use crate::context::Gpu;
 use crate::error::{NormError, Result};
-use crate::norms::{setters, GroupNormOutput, GroupNormPlan, Layout, LnVariant};
-use crate::ops::affine::{check_affine, check_eps, check_outputs, check_u32_elems, ncs};
-use crate::ops::channels::{Channels, Source};
+use crate::norms::{setters, Call, GroupNormOutput, GroupNormPlan, Layout, LnVariant, Op};
+use crate::ops::affine::{check_affine, check_eps, check_u32_elems, ncs};
+use crate::ops::channels::Channels;
 use crate::ops::rows::{ChannelAffine, Rows};
 use crate::tensor::Tensor;
 
@@ -28,9 +28,9 @@ use crate::tensor::Tensor;
 pub struct GroupNorm {
     groups: usize,
     channels: usize,
-    eps: f32,
-    weight: Option<Tensor>,
-    bias: Option<Tensor>,
+    pub(crate) eps: f32,
+    pub(crate) weight: Option<Tensor>,
+    pub(crate) bias: Option<Tensor>,
 }
 
 setters!(
@@ -39,12 +39,6 @@ setters!(
     "channel",
     bias
 );
-
-/// The family a call runs in.
-pub(crate) enum Call<'a> {
-    Rows(Rows<'a>),
-    Channels(Channels<'a>),
-}
 
 impl GroupNorm {
     /// `groups` groups of `channels / groups` channels each; an error unless both are at least
@@ -55,28 +49,39 @@ impl GroupNorm {
     /// assert!(fused_norm::GroupNorm::new(3, 512).is_err());
     /// ```
     pub fn new(groups: usize, channels: usize) -> Result<GroupNorm> {
-        if groups == 0 || channels == 0 || !channels.is_multiple_of(groups) {
-            return Err(NormError::InvalidArgument(format!(
-                "GroupNorm needs groups >= 1 dividing channels >= 1, got {groups} groups of \
-                 {channels} channels"
-            )));
-        }
-        Ok(GroupNorm {
+        let g = GroupNorm::unchecked(groups, channels);
+        g.check_groups()?;
+        Ok(g)
+    }
+
+    /// For InstanceNorm, whose constructor cannot fail: the counts are checked by each call.
+    pub(crate) fn unchecked(groups: usize, channels: usize) -> GroupNorm {
+        GroupNorm {
             groups,
             channels,
             eps: 1e-5,
             weight: None,
             bias: None,
-        })
+        }
+    }
+
+    fn check_groups(&self) -> Result<()> {
+        let (groups, channels) = (self.groups, self.channels);
+        if groups == 0 || channels == 0 || !channels.is_multiple_of(groups) {
+            return Err(NormError::InvalidArgument(format!(
+                "needs groups >= 1 dividing channels >= 1, got {groups} groups of {channels} \
+                 channels"
+            )));
+        }
+        Ok(())
     }
 
     /// The call on `shape`: its family, and (N, groups) for the statistics' shape.
-    pub(crate) fn call(
-        &self,
-        gpu: &Gpu,
-        shape: &[usize],
-        layout: Layout,
-    ) -> Result<(Call<'_>, usize)> {
+    /// The call on x: channels-first the rows family, channels-last the channels family.
+    fn call<'a>(&'a self, gpu: &Gpu, x: &'a Tensor, layout: Layout) -> Result<Call<'a>> {
+        x.check_device(gpu, "x")?;
+        let shape = x.shape();
+        self.check_groups()?;
         check_eps(self.eps)?;
         let (n, c, s) = ncs(shape, layout, "GroupNorm")?;
         if c != self.channels {
@@ -89,8 +94,8 @@ impl GroupNorm {
         check_affine(gpu, w, b, c, "channel")?;
         check_u32_elems(n * c * s)?;
         let (g, cpg) = (self.groups, c / self.groups);
-        let call = match layout {
-            Layout::ChannelsFirst => Call::Rows(Rows {
+        let op = match layout {
+            Layout::ChannelsFirst => Op::Rows(Rows {
                 rows: n * g,
                 d: cpg * s,
                 center: true,
@@ -104,7 +109,7 @@ impl GroupNorm {
                 bias: b,
                 variant: LnVariant::Auto,
             }),
-            Layout::ChannelsLast => Call::Channels(Channels {
+            Layout::ChannelsLast => Op::Channels(Channels {
                 n: (n * s) as u64,
                 c: c as u64,
                 s: 1,
@@ -116,7 +121,11 @@ impl GroupNorm {
                 bias: b,
             }),
         };
-        Ok((call, n))
+        Ok(Call {
+            op,
+            stats: vec![n, g],
+            reads: vec![("the input", Some(x)), ("weight", w), ("bias", b)],
+        })
     }
 
     /// The kernels a call on `shape` in `layout` runs, and why.
@@ -129,10 +138,8 @@ impl GroupNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn plan(&self, gpu: &Gpu, shape: &[usize], layout: Layout) -> Result<GroupNormPlan> {
-        match self.call(gpu, shape, layout)?.0 {
-            Call::Rows(r) => Ok(r.plan(gpu)),
-            Call::Channels(c) => c.plan(gpu, true),
-        }
+        self.call(gpu, &Tensor::shape_only(gpu, shape)?, layout)?
+            .plan(gpu)
     }
 
     /// Runs GroupNorm on `x`, allocating the outputs (`mean`, `rstd`: `[N, groups]`). Blocks.
@@ -145,18 +152,7 @@ impl GroupNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, layout: Layout) -> Result<GroupNormOutput> {
-        x.check_device(gpu, "x")?;
-        let (_, n) = self.call(gpu, x.shape(), layout)?;
-        let stats = [n, self.groups];
-        let out = GroupNormOutput {
-            y: Tensor::empty(gpu, x.shape())?,
-            mean: Tensor::empty(gpu, &stats)?,
-            rstd: Tensor::empty(gpu, &stats)?,
-        };
-        let mut enc = gpu.encoder();
-        self.encode(gpu, &mut enc, x, layout, &out)?;
-        gpu.submit_wait(enc)?;
-        Ok(out)
+        self.call(gpu, x, layout)?.forward_stats(gpu, x)
     }
 
     /// Records GroupNorm into the caller's encoder with caller-provided outputs (`y` like x,
@@ -184,30 +180,7 @@ impl GroupNorm {
         layout: Layout,
         out: &GroupNormOutput,
     ) -> Result<()> {
-        x.check_device(gpu, "x")?;
-        let (call, n) = self.call(gpu, x.shape(), layout)?;
-        let k = n * self.groups;
-        let outputs = [
-            ("y", &out.y, x.numel()),
-            ("mean", &out.mean, k),
-            ("rstd", &out.rstd, k),
-        ];
-        let reads = [
-            ("the input", Some(x)),
-            ("weight", self.weight.as_ref()),
-            ("bias", self.bias.as_ref()),
-        ];
-        check_outputs(gpu, &reads, &outputs)?;
-        match call {
-            Call::Rows(r) => r.encode(gpu, encoder, x, &out.y, Some(&out.mean), &out.rstd),
-            Call::Channels(c) => {
-                let source = Source::Batch {
-                    mean: &out.mean,
-                    invstd: &out.rstd,
-                    update: None,
-                };
-                c.encode(gpu, encoder, x, &out.y, source)
-            }
-        }
+        let (y, m, r) = (&out.y, Some(&out.mean), &out.rstd);
+        self.call(gpu, x, layout)?.encode(gpu, encoder, x, y, m, r)
     }
 }

@@ -2,10 +2,8 @@
 
 use crate::context::Gpu;
 use crate::error::Result;
-use crate::norms::{setters, LayerNormOutput, LayerNormPlan, LnVariant};
-use crate::ops::affine::{
-    check_affine, check_eps, check_outputs, check_u32_elems, stat_shape, Normalized,
-};
+use crate::norms::{setters, Call, LayerNormOutput, LayerNormPlan, LnVariant, Op};
+use crate::ops::affine::{check_affine, check_eps, check_u32_elems, stat_shape, Normalized};
 use crate::ops::rows::Rows;
 use crate::tensor::Tensor;
 
@@ -25,15 +23,11 @@ use crate::tensor::Tensor;
 /// ```
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
-    normalized: Normalized,
-    eps: f32,
-    weight: Option<Tensor>,
-    bias: Option<Tensor>,
-    variant: LnVariant,
+    t: Trailing,
 }
 
 setters!(
-    LayerNorm,
+    LayerNorm in t,
     "fused_norm::LayerNorm::new(&[8])",
     "element of a normalized row",
     bias
@@ -53,36 +47,55 @@ pub fn gpu_layer_norm(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     Ok(LayerNorm::from_axis(-1).forward(gpu, x)?.y)
 }
 
-/// The rows-family call of a trailing-dims norm (LayerNorm, RMSNorm) on `shape`, and its
-/// first normalized axis.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn trailing<'a>(
-    gpu: &Gpu,
-    shape: &[usize],
-    normalized: &Normalized,
-    eps: f32,
-    weight: Option<&'a Tensor>,
-    bias: Option<&'a Tensor>,
-    center: bool,
-    variant: LnVariant,
-) -> Result<(Rows<'a>, usize)> {
-    check_eps(eps)?;
-    let axis = normalized.axis(shape)?;
-    let d: usize = shape[axis..].iter().product();
-    let rows: usize = shape[..axis].iter().product();
-    check_affine(gpu, weight, bias, d, "element of a normalized row")?;
-    check_u32_elems(d * rows)?;
-    let op = Rows {
-        rows,
-        d,
-        center,
-        channel: None,
-        eps,
-        weight,
-        bias,
-        variant,
-    };
-    Ok((op, axis))
+/// What LayerNorm and RMSNorm share: the normalized dims, eps, the affine parameters (RMSNorm
+/// has no bias) and the kernel variant.
+#[derive(Clone, Debug)]
+pub(crate) struct Trailing {
+    pub normalized: Normalized,
+    pub eps: f32,
+    pub weight: Option<Tensor>,
+    pub bias: Option<Tensor>,
+    pub variant: LnVariant,
+}
+
+impl Trailing {
+    pub(crate) fn new(normalized: Normalized, eps: f32) -> Trailing {
+        Trailing {
+            normalized,
+            eps,
+            weight: None,
+            bias: None,
+            variant: LnVariant::Auto,
+        }
+    }
+
+    /// The rows-family call on x: centred (LayerNorm) or not (RMSNorm).
+    pub(crate) fn call<'a>(&'a self, gpu: &Gpu, x: &'a Tensor, center: bool) -> Result<Call<'a>> {
+        x.check_device(gpu, "x")?;
+        check_eps(self.eps)?;
+        let shape = x.shape();
+        let axis = self.normalized.axis(shape)?;
+        let d: usize = shape[axis..].iter().product();
+        let rows: usize = shape[..axis].iter().product();
+        let (weight, bias) = (self.weight.as_ref(), self.bias.as_ref());
+        check_affine(gpu, weight, bias, d, "element of a normalized row")?;
+        check_u32_elems(d * rows)?;
+        let op = Rows {
+            rows,
+            d,
+            center,
+            channel: None,
+            eps: self.eps,
+            weight,
+            bias,
+            variant: self.variant,
+        };
+        Ok(Call {
+            op: Op::Rows(op),
+            stats: stat_shape(shape, axis),
+            reads: vec![("the input", Some(x)), ("weight", weight), ("bias", bias)],
+        })
+    }
 }
 
 impl LayerNorm {
@@ -107,11 +120,7 @@ impl LayerNorm {
 
     fn with(normalized: Normalized) -> LayerNorm {
         LayerNorm {
-            normalized,
-            eps: 1e-5,
-            weight: None,
-            bias: None,
-            variant: LnVariant::Auto,
+            t: Trailing::new(normalized, 1e-5),
         }
     }
 
@@ -122,22 +131,12 @@ impl LayerNorm {
     /// let ln = LayerNorm::new(&[4096]).variant(LnVariant::SplitRow);
     /// ```
     pub fn variant(mut self, variant: LnVariant) -> LayerNorm {
-        self.variant = variant;
+        self.t.variant = variant;
         self
     }
 
-    fn op(&self, gpu: &Gpu, shape: &[usize]) -> Result<(Rows<'_>, usize)> {
-        let (w, b) = (self.weight.as_ref(), self.bias.as_ref());
-        trailing(
-            gpu,
-            shape,
-            &self.normalized,
-            self.eps,
-            w,
-            b,
-            true,
-            self.variant,
-        )
+    fn call<'a>(&'a self, gpu: &Gpu, x: &'a Tensor) -> Result<Call<'a>> {
+        self.t.call(gpu, x, true)
     }
 
     /// The kernels a call on `x_shape` runs on `gpu`, and why.
@@ -149,7 +148,8 @@ impl LayerNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn plan(&self, gpu: &Gpu, x_shape: &[usize]) -> Result<LayerNormPlan> {
-        Ok(self.op(gpu, x_shape)?.0.plan(gpu))
+        self.call(gpu, &Tensor::shape_only(gpu, x_shape)?)?
+            .plan(gpu)
     }
 
     /// Runs LayerNorm on `x`, allocating the outputs. Blocks until the device is done.
@@ -162,18 +162,7 @@ impl LayerNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<LayerNormOutput> {
-        x.check_device(gpu, "x")?;
-        let (_, axis) = self.op(gpu, x.shape())?;
-        let stats = stat_shape(x.shape(), axis);
-        let out = LayerNormOutput {
-            y: Tensor::empty(gpu, x.shape())?,
-            mean: Tensor::empty(gpu, &stats)?,
-            rstd: Tensor::empty(gpu, &stats)?,
-        };
-        let mut enc = gpu.encoder();
-        self.encode(gpu, &mut enc, x, &out)?;
-        gpu.submit_wait(enc)?;
-        Ok(out)
+        self.call(gpu, x)?.forward_stats(gpu, x)
     }
 
     /// Records the LayerNorm into the caller's encoder, writing into caller-provided outputs
@@ -201,22 +190,7 @@ impl LayerNorm {
         x: &Tensor,
         out: &LayerNormOutput,
     ) -> Result<()> {
-        x.check_device(gpu, "x")?;
-        let (op, _) = self.op(gpu, x.shape())?;
-        let reads = [
-            ("the input", Some(x)),
-            ("weight", self.weight.as_ref()),
-            ("bias", self.bias.as_ref()),
-        ];
-        check_outputs(
-            gpu,
-            &reads,
-            &[
-                ("y", &out.y, x.numel()),
-                ("mean", &out.mean, op.rows),
-                ("rstd", &out.rstd, op.rows),
-            ],
-        )?;
-        op.encode(gpu, encoder, x, &out.y, Some(&out.mean), &out.rstd)
+        let (y, m, r) = (&out.y, Some(&out.mean), &out.rstd);
+        self.call(gpu, x)?.encode(gpu, encoder, x, y, m, r)
     }
 }

@@ -233,33 +233,111 @@ impl std::fmt::Display for Plan {
 }
 
 /// The setters every norm has: `eps`, and `weight` / `bias` where it has them. The norm's
-/// struct keeps them in fields of those names.
+/// struct (or its field named after `in`) keeps them in fields of those names.
 macro_rules! setters {
-    ($norm:ident, $ex:literal, $per:literal) => {
-        crate::norms::setters!(@eps $norm, $ex);
-        crate::norms::setters!(@param $norm, $ex, $per, weight, "Scale (gamma)", "1");
+    ($norm:ident $(in $f:ident)?, $ex:literal, $per:literal) => {
+        crate::norms::setters!(@eps $norm $(in $f)?, $ex);
+        crate::norms::setters!(@param $norm $(in $f)?, $ex, $per, weight, "Scale (gamma)", "1");
     };
-    ($norm:ident, $ex:literal, $per:literal, bias) => {
-        crate::norms::setters!($norm, $ex, $per);
-        crate::norms::setters!(@param $norm, $ex, $per, bias, "Shift (beta)", "0");
+    ($norm:ident $(in $f:ident)?, $ex:literal, $per:literal, bias) => {
+        crate::norms::setters!($norm $(in $f)?, $ex, $per);
+        crate::norms::setters!(@param $norm $(in $f)?, $ex, $per, bias, "Shift (beta)", "0");
     };
-    (@eps $norm:ident, $ex:literal) => {
+    (@eps $norm:ident $(in $f:ident)?, $ex:literal) => {
         impl $norm {
             #[doc = concat!("Sets eps, added to the variance; finite and >= 0.\n\n```no_run\n# let gpu = fused_norm::Gpu::new()?;\nlet n = ", $ex, ".eps(1e-6);\n# Ok::<(), fused_norm::NormError>(())\n```")]
             pub fn eps(mut self, eps: f32) -> $norm {
-                self.eps = eps;
+                self$(.$f)?.eps = eps;
                 self
             }
         }
     };
-    (@param $norm:ident, $ex:literal, $per:literal, $field:ident, $what:literal, $none:literal) => {
+    (@param $norm:ident $(in $f:ident)?, $ex:literal, $per:literal, $field:ident, $what:literal, $none:literal) => {
         impl $norm {
             #[doc = concat!($what, ", one value per ", $per, "; optional (as if all ", $none, ").\n\n```no_run\n# let gpu = fused_norm::Gpu::new()?;\n# let t = fused_norm::Tensor::from_slice(&gpu, &[1.0; 8], &[8])?;\nlet n = ", $ex, ".", stringify!($field), "(t);\n# Ok::<(), fused_norm::NormError>(())\n```")]
             pub fn $field(mut self, $field: Tensor) -> $norm {
-                self.$field = Some($field);
+                self$(.$f)?.$field = Some($field);
                 self
             }
         }
     };
 }
 pub(crate) use setters;
+
+/// A validated call of a norm on a shape: its reduction, the shape of its statistics, and the
+/// tensors it reads (which no output may share a buffer with). Every norm's `plan`, `forward`
+/// and `encode` go through one.
+pub(crate) struct Call<'a> {
+    pub op: Op<'a>,
+    pub stats: Vec<usize>,
+    pub reads: Vec<(&'static str, Option<&'a Tensor>)>,
+}
+
+/// The reduction a call runs.
+pub(crate) enum Op<'a> {
+    Rows(crate::ops::rows::Rows<'a>),
+    Channels(crate::ops::channels::Channels<'a>),
+}
+
+impl Call<'_> {
+    pub(crate) fn plan(&self, gpu: &Gpu) -> crate::Result<Plan> {
+        match &self.op {
+            Op::Rows(r) => Ok(r.plan(gpu)),
+            Op::Channels(c) => c.plan(gpu, true),
+        }
+    }
+
+    /// Checks the caller's outputs (y like x; mean, when wanted, and rstd one per statistic)
+    /// and records the call.
+    pub(crate) fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        y: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+    ) -> crate::Result<()> {
+        let k = self.stats.iter().product();
+        let mut outputs = vec![("y", y, x.numel()), ("rstd", rstd, k)];
+        outputs.extend(mean.map(|m| ("mean", m, k)));
+        crate::ops::affine::check_outputs(gpu, &self.reads, &outputs)?;
+        match &self.op {
+            Op::Rows(r) => r.encode(gpu, encoder, x, y, mean, rstd),
+            Op::Channels(c) => {
+                let source = crate::ops::channels::Source::Batch {
+                    mean: mean.expect("channels-family norms have a mean"),
+                    invstd: rstd,
+                    update: None,
+                };
+                c.encode(gpu, encoder, x, y, source)
+            }
+        }
+    }
+
+    /// Allocates the outputs (the mean when `with_mean`), records, submits and waits.
+    pub(crate) fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        with_mean: bool,
+    ) -> crate::Result<(Tensor, Option<Tensor>, Tensor)> {
+        let y = Tensor::empty(gpu, x.shape())?;
+        let mean = match with_mean {
+            true => Some(Tensor::empty(gpu, &self.stats)?),
+            false => None,
+        };
+        let rstd = Tensor::empty(gpu, &self.stats)?;
+        let mut enc = gpu.encoder();
+        self.encode(gpu, &mut enc, x, &y, mean.as_ref(), &rstd)?;
+        gpu.submit_wait(enc)?;
+        Ok((y, mean, rstd))
+    }
+
+    /// [`Call::forward`] with the mean, as a [`NormOutput`].
+    pub(crate) fn forward_stats(&self, gpu: &Gpu, x: &Tensor) -> crate::Result<NormOutput> {
+        let (y, mean, rstd) = self.forward(gpu, x, true)?;
+        let mean = mean.ok_or_else(|| crate::NormError::Wgpu("internal: no mean".into()))?;
+        Ok(NormOutput { y, mean, rstd })
+    }
+}

@@ -2,10 +2,9 @@
 
 use crate::context::Gpu;
 use crate::error::Result;
-use crate::norms::layer::trailing;
-use crate::norms::{setters, LnVariant, RmsNormPlan};
-use crate::ops::affine::{check_outputs, stat_shape, Normalized};
-use crate::ops::rows::Rows;
+use crate::norms::layer::Trailing;
+use crate::norms::{setters, Call, LnVariant, RmsNormPlan};
+use crate::ops::affine::Normalized;
 use crate::tensor::Tensor;
 
 /// RMSNorm over the trailing dims, like PyTorch's `nn.RMSNorm(normalized_shape)` and ONNX
@@ -24,14 +23,11 @@ use crate::tensor::Tensor;
 /// ```
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
-    normalized: Normalized,
-    eps: f32,
-    weight: Option<Tensor>,
-    variant: LnVariant,
+    t: Trailing,
 }
 
 setters!(
-    RmsNorm,
+    RmsNorm in t,
     "fused_norm::RmsNorm::new(&[8])",
     "element of a normalized row"
 );
@@ -68,10 +64,7 @@ impl RmsNorm {
 
     fn with(normalized: Normalized, eps: f32) -> RmsNorm {
         RmsNorm {
-            normalized,
-            eps,
-            weight: None,
-            variant: LnVariant::Auto,
+            t: Trailing::new(normalized, eps),
         }
     }
 
@@ -82,22 +75,12 @@ impl RmsNorm {
     /// let rms = RmsNorm::new(&[4096]).variant(LnVariant::SplitRow);
     /// ```
     pub fn variant(mut self, variant: LnVariant) -> RmsNorm {
-        self.variant = variant;
+        self.t.variant = variant;
         self
     }
 
-    fn op(&self, gpu: &Gpu, shape: &[usize]) -> Result<(Rows<'_>, usize)> {
-        let w = self.weight.as_ref();
-        trailing(
-            gpu,
-            shape,
-            &self.normalized,
-            self.eps,
-            w,
-            None,
-            false,
-            self.variant,
-        )
+    fn call<'a>(&'a self, gpu: &Gpu, x: &'a Tensor) -> Result<Call<'a>> {
+        self.t.call(gpu, x, false)
     }
 
     /// The kernels a call on `x_shape` runs on `gpu`, and why.
@@ -108,7 +91,8 @@ impl RmsNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn plan(&self, gpu: &Gpu, x_shape: &[usize]) -> Result<RmsNormPlan> {
-        Ok(self.op(gpu, x_shape)?.0.plan(gpu))
+        self.call(gpu, &Tensor::shape_only(gpu, x_shape)?)?
+            .plan(gpu)
     }
 
     /// Runs RMSNorm on `x`, allocating the outputs. Blocks until the device is done.
@@ -120,16 +104,8 @@ impl RmsNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<RmsNormOutput> {
-        x.check_device(gpu, "x")?;
-        let (_, axis) = self.op(gpu, x.shape())?;
-        let out = RmsNormOutput {
-            y: Tensor::empty(gpu, x.shape())?,
-            rstd: Tensor::empty(gpu, &stat_shape(x.shape(), axis))?,
-        };
-        let mut enc = gpu.encoder();
-        self.encode(gpu, &mut enc, x, &out)?;
-        gpu.submit_wait(enc)?;
-        Ok(out)
+        let (y, _, rstd) = self.call(gpu, x)?.forward(gpu, x, false)?;
+        Ok(RmsNormOutput { y, rstd })
     }
 
     /// Records RMSNorm into the caller's encoder, writing caller-provided outputs (`out.y`
@@ -152,11 +128,7 @@ impl RmsNorm {
         x: &Tensor,
         out: &RmsNormOutput,
     ) -> Result<()> {
-        x.check_device(gpu, "x")?;
-        let (op, _) = self.op(gpu, x.shape())?;
-        let outputs = [("y", &out.y, x.numel()), ("rstd", &out.rstd, op.rows)];
-        let reads = [("the input", Some(x)), ("weight", self.weight.as_ref())];
-        check_outputs(gpu, &reads, &outputs)?;
-        op.encode(gpu, encoder, x, &out.y, None, &out.rstd)
+        let call = self.call(gpu, x)?;
+        call.encode(gpu, encoder, x, &out.y, None, &out.rstd)
     }
 }
