@@ -676,6 +676,11 @@ fn bad_input_is_a_norm_error_not_a_panic() {
             "{shape:?} {layout:?}: {e}"
         );
     }
+    // [N, C]: no spatial dims, one value per instance (ONNX refuses rank < 3 too).
+    for layout in LAYOUTS {
+        let e = fwd(&inn, &[3, 4], layout);
+        assert!(matches!(e, NormError::Shape(_)), "{layout:?}: {e}");
+    }
     // Rank < 2.
     for layout in LAYOUTS {
         let e = fwd(&inn, &[4], layout);
