@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Times PyTorch's F.layer_norm / F.batch_norm on the shapes of `cargo run --example bench`,
+"""Times PyTorch's layer_norm, rms_norm, group_norm, instance_norm and batch_norm on the shapes
+of `cargo run --example bench` (benches/common/mod.rs: grid),
 on the same GPU, so BENCHMARKS.md can give fused-norm's ratio to PyTorch.
 
 Each op is timed with CUDA events (median of repeated runs after warm-up), next to a plain
@@ -15,6 +16,9 @@ import torch.nn.functional as F
 
 LN = [(65536, 64), (16384, 256), (16384, 768), (4096, 1024), (2048, 4096), (512, 16384), (64, 65536)]
 BN = [((32, 64, 56, 56), "NCHW"), ((256, 256, 14, 14), "NCHW"), ((4096, 1024), "NCHW"), ((32, 56, 56, 64), "NHWC")]
+# (op, groups or None for InstanceNorm, NCHW shape); each also channels-last.
+IMAGES = [("group_norm", 32, (32, 64, 56, 56)), ("group_norm", 32, (8, 512, 64, 64)),
+          ("instance_norm", None, (32, 64, 56, 56)), ("instance_norm", None, (1, 64, 512, 512))]
 
 
 def median_ms(fn, reps=50, warm=10):
@@ -59,6 +63,22 @@ def main():
         w = torch.randn(d, device=dev)
         b = torch.randn(d, device=dev)
         report("layer_norm", (rows_, d), "rows", x, lambda: F.layer_norm(x, (d,), w, b, 1e-5))
+        if hasattr(F, "rms_norm"):
+            report("rms_norm", (rows_, d), "rows", x, lambda: F.rms_norm(x, (d,), w, 1e-6))
+    for op, groups, (n, c, h, wd) in IMAGES:
+        w = torch.randn(c, device=dev)
+        b = torch.randn(c, device=dev)
+        for layout in ("NCHW", "NHWC"):
+            x = torch.randn(n, c, h, wd, device=dev)
+            shape = (n, c, h, wd)
+            if layout == "NHWC":
+                x = x.to(memory_format=torch.channels_last)
+                shape = (n, h, wd, c)
+            if groups is None:
+                fn = lambda: F.instance_norm(x, weight=w, bias=b, eps=1e-5)
+            else:
+                fn = lambda: F.group_norm(x, groups, w, b, 1e-5)
+            report(op, shape, layout, x, fn)
     for shape, layout in BN:
         if layout == "NHWC":
             n, h, wd, c = shape

@@ -7,7 +7,10 @@
 // consecutive indices with lane = index % subgroup size and at least SG_MIN lanes. Nothing in
 // WebGPU promises that (DX12 and some browsers may form partial or reordered subgroups), so
 // the host checks it once per device with `subgroup_probe` and uses `lanes_shared.wgsl` when
-// it fails. This prelude never reads `subgroup_id`, which browsers gate behind a language
+// it fails. The probe sees its own pipeline only: drivers that vary the width per pipeline stay
+// covered because SG_MIN is the adapter's minimum (or the probe's, if smaller), and the layout
+// (full subgroups, lane = index % size) is assumed to be the same for every pipeline of the
+// device. This prelude never reads `subgroup_id`, which browsers gate behind a language
 // feature.
 
 // A lower bound of the subgroup size, set by the host from the adapter and the probe.

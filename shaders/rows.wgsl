@@ -5,7 +5,7 @@
 //
 // Entry points:
 // - rows_norm:        one group of TPR threads per row (several rows per workgroup when TPR < WG),
-//                     rows of whole vec4s (d % 4 == 0, and run % 4 == 0 with CHANNEL_AFFINE).
+//                     rows of whole vec4s (d % 4 == 0).
 //                     Statistics (an exact two-pass) and normalization in one dispatch; the first
 //                     ROW_CACHE vec4s each thread reads stay in registers, so x is read from
 //                     memory once for rows up to TPR * ROW_CACHE * 4 elements.
@@ -97,13 +97,19 @@ fn affine_index(row: u32, i: u32) -> u32 {
 fn affine4(t: vec4<f32>, row: u32, j: u32) -> vec4<f32> {
     var o = t;
     if (CHANNEL_AFFINE) {
-        // The host takes this path only when a vec4 never straddles two channels.
-        let c = affine_index(row, 4u * j);
-        if (HAS_W) {
-            o = o * param1(c, false);
+        // Channel runs of a multiple of 4 keep a vec4 in one channel; others may straddle two.
+        if (p.run % 4u == 0u) {
+            let c = affine_index(row, 4u * j);
+            if (HAS_W) {
+                o = o * param1(c, false);
+            }
+            if (HAS_B) {
+                o = o + param1(c, true);
+            }
+            return o;
         }
-        if (HAS_B) {
-            o = o + param1(c, true);
+        for (var k = 0u; k < 4u; k++) {
+            o[k] = affine1(t[k], row, 4u * j + k);
         }
         return o;
     }

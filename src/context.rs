@@ -19,6 +19,7 @@ pub(crate) const MAX_GROUPS_PER_DIM: u32 = 65535;
 pub(crate) const MAX_BINDING_CAP: u64 = (1 << 31) - 256;
 
 /// Longest pause between two non-blocking polls while waiting for the device.
+#[cfg(not(target_arch = "wasm32"))]
 const POLL_NAP: std::time::Duration = std::time::Duration::from_millis(1);
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

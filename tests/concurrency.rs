@@ -87,3 +87,29 @@ fn a_long_submission_does_not_break_other_threads() {
         eprintln!("long job: {reps} LayerNorms in {took:?}");
     });
 }
+
+#[test]
+fn async_forms_do_the_same_work_as_the_blocking_ones() {
+    // What a browser calls (there, the futures resolve from the event loop; here they poll).
+    let gpu = pollster::block_on(Gpu::new_async()).unwrap();
+    let xs = Rng::new(3).normals(4 * 300, 1e4, 3.0);
+    let x = Tensor::from_slice(&gpu, &xs, &[4, 300]).unwrap();
+    let out = LayerNormOutput {
+        y: Tensor::empty(&gpu, &[4, 300]).unwrap(),
+        mean: Tensor::empty(&gpu, &[4]).unwrap(),
+        rstd: Tensor::empty(&gpu, &[4]).unwrap(),
+    };
+    let mut enc = gpu.encoder();
+    LayerNorm::new(&[300])
+        .encode(&gpu, &mut enc, &x, &out)
+        .unwrap();
+    pollster::block_on(gpu.submit_async(enc)).unwrap();
+    let y = pollster::block_on(out.y.to_vec_async(&gpu)).unwrap();
+    assert_close("async", &y, &cpu_ref(&xs));
+    let blocking = LayerNorm::new(&[300]).forward(&gpu, &x).unwrap();
+    common::assert_bits_eq("async vs blocking", &y, &blocking.y.to_vec(&gpu).unwrap());
+}
+
+fn cpu_ref(xs: &[f32]) -> Vec<f64> {
+    reference::layer_norm(xs, 300, None, None, 1e-5).y
+}

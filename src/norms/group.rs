@@ -28,6 +28,8 @@ use crate::tensor::Tensor;
 pub struct GroupNorm {
     groups: usize,
     channels: usize,
+    // 2 for GroupNorm ([N, C] allowed), 3 for InstanceNorm (statistics need spatial dims).
+    min_rank: usize,
     pub(crate) eps: f32,
     pub(crate) weight: Option<Tensor>,
     pub(crate) bias: Option<Tensor>,
@@ -49,16 +51,17 @@ impl GroupNorm {
     /// assert!(fused_norm::GroupNorm::new(3, 512).is_err());
     /// ```
     pub fn new(groups: usize, channels: usize) -> Result<GroupNorm> {
-        let g = GroupNorm::unchecked(groups, channels);
+        let g = GroupNorm::unchecked(groups, channels, 2);
         g.check_groups()?;
         Ok(g)
     }
 
     /// For InstanceNorm, whose constructor cannot fail: the counts are checked by each call.
-    pub(crate) fn unchecked(groups: usize, channels: usize) -> GroupNorm {
+    pub(crate) fn unchecked(groups: usize, channels: usize, min_rank: usize) -> GroupNorm {
         GroupNorm {
             groups,
             channels,
+            min_rank,
             eps: 1e-5,
             weight: None,
             bias: None,
@@ -83,7 +86,19 @@ impl GroupNorm {
         let shape = x.shape();
         self.check_groups()?;
         check_eps(self.eps)?;
-        let (n, c, s) = ncs(shape, layout, "GroupNorm")?;
+        let what = if self.min_rank > 2 {
+            "InstanceNorm"
+        } else {
+            "GroupNorm"
+        };
+        let (n, c, s) = ncs(shape, layout, what)?;
+        if shape.len() < self.min_rank {
+            return Err(NormError::Shape(format!(
+                "{what} needs x of rank >= {} ([N, C, spatial...]), got {shape:?}: with no spatial \
+                 dims each instance is one value",
+                self.min_rank
+            )));
+        }
         if c != self.channels {
             return Err(NormError::Shape(format!(
                 "x {shape:?} has {c} channels in layout {layout:?}, the norm has {}",

@@ -23,14 +23,15 @@ pub struct InstanceNorm {
 }
 
 impl InstanceNorm {
-    /// An InstanceNorm over `channels` channels (a zero count is refused by the calls).
+    /// An InstanceNorm over `channels` channels (a zero count is refused by the calls, and so
+    /// is x without spatial dims, as ONNX does).
     ///
     /// ```
     /// let inn = fused_norm::InstanceNorm::new(64);
     /// ```
     pub fn new(channels: usize) -> InstanceNorm {
         InstanceNorm {
-            g: GroupNorm::unchecked(channels, channels),
+            g: GroupNorm::unchecked(channels, channels, 3),
         }
     }
 }

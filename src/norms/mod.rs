@@ -158,7 +158,7 @@ pub type LayerNormPlan = Plan;
 pub type RmsNormPlan = Plan;
 /// [`GroupNorm::plan`]'s result.
 pub type GroupNormPlan = Plan;
-/// [`InstanceNorm::plan`]'s result.
+/// The result of `plan` on an [`InstanceNorm`] (through its [`GroupNorm`]).
 pub type InstanceNormPlan = Plan;
 /// [`BatchNorm::plan`]'s result.
 pub type BatchNormPlan = Plan;

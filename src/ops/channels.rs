@@ -351,17 +351,32 @@ impl Channels<'_> {
         if from_x {
             self.stage1(gpu, &cp, wg, base, x, &coef, &partials, &mut launches)?;
         }
+        // The coefficient writers all bind the table, the affine parameters and the running
+        // statistics (BatchNorm's, or the sink).
+        fn coef_writer<'a>(
+            l: Launch<'a>,
+            coef: &'a Tensor,
+            (gamma, beta): (&'a wgpu::Buffer, &'a wgpu::Buffer),
+            (mean, var): (&'a Tensor, &'a Tensor),
+        ) -> Launch<'a> {
+            l.buf("coef_w", coef.buffer())
+                .buf("gamma", gamma)
+                .buf("beta", beta)
+                .buf("running_mean", mean.buffer())
+                .buf("running_var", var.buffer())
+        }
+        let affine = (gamma, beta);
         match source {
             Source::Batch { mean, invstd, .. } => launches.push(
-                launch(Kernel::ChannelsFinalize, &coefs, cp.finalize_workgroups)?
-                    .buf("partials", partials.buffer())
-                    .buf("coef_w", coef.buffer())
-                    .buf("gamma", gamma)
-                    .buf("beta", beta)
-                    .buf("running_mean", rm.buffer())
-                    .buf("running_var", rv.buffer())
-                    .buf("mean_out", mean.buffer())
-                    .buf("invstd_out", invstd.buffer()),
+                coef_writer(
+                    launch(Kernel::ChannelsFinalize, &coefs, cp.finalize_workgroups)?,
+                    &coef,
+                    affine,
+                    (rm, rv),
+                )
+                .buf("partials", partials.buffer())
+                .buf("mean_out", mean.buffer())
+                .buf("invstd_out", invstd.buffer()),
             ),
             Source::Local(out) => {
                 let o = Overrides::new(wg, cp.finalize_threads);
@@ -374,29 +389,27 @@ impl Channels<'_> {
                 // Statistics only: no output pass.
                 return record_all(gpu, encoder, &launches);
             }
-            Source::Running(mean, var) => launches.push(
-                launch(Kernel::ChannelsEvalCoef, &coefs, per_channel)?
-                    .buf("coef_w", coef.buffer())
-                    .buf("gamma", gamma)
-                    .buf("beta", beta)
-                    .buf("running_mean", mean.buffer())
-                    .buf("running_var", var.buffer()),
-            ),
+            Source::Running(mean, var) => launches.push(coef_writer(
+                launch(Kernel::ChannelsEvalCoef, &coefs, per_channel)?,
+                &coef,
+                affine,
+                (mean, var),
+            )),
             Source::Given {
                 stats,
                 mean,
                 invstd,
                 ..
             } => launches.push(
-                launch(Kernel::ChannelsGivenCoef, &coefs, per_channel)?
-                    .buf("slot_stats", stats.buffer())
-                    .buf("coef_w", coef.buffer())
-                    .buf("gamma", gamma)
-                    .buf("beta", beta)
-                    .buf("running_mean", rm.buffer())
-                    .buf("running_var", rv.buffer())
-                    .buf("mean_out", mean.buffer())
-                    .buf("invstd_out", invstd.buffer()),
+                coef_writer(
+                    launch(Kernel::ChannelsGivenCoef, &coefs, per_channel)?,
+                    &coef,
+                    affine,
+                    (rm, rv),
+                )
+                .buf("slot_stats", stats.buffer())
+                .buf("mean_out", mean.buffer())
+                .buf("invstd_out", invstd.buffer()),
             ),
         }
         let apply = Apply {

@@ -75,9 +75,11 @@ pub(crate) struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    /// Whole vec4s: the row, and each channel's run within it, are multiples of 4.
+    /// Whole vec4s: the row is a multiple of 4 (a channel's run need not be: the affine then
+    /// looks each component's channel up), so the kernel, and with it the summation order,
+    /// depends on the row alone: a GroupNorm of one group sums as the LayerNorm of its rows.
     fn vec4(&self) -> bool {
-        self.d.is_multiple_of(4) && self.channel.is_none_or(|c| c.run % 4 == 0)
+        self.d.is_multiple_of(4)
     }
 
     /// Which kernel runs, and why.

@@ -153,3 +153,140 @@ pub fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
         );
     }
 }
+
+/// The `[N, C, *spatial]` (channels-first) or `[N, *spatial, C]` (channels-last) shape.
+pub fn layout_shape(
+    n: usize,
+    c: usize,
+    spatial: &[usize],
+    layout: fused_norm::Layout,
+) -> Vec<usize> {
+    match layout {
+        fused_norm::Layout::ChannelsFirst => [&[n, c][..], spatial].concat(),
+        fused_norm::Layout::ChannelsLast => [&[n][..], spatial, &[c]].concat(),
+    }
+}
+
+/// (N, C, spatial size) of a shape in a layout.
+pub fn ncs(shape: &[usize], layout: fused_norm::Layout) -> (usize, usize, usize) {
+    let c = match layout {
+        fused_norm::Layout::ChannelsFirst => shape[1],
+        fused_norm::Layout::ChannelsLast => shape[shape.len() - 1],
+    };
+    let n = shape[0];
+    (n, c, shape.iter().product::<usize>() / (n * c))
+}
+
+/// `x` viewed as `[n, c, s]` (channels-first), reordered to `[n, s, c]` (channels-last).
+pub fn to_channels_last<T: Copy>(x: &[T], n: usize, c: usize, s: usize) -> Vec<T> {
+    assert_eq!(x.len(), n * c * s);
+    let mut out = Vec::with_capacity(x.len());
+    for ni in 0..n {
+        for si in 0..s {
+            for ci in 0..c {
+                out.push(x[(ni * c + ci) * s + si]);
+            }
+        }
+    }
+    out
+}
+
+/// `x` viewed as `[n, s, c]` (channels-last), reordered to `[n, c, s]` (channels-first).
+pub fn to_channels_first<T: Copy>(x: &[T], n: usize, c: usize, s: usize) -> Vec<T> {
+    assert_eq!(x.len(), n * c * s);
+    let mut out = Vec::with_capacity(x.len());
+    for ni in 0..n {
+        for ci in 0..c {
+            for si in 0..s {
+                out.push(x[(ni * s + si) * c + ci]);
+            }
+        }
+    }
+    out
+}
+
+/// Channels-first data `[n, c, s]` of std 1 whose groups (of `c / groups` channels) have means
+/// alternating around +-offset, each channel a little apart within its group (0.1 per channel):
+/// group statistics stay O(1) however large the offset.
+pub fn grouped_data(
+    rng: &mut Rng,
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    offset: f64,
+) -> Vec<f32> {
+    let cpg = c / groups;
+    let mut x = Vec::with_capacity(n * c * s);
+    for ni in 0..n {
+        for ci in 0..c {
+            let g = ni * groups + ci / cpg;
+            let m = if g.is_multiple_of(2) { offset } else { -offset } + 0.1 * (ci % cpg) as f64;
+            x.extend(rng.normals(s, m, 1.0));
+        }
+    }
+    x
+}
+
+/// The (sample, group) statistic index of element `i` of `[n, c, s]` / `[n, s, c]` data.
+pub fn group_index(i: usize, c: usize, s: usize, groups: usize, channels_last: bool) -> usize {
+    let (ni, ci) = if channels_last {
+        (i / (s * c), i % c)
+    } else {
+        (i / (c * s), (i / s) % c)
+    };
+    ni * groups + ci / (c / groups)
+}
+
+/// The channel of element `i` of `[n, c, s]` / `[n, s, c]` data.
+pub fn channel_index(i: usize, c: usize, s: usize, channels_last: bool) -> usize {
+    if channels_last {
+        i % c
+    } else {
+        (i / s) % c
+    }
+}
+
+/// None when `a` and `b` are bitwise equal, else where and how they differ: the number of
+/// differing values, the first one, and the largest distance in ulps (for failure reports
+/// that cover several cases at once).
+pub fn bits_mismatch(a: &[f32], b: &[f32]) -> Option<String> {
+    if a.len() != b.len() {
+        return Some(format!("lengths {} vs {}", a.len(), b.len()));
+    }
+    let ulps =
+        |x: f32, y: f32| (i64::from(x.to_bits() as i32) - i64::from(y.to_bits() as i32)).abs();
+    let diff: Vec<usize> = (0..a.len())
+        .filter(|&i| a[i].to_bits() != b[i].to_bits())
+        .collect();
+    let &first = diff.first()?;
+    let worst = diff.iter().map(|&i| ulps(a[i], b[i])).max().unwrap_or(0);
+    Some(format!(
+        "{} of {} values differ, first [{first}]: {} vs {}, at most {worst} ulp",
+        diff.len(),
+        a.len(),
+        a[first],
+        b[first]
+    ))
+}
+
+/// A tensor on a caller's buffer of exactly `data.len() * 4` bytes (no padding to 16 bytes),
+/// holding `data`.
+pub fn exact_tensor(gpu: &Gpu, data: &[f32], shape: &[usize]) -> fused_norm::Tensor {
+    let buf = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("caller buffer, exact size"),
+        size: (data.len() * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    gpu.queue()
+        .write_buffer(&buf, 0, bytemuck::cast_slice(data));
+    fused_norm::Tensor::from_buffer(gpu, buf, shape).unwrap()
+}
+
+/// An output tensor on a caller's buffer of exactly `numel * 4` bytes, filled with NaN.
+pub fn exact_empty(gpu: &Gpu, shape: &[usize]) -> fused_norm::Tensor {
+    exact_tensor(gpu, &vec![f32::NAN; shape.iter().product()], shape)
+}
