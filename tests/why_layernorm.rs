@@ -65,7 +65,12 @@ fn per_sample_norms_are_bitwise_batch_independent_within_one_kernel() {
     let (c, s) = (4, 4);
     let sizes = [1, 2, 5, 16, 64, 1024, 2048, 4096];
     let pool = images(4096, c, s, 3);
-    for kind in [Norm::Layer, Norm::Rms, Norm::Group { groups: 2 }] {
+    for kind in [
+        Norm::Layer,
+        Norm::Rms,
+        Norm::Instance,
+        Norm::Group { groups: 2 },
+    ] {
         let outputs: Vec<(String, Vec<f32>)> = sizes
             .iter()
             .map(|&b| {

@@ -132,7 +132,7 @@ fn prepare<'a>(
             )
         }
         Norm::Instance | Norm::Group { .. } => {
-            // InstanceNorm is the GroupNorm with a group per channel it dereferences to.
+            // An InstanceNorm dereferences to its GroupNorm, a group per channel.
             let (gn, groups) = match kind {
                 Norm::Group { groups } => (GroupNorm::new(groups, c)?.eps(EPS), groups),
                 _ => ((*InstanceNorm::new(c).eps(EPS)).clone(), c),

@@ -239,10 +239,12 @@ fn section_batch_dependence(md: &mut String, bd: &BatchDependence) -> Res<String
         };
         (
             format!(
-                "{everywhere}{switched}: bitwise the same {}. The crate's kernel policy for CPU \
-                 adapters picks the rows kernel by the number of statistics (split rows when \
-                 there are too few for every core), and the kernels sum in different orders, so \
-                 a batch whose count crosses that threshold moves the last bits: at most \
+                "{everywhere}{switched}: bitwise the same {}. The crate's kernel policy picks the \
+                 rows kernel by the number of rows (samples, groups or instances) as well as \
+                 their length: with too few rows to fill the device (on a CPU adapter, fewer \
+                 workgroups than a few per core) it splits each row into segments. The kernels \
+                 sum in different orders, so a batch whose row count crosses that threshold \
+                 moves the last bits: at most \
                  {worst:.1e} here, a few ulp.",
                 if same_kernel {
                     "whenever the same kernel runs"
@@ -358,7 +360,7 @@ fn section_padding(md: &mut String, points: &[(usize, PaddingPoint)]) -> Res<Str
                 "; {} by at most {worst:.1e}",
                 if same_kernel {
                     "in the rest the real tokens alone ran another kernel than the padded \
-                     batch (the CPU-adapter policy picks it by the number of rows) and differ"
+                     batch (the policy picks it by the number of rows too) and differ"
                 } else {
                     "the rest (some with the same kernel on both sides) differ"
                 }
