@@ -34,6 +34,8 @@ pub(crate) enum ApplyKind {
 }
 
 impl ApplyKind {
+    /// (RunVec4 assumes coefficients shared by every sample: only BatchNorm is channels-first
+    /// in this family.)
     pub(crate) fn of(c: u64, s: u64) -> ApplyKind {
         match () {
             _ if s == 1 && c.is_multiple_of(4) => ApplyKind::ChannelVec4,
@@ -98,7 +100,12 @@ impl Apply {
             let params = |grid_x| ApplyParams {
                 c: self.c as u32,
                 s: self.s as u32,
-                spr: self.spr as u32,
+                // Coefficients per channel only (one sample spans every run): 0, see apply.wgsl.
+                spr: if self.spr >= self.n {
+                    0
+                } else {
+                    self.spr as u32
+                },
                 plane: self.plane as u32,
                 e0: (n0 * slab) as u32,
                 x_off: xv.elem_off,
