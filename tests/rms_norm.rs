@@ -4,7 +4,7 @@
 mod common;
 
 use common::{
-    assert_bits_eq, assert_close, exact_empty, exact_tensor, gpu, gpu_small_bindings, gpus, Rng,
+    assert_bits_eq, assert_close, exact_empty, exact_tensor, gpu, gpu_small_bindings, gpus, t, Rng,
 };
 use fused_norm::{reference, Gpu, LnVariant, NormError, RmsNorm, RmsNormOutput, Tensor};
 
@@ -550,12 +550,6 @@ fn plan_names_the_kernels_and_honours_forcing() {
         // Planning validates like a call does.
         assert!(RmsNorm::new(&[4096]).plan(g, &[8, 4095]).is_err(), "{path}");
     }
-}
-
-fn t(g: &Gpu, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
-    Tensor::from_slice(g, &v, shape).unwrap()
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Shared test helpers: the adapters under test, inputs, and the one tolerance.
 #![allow(dead_code)]
 
+pub mod grouped;
+
 use std::sync::OnceLock;
 
 use fused_norm::{Gpu, GpuOptions, Tuning};
@@ -268,6 +270,13 @@ pub fn bits_mismatch(a: &[f32], b: &[f32]) -> Option<String> {
         a[first],
         b[first]
     ))
+}
+
+/// A tensor of `(i % 7) - 3` values: small inputs for the bad-input and aliasing checks.
+pub fn t(gpu: &Gpu, shape: &[usize]) -> fused_norm::Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+    fused_norm::Tensor::from_slice(gpu, &v, shape).unwrap()
 }
 
 /// A tensor on a caller's buffer of exactly `data.len() * 4` bytes (no padding to 16 bytes),
