@@ -305,8 +305,8 @@ fn norm_backward(
     let w = |i: usize| weight.map_or(1.0, |w| f64::from(w[param_of(i)]));
     let (mut sg, mut sgx, mut cnt) = (vec![0f64; k], vec![0f64; k], vec![0f64; k]);
     let (mut dweight, mut dbias) = (vec![0f64; params], vec![0f64; params]);
-    for i in 0..x.len() {
-        let (s, p, d) = (stat_of(i), param_of(i), f64::from(dy[i]));
+    for (i, &d) in dy.iter().enumerate() {
+        let (s, p, d) = (stat_of(i), param_of(i), f64::from(d));
         let g = d * w(i);
         sg[s] += g;
         sgx[s] += g * xhat(i);

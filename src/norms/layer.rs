@@ -1,10 +1,14 @@
 //! LayerNorm: the rows family over a sample's trailing dims, centred, per-element affine.
 
 use crate::context::Gpu;
+use crate::error::NormError;
 use crate::error::Result;
-use crate::norms::{setters, Call, LayerNormOutput, LayerNormPlan, LnVariant, Op};
-use crate::ops::affine::{check_affine, check_eps, check_u32_elems, stat_shape, Normalized};
+use crate::norms::{setters, Call, Gradients, LayerNormOutput, LayerNormPlan, LnVariant, Op};
+use crate::ops::affine::{
+    check_affine, check_eps, check_outputs, check_u32_elems, stat_shape, Normalized,
+};
 use crate::ops::rows::Rows;
+use crate::ops::rows_bwd::{BwdOut, RowsBwd};
 use crate::tensor::Tensor;
 
 /// LayerNorm over the trailing dims, like `torch.nn.LayerNorm(normalized_shape)` and ONNX
@@ -95,6 +99,124 @@ impl Trailing {
             stats: stat_shape(shape, axis),
             reads: vec![("the input", Some(x)), ("weight", weight), ("bias", bias)],
         })
+    }
+}
+
+impl Trailing {
+    /// Checks a backward call's inputs (dy like x; mean, when centred, and rstd one per row) and
+    /// returns the rows-family backward.
+    fn backward_op<'a>(
+        &'a self,
+        gpu: &Gpu,
+        x: &'a Tensor,
+        dy: &'a Tensor,
+        mean: Option<&'a Tensor>,
+        rstd: &'a Tensor,
+        center: bool,
+    ) -> Result<RowsBwd<'a>> {
+        let Op::Rows(r) = self.call(gpu, x, center)?.op else {
+            unreachable!("a trailing-dims norm is a rows call")
+        };
+        dy.check_device(gpu, "dy")?;
+        if dy.shape() != x.shape() {
+            return Err(NormError::Shape(format!(
+                "dy has shape {:?}, x {:?}: they must match",
+                dy.shape(),
+                x.shape()
+            )));
+        }
+        for (name, t) in [("mean", mean), ("rstd", Some(rstd))] {
+            if let Some(t) = t {
+                t.check_device(gpu, name)?;
+                if t.numel() != r.rows {
+                    return Err(NormError::Shape(format!(
+                        "{name} has {} values, needs {} (one per row)",
+                        t.numel(),
+                        r.rows
+                    )));
+                }
+            }
+        }
+        Ok(RowsBwd {
+            rows: r.rows,
+            d: r.d,
+            center,
+            weight: self.weight.as_ref(),
+        })
+    }
+
+    /// Records the backward into `encoder`, writing the caller's gradients (dweight and dbias
+    /// present exactly when the norm has that parameter).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+        center: bool,
+        g: &Gradients,
+    ) -> Result<()> {
+        let op = self.backward_op(gpu, x, dy, mean, rstd, center)?;
+        let mut outputs = vec![("dx", &g.dx, x.numel())];
+        for (name, param, grad) in [
+            ("dweight", &self.weight, &g.dweight),
+            ("dbias", &self.bias, &g.dbias),
+        ] {
+            match (param, grad) {
+                (Some(p), Some(t)) => outputs.push((name, t, p.numel())),
+                (None, None) => {}
+                (p, _) => {
+                    return Err(NormError::InvalidArgument(format!(
+                        "{name} must be given exactly when the norm has that parameter (it {})",
+                        if p.is_some() { "has" } else { "has not" }
+                    )))
+                }
+            }
+        }
+        let reads = [
+            ("the input", Some(x)),
+            ("dy", Some(dy)),
+            ("mean", mean),
+            ("rstd", Some(rstd)),
+            ("weight", self.weight.as_ref()),
+        ];
+        check_outputs(gpu, &reads, &outputs)?;
+        let out = BwdOut {
+            dx: &g.dx,
+            dweight: g.dweight.as_ref(),
+            dbias: g.dbias.as_ref(),
+        };
+        op.encode(gpu, encoder, x, dy, mean, rstd, out)
+    }
+
+    /// Allocates the gradients, records the backward, submits and waits.
+    pub(crate) fn backward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+        center: bool,
+    ) -> Result<Gradients> {
+        self.backward_op(gpu, x, dy, mean, rstd, center)?;
+        let like = |t: &Option<Tensor>| {
+            t.as_ref()
+                .map(|t| Tensor::empty(gpu, t.shape()))
+                .transpose()
+        };
+        let g = Gradients {
+            dx: Tensor::empty(gpu, x.shape())?,
+            dweight: like(&self.weight)?,
+            dbias: like(&self.bias)?,
+        };
+        let mut enc = gpu.encoder();
+        self.encode_backward(gpu, &mut enc, x, dy, mean, rstd, center, &g)?;
+        gpu.submit_wait(enc)?;
+        Ok(g)
     }
 }
 
@@ -192,5 +314,62 @@ impl LayerNorm {
     ) -> Result<()> {
         let (y, m, r) = (&out.y, Some(&out.mean), &out.rstd);
         self.call(gpu, x)?.encode(gpu, encoder, x, y, m, r)
+    }
+
+    /// The backward from the forward's saved `mean` and `rstd` (PyTorch's
+    /// `native_layer_norm_backward`): dx, and dweight / dbias when the norm has them. dx flows
+    /// through the statistics; the column sums are two-stage and bit-identical run to run.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+    /// # let dy = Tensor::from_slice(&gpu, &[1.0, 0.0, 0.0, 1.0], &[2, 2])?;
+    /// let ln = LayerNorm::new(&[2]).weight(Tensor::from_slice(&gpu, &[1.0, 2.0], &[2])?);
+    /// let out = ln.forward(&gpu, &x)?;
+    /// let g = ln.backward(&gpu, &x, &dy, &out.mean, &out.rstd)?;
+    /// assert!(g.dweight.is_some() && g.dbias.is_none());
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+    ) -> Result<Gradients> {
+        self.t.backward(gpu, x, dy, Some(mean), rstd, true)
+    }
+
+    /// [`LayerNorm::backward`] recorded into the caller's encoder, writing caller-provided
+    /// gradients (`g.dx` like x; `g.dweight` / `g.dbias` exactly when the norm has them).
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+    /// # let dy = x.clone();
+    /// let ln = LayerNorm::new(&[2]);
+    /// let out = ln.forward(&gpu, &x)?;
+    /// let g = Gradients { dx: Tensor::empty(&gpu, &[2, 2])?, dweight: None, dbias: None };
+    /// let mut enc = gpu.encoder();
+    /// ln.encode_backward(&gpu, &mut enc, &x, &dy, &out.mean, &out.rstd, &g)?;
+    /// gpu.submit_wait(enc)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        g: &Gradients,
+    ) -> Result<()> {
+        self.t
+            .encode_backward(gpu, encoder, x, dy, Some(mean), rstd, true, g)
     }
 }

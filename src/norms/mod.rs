@@ -51,6 +51,30 @@ pub struct NormOutput {
     pub rstd: Tensor,
 }
 
+/// The gradients of a norm's backward, for every norm: `dx` shaped like x, `dweight` and
+/// `dbias` present exactly when the norm has that parameter, shaped like it.
+///
+/// ```no_run
+/// # use fused_norm::*;
+/// # let gpu = Gpu::new()?;
+/// # let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+/// # let dy = Tensor::from_slice(&gpu, &[1.0, 0.0, 0.0, 1.0], &[2, 2])?;
+/// let ln = LayerNorm::new(&[2]);
+/// let out = ln.forward(&gpu, &x)?;
+/// let g: Gradients = ln.backward(&gpu, &x, &dy, &out.mean, &out.rstd)?;
+/// assert!(g.dweight.is_none() && g.dbias.is_none());
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Gradients {
+    /// Gradient with respect to x, same shape.
+    pub dx: Tensor,
+    /// Gradient with respect to the weight, when the norm has one.
+    pub dweight: Option<Tensor>,
+    /// Gradient with respect to the bias, when the norm has one.
+    pub dbias: Option<Tensor>,
+}
+
 /// [`LayerNorm`]'s outputs: mean and rstd shaped `x.shape[..axis] ++ [1; trailing]` (ONNX's
 /// Mean and InvStdDev, PyTorch's `native_layer_norm`).
 pub type LayerNormOutput = NormOutput;
