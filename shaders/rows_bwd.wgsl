@@ -1,5 +1,6 @@
-// Backward of the rows family: LayerNorm (CENTER) and RMSNorm (CENTER off), from the forward's
-// saved per-row mean and rstd.
+// Backward of the rows family: LayerNorm (CENTER) and RMSNorm (CENTER off), and GroupNorm /
+// InstanceNorm channels-first (a row per (sample, group), weight per channel: CHANNEL_AFFINE),
+// from the forward's saved per-row mean and rstd.
 //
 // Entry points:
 // - rows_bwd:        one group of TPR threads per row (several rows per workgroup when TPR < WG),
@@ -11,6 +12,8 @@
 // - rows_bwd_cols:   stage 1 of dweight = sum(dy * xhat) and dbias = sum(dy) over all rows: one
 //                    thread per (column, block of block_rows rows), summing its block in row
 //                    order into partials[block * d + column].
+// - rows_bwd_chan:   CHANNEL_AFFINE's stage 1: TPR threads per (sample, channel) run of `run`
+//                    values sum dy * xhat and dy into partials[sample * C + channel].
 // - rows_bwd_merge:  stage 2: one thread per column sums the blocks' partials in block order.
 //                    Tensors larger than a binding run both stages per chunk of rows: each
 //                    chunk's merge adds its blocks to the totals of the chunks before it.
@@ -34,12 +37,19 @@ struct BwdParams {
     blocks: u32,
     // rows_bwd_merge: 1 to add to the totals already in dweight/dbias (chunks after the first).
     accumulate: u32,
+    // CHANNEL_AFFINE: element i of global row r belongs to channel (r % groups) * cpg + i / run;
+    // row0 is this chunk's first global row.
+    groups: u32,
+    cpg: u32,
+    run: u32,
+    row0: u32,
 }
 
 override VEC: bool = true;
 override HAS_W: bool = false;
 override HAS_B: bool = false;
 override CENTER: bool = true;
+override CHANNEL_AFFINE: bool = false;
 
 @group(0) @binding(0) var<uniform> p: BwdParams;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -66,18 +76,31 @@ fn ld_dy(i: u32) -> f32 {
     return dy[i >> 2u][i & 3u];
 }
 
-fn weight1(i: u32) -> f32 {
-    if (HAS_W) {
-        return gamma[i >> 2u][i & 3u];
+// The weight of element i of chunk row `row`.
+fn weight1(row: u32, i: u32) -> f32 {
+    if (!HAS_W) {
+        return 1.0;
     }
-    return 1.0;
+    var k = i;
+    if (CHANNEL_AFFINE) {
+        k = ((p.row0 + row) % p.groups) * p.cpg + i / p.run;
+    }
+    return gamma[k >> 2u][k & 3u];
 }
 
-fn weight4(j: u32) -> vec4<f32> {
-    if (HAS_W) {
-        return gamma[j];
+// The weights of elements 4j .. 4j + 3 of chunk row `row`.
+fn weight4(row: u32, j: u32) -> vec4<f32> {
+    if (!HAS_W) {
+        return vec4<f32>(1.0);
     }
-    return vec4<f32>(1.0);
+    if (CHANNEL_AFFINE) {
+        let i = 4u * j;
+        if (p.run % 4u == 0u) {
+            return vec4<f32>(weight1(row, i));
+        }
+        return vec4<f32>(weight1(row, i), weight1(row, i + 1u), weight1(row, i + 2u), weight1(row, i + 3u));
+    }
+    return gamma[j];
 }
 
 // The saved statistics of chunk row `row`: (mean, rstd); mean 0 without CENTER.
@@ -132,7 +155,7 @@ fn rows_bwd(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     var a4 = vec4<f32>(0.0);
     var b4 = vec4<f32>(0.0);
     for (var j = lane; valid && j < nv; j += TPR) {
-        let g = dy[base + j] * weight4(j);
+        let g = dy[base + j] * weight4(row, j);
         a4 += g;
         b4 += g * ((x[base + j] - mv) * st.y);
     }
@@ -142,7 +165,7 @@ fn rows_bwd(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         return;
     }
     for (var j = lane; j < nv; j += TPR) {
-        let g = dy[base + j] * weight4(j);
+        let g = dy[base + j] * weight4(row, j);
         dx[base + j] = dx_of(g, (x[base + j] - mv) * st.y, st.y, a, b);
     }
 }
@@ -158,7 +181,7 @@ fn rows_bwd_scalar(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     var a = 0.0;
     var b = 0.0;
     for (var i = lane; valid && i < p.d; i += TPR) {
-        let g = ld_dy(base + i) * weight1(i);
+        let g = ld_dy(base + i) * weight1(row, i);
         a += g;
         b += g * ((ld_x(base + i) - st.x) * st.y);
     }
@@ -168,7 +191,7 @@ fn rows_bwd_scalar(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         return;
     }
     for (var i = lane; i < p.d; i += TPR) {
-        let g = ld_dy(base + i) * weight1(i);
+        let g = ld_dy(base + i) * weight1(row, i);
         let xh = (ld_x(base + i) - st.x) * st.y;
         dx1[base + i] = dx_of(vec4<f32>(g), vec4<f32>(xh), st.y, a, b).x;
     }
@@ -194,6 +217,32 @@ fn rows_bwd_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         db += v;
     }
     partials[blk * p.d + col] = vec4<f32>(dw, db, 0.0, 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn rows_bwd_chan(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let lane = t % TPR;
+    // The chunk's (sample, channel) run: its statistics are those of its group row.
+    let cr = group_id(wid) * (WG / TPR) + t / TPR;
+    let valid = cr < p.rows * p.cpg;
+    var st = vec2<f32>(0.0);
+    if (valid) {
+        st = stats(cr / p.cpg);
+    }
+    let base = p.off + cr * p.run;
+    var dw = 0.0;
+    var db = 0.0;
+    for (var i = lane; valid && i < p.run; i += TPR) {
+        let v = ld_dy(base + i);
+        dw += v * ((ld_x(base + i) - st.x) * st.y);
+        db += v;
+    }
+    dw = reduce_sum(dw, l);
+    db = reduce_sum(db, l);
+    if (valid && lane == 0u) {
+        partials[p.row0 * p.cpg + cr] = vec4<f32>(dw, db, 0.0, 0.0);
+    }
 }
 
 @compute @workgroup_size(WG)

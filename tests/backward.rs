@@ -8,7 +8,9 @@ mod common;
 use common::{
     assert_bits_eq, assert_close_bounded, exact_empty, gpu, gpu_small_bindings, gpus, Rng,
 };
-use fused_norm::{reference, Gpu, Gradients, LayerNorm, NormError, RmsNorm, Tensor};
+use fused_norm::{
+    reference, Gpu, Gradients, GroupNorm, InstanceNorm, LayerNorm, NormError, RmsNorm, Tensor,
+};
 
 /// One rows-family case: `rows` rows of `d`, optional weight and bias (RMSNorm: no bias).
 struct Case {
@@ -100,22 +102,58 @@ fn check_against_reference(what: &str, c: &Case, got: &Got) {
         true => reference::layer_norm_backward(&c.x, &c.dy, d, w, &mean, &rstd),
         false => reference::rms_norm_backward(&c.x, &c.dy, d, w, &rstd),
     };
-    let wi = |j: usize| w.map_or(1.0, |w| f64::from(w[j]));
-    let mut bound = vec![0.0; c.x.len()];
-    let (mut bw, mut bb) = (vec![0.0; d], vec![0.0; d]);
-    for row in 0..c.rows {
-        let (m, rs) = (mean[row], rstd[row]);
-        let idx = row * d..(row + 1) * d;
-        let xh = |i: usize| (f64::from(c.x[i]) - m) * rs;
-        let g = |i: usize| f64::from(c.dy[i]) * wi(i % d);
-        let mg = idx.clone().map(|i| g(i).abs()).sum::<f64>() / d as f64;
-        let mgx = idx.clone().map(|i| (g(i) * xh(i)).abs()).sum::<f64>() / d as f64;
-        for i in idx {
-            bound[i] = r.dx[i].abs() + rs * (g(i).abs() + mg + xh(i).abs() * mgx);
-            bw[i % d] += (f64::from(c.dy[i]) * xh(i)).abs();
-            bb[i % d] += f64::from(c.dy[i]).abs();
-        }
+    let layout = Layout {
+        x: &c.x,
+        dy: &c.dy,
+        weight: w,
+        stat_of: &|i| i / d,
+        param_of: &|i| i % d,
+        mean: &mean,
+        rstd: &rstd,
+    };
+    check_gradients(what, &layout, &r, got);
+}
+
+/// Where each element's statistic and parameter are, and the values (f64 statistics).
+struct Layout<'a> {
+    x: &'a [f32],
+    dy: &'a [f32],
+    weight: Option<&'a [f32]>,
+    stat_of: &'a dyn Fn(usize) -> usize,
+    param_of: &'a dyn Fn(usize) -> usize,
+    mean: &'a [f64],
+    rstd: &'a [f64],
+}
+
+/// dx, dweight and dbias against the reference `r`, each bounded by the magnitudes it is
+/// computed from: dx by rstd * (|g| + mean|g| + |xhat| * mean|g * xhat|) per statistic, the
+/// column sums by the sums of their terms' magnitudes.
+fn check_gradients(what: &str, l: &Layout, r: &reference::GradientsRef, got: &Got) {
+    let k = l.rstd.len();
+    let p = r.dweight.len();
+    let w = |i: usize| l.weight.map_or(1.0, |w| f64::from(w[(l.param_of)(i)]));
+    let xh = |i: usize| {
+        let s = (l.stat_of)(i);
+        (f64::from(l.x[i]) - l.mean[s]) * l.rstd[s]
+    };
+    let g = |i: usize| f64::from(l.dy[i]) * w(i);
+    let (mut mg, mut mgx, mut cnt) = (vec![0.0; k], vec![0.0; k], vec![0.0; k]);
+    let (mut bw, mut bb) = (vec![0.0; p], vec![0.0; p]);
+    for i in 0..l.x.len() {
+        let (s, q) = ((l.stat_of)(i), (l.param_of)(i));
+        mg[s] += g(i).abs();
+        mgx[s] += (g(i) * xh(i)).abs();
+        cnt[s] += 1.0;
+        bw[q] += (f64::from(l.dy[i]) * xh(i)).abs();
+        bb[q] += f64::from(l.dy[i]).abs();
     }
+    let bound: Vec<f64> = (0..l.x.len())
+        .map(|i| {
+            let s = (l.stat_of)(i);
+            let m = (mg[s] + xh(i).abs() * mgx[s]) / cnt[s];
+            r.dx[i].abs() + l.rstd[s] * (g(i).abs() + m)
+        })
+        .collect();
     assert_close_bounded(&format!("{what} dx"), &got.dx, &r.dx, &bound);
     if let Some(dw) = &got.dweight {
         assert_close_bounded(&format!("{what} dweight"), dw, &r.dweight, &bw);
@@ -334,4 +372,202 @@ fn encode_backward_writes_caller_outputs_and_checks_them() {
         .backward(g, &x, &dy, &out.rstd.reshape(&[rows]).unwrap(), &dy)
         .unwrap_err();
     assert!(matches!(e, NormError::Shape(_)), "{e}");
+}
+
+// ---- GroupNorm and InstanceNorm (channels-first) ----
+
+/// A GroupNorm case `[n, c, s]` (channels-first) with `groups` groups.
+struct GnCase {
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    x: Vec<f32>,
+    dy: Vec<f32>,
+    weight: Option<Vec<f32>>,
+    bias: Option<Vec<f32>>,
+}
+
+impl GnCase {
+    fn new(rng: &mut Rng, n: usize, c: usize, s: usize, groups: usize, offset: f64) -> GnCase {
+        GnCase {
+            n,
+            c,
+            s,
+            groups,
+            x: common::grouped_data(rng, n, c, s, groups, offset),
+            dy: rng.normals(n * c * s, 0.0, 1.0),
+            weight: Some(rng.normals(c, 1.0, 0.5)),
+            bias: Some(rng.normals(c, 0.0, 0.5)),
+        }
+    }
+}
+
+fn run_gn(gpu: &Gpu, c: &GnCase, instance: bool) -> Got {
+    let shape = [c.n, c.c, c.s];
+    let x = Tensor::from_slice(gpu, &c.x, &shape).unwrap();
+    let dy = Tensor::from_slice(gpu, &c.dy, &shape).unwrap();
+    let t = |v: &Option<Vec<f32>>| {
+        v.as_ref()
+            .map(|v| Tensor::from_slice(gpu, v, &[c.c]).unwrap())
+    };
+    let mut gn = match instance {
+        true => {
+            assert_eq!(c.groups, c.c);
+            let mut inn = InstanceNorm::new(c.c);
+            if let Some(w) = t(&c.weight) {
+                inn = inn.weight(w);
+            }
+            if let Some(b) = t(&c.bias) {
+                inn = inn.bias(b);
+            }
+            Err(inn)
+        }
+        false => Ok(GroupNorm::new(c.groups, c.c).unwrap()),
+    };
+    if let Ok(g) = &mut gn {
+        if let Some(w) = t(&c.weight) {
+            *g = g.clone().weight(w);
+        }
+        if let Some(b) = t(&c.bias) {
+            *g = g.clone().bias(b);
+        }
+    }
+    let cf = fused_norm::Layout::ChannelsFirst;
+    let (out, g) = match &gn {
+        Ok(gn) => {
+            let out = gn.forward(gpu, &x, cf).unwrap();
+            let g = gn.backward(gpu, &x, &dy, &out.mean, &out.rstd, cf).unwrap();
+            (out, g)
+        }
+        Err(inn) => {
+            let out = inn.forward(gpu, &x, cf).unwrap();
+            let g = inn
+                .backward(gpu, &x, &dy, &out.mean, &out.rstd, cf)
+                .unwrap();
+            (out, g)
+        }
+    };
+    let read = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_vec(gpu).unwrap());
+    assert_eq!(g.dx.shape(), &shape[..]);
+    Got {
+        dx: g.dx.to_vec(gpu).unwrap(),
+        dweight: read(&g.dweight),
+        dbias: read(&g.dbias),
+        mean: out.mean.to_vec(gpu).unwrap(),
+        rstd: out.rstd.to_vec(gpu).unwrap(),
+    }
+}
+
+fn check_gn_got(what: &str, c: &GnCase, got: &Got) {
+    let mean: Vec<f64> = got.mean.iter().map(|&v| f64::from(v)).collect();
+    let rstd: Vec<f64> = got.rstd.iter().map(|&v| f64::from(v)).collect();
+    let w = c.weight.as_deref();
+    let (cc, s, groups) = (c.c, c.s, c.groups);
+    let r = reference::group_norm_backward(&c.x, &c.dy, cc, s, groups, false, w, &mean, &rstd);
+    let layout = Layout {
+        x: &c.x,
+        dy: &c.dy,
+        weight: w,
+        stat_of: &|i| common::group_index(i, cc, s, groups, false),
+        param_of: &|i| common::channel_index(i, cc, s, false),
+        mean: &mean,
+        rstd: &rstd,
+    };
+    check_gradients(what, &layout, &r, got);
+}
+
+fn check_gn(c: &GnCase, instance: bool) {
+    for (path, g) in gpus() {
+        let what = format!("gn {}x{}x{}/{} {path}", c.n, c.c, c.s, c.groups);
+        check_gn_got(&what, c, &run_gn(g, c, instance));
+    }
+}
+
+#[test]
+fn group_norm_shapes() {
+    let mut rng = Rng::new(20);
+    // (n, c, s, groups): runs of 1, 3, 4 and 4097 values, one group, a group per channel.
+    for (n, c, s, groups) in [
+        (2, 4, 1, 2),
+        (3, 6, 3, 3),
+        (2, 8, 4, 2),
+        (2, 4, 7, 1),
+        (1, 2, 4097, 2),
+        (4, 32, 49, 8),
+        (2, 3, 5, 3),
+    ] {
+        check_gn(&GnCase::new(&mut rng, n, c, s, groups, 0.5), false);
+    }
+}
+
+#[test]
+fn instance_norm_shapes() {
+    let mut rng = Rng::new(21);
+    for (n, c, s) in [(2, 3, 5), (3, 4, 16), (1, 2, 4097), (2, 64, 49)] {
+        check_gn(&GnCase::new(&mut rng, n, c, s, c, 0.5), true);
+    }
+}
+
+#[test]
+fn group_norm_large_means_and_no_affine() {
+    let mut rng = Rng::new(22);
+    for offset in [1e4, -1e4] {
+        check_gn(&GnCase::new(&mut rng, 2, 8, 25, 4, offset), false);
+    }
+    let mut c = GnCase::new(&mut rng, 2, 8, 25, 4, 0.0);
+    c.weight = None;
+    check_gn(&c, false);
+    c.bias = None;
+    check_gn(&c, false);
+}
+
+#[test]
+fn group_norm_chunked_reruns_and_samples_alone() {
+    let mut rng = Rng::new(23);
+    let c = GnCase::new(&mut rng, 6, 16, 300, 4, 0.0);
+    // 64 KiB bindings: chunks of (sample, group) rows, the per-channel partials merged once.
+    check_gn_got("gn chunked", &c, &run_gn(gpu_small_bindings(), &c, false));
+    for (path, g) in gpus() {
+        let (a, b) = (run_gn(g, &c, false), run_gn(g, &c, false));
+        assert_bits_eq(&format!("{path} dx"), &a.dx, &b.dx);
+        assert_bits_eq(
+            &format!("{path} dw"),
+            a.dweight.as_ref().unwrap(),
+            b.dweight.as_ref().unwrap(),
+        );
+        assert_bits_eq(
+            &format!("{path} db"),
+            a.dbias.as_ref().unwrap(),
+            b.dbias.as_ref().unwrap(),
+        );
+        let per = c.c * c.s;
+        let one = GnCase {
+            n: 1,
+            x: c.x[3 * per..4 * per].to_vec(),
+            dy: c.dy[3 * per..4 * per].to_vec(),
+            weight: c.weight.clone(),
+            bias: c.bias.clone(),
+            ..c
+        };
+        let alone = run_gn(g, &one, false);
+        assert_bits_eq(
+            &format!("{path} sample alone"),
+            &alone.dx,
+            &a.dx[3 * per..4 * per],
+        );
+    }
+}
+
+#[test]
+fn group_norm_channels_last_backward_is_refused() {
+    let g = gpu();
+    let x = Tensor::from_slice(g, &[1.0; 16], &[2, 2, 4]).unwrap();
+    let gn = GroupNorm::new(2, 4).unwrap();
+    let cl = fused_norm::Layout::ChannelsLast;
+    let out = gn.forward(g, &x, cl).unwrap();
+    let e = gn
+        .backward(g, &x, &x, &out.mean, &out.rstd, cl)
+        .unwrap_err();
+    assert!(matches!(e, NormError::InvalidArgument(_)), "{e}");
 }

@@ -194,8 +194,11 @@ fn channels_module_compiles_for_every_backend() {
 #[test]
 fn rows_bwd_module_compiles_for_every_backend() {
     let n = check_family("rows_bwd", &|entry| {
-        let reduces = ["rows_bwd", "rows_bwd_scalar"].contains(&entry);
-        sized_sets(&["VEC", "HAS_W", "HAS_B", "CENTER"], reduces)
+        let reduces = ["rows_bwd", "rows_bwd_scalar", "rows_bwd_chan"].contains(&entry);
+        sized_sets(
+            &["VEC", "HAS_W", "HAS_B", "CENTER", "CHANNEL_AFFINE"],
+            reduces,
+        )
     });
     assert!(n > 100);
 }

@@ -1,14 +1,13 @@
 //! LayerNorm: the rows family over a sample's trailing dims, centred, per-element affine.
 
 use crate::context::Gpu;
-use crate::error::NormError;
 use crate::error::Result;
-use crate::norms::{setters, Call, Gradients, LayerNormOutput, LayerNormPlan, LnVariant, Op};
-use crate::ops::affine::{
-    check_affine, check_eps, check_outputs, check_u32_elems, stat_shape, Normalized,
+use crate::norms::{
+    setters, BwdCall, Call, Gradients, LayerNormOutput, LayerNormPlan, LnVariant, Op,
 };
+use crate::ops::affine::{check_affine, check_eps, check_u32_elems, stat_shape, Normalized};
 use crate::ops::rows::Rows;
-use crate::ops::rows_bwd::{BwdOut, RowsBwd};
+use crate::ops::rows_bwd::RowsBwd;
 use crate::tensor::Tensor;
 
 /// LayerNorm over the trailing dims, like `torch.nn.LayerNorm(normalized_shape)` and ONNX
@@ -103,50 +102,24 @@ impl Trailing {
 }
 
 impl Trailing {
-    /// Checks a backward call's inputs (dy like x; mean, when centred, and rstd one per row) and
-    /// returns the rows-family backward.
-    fn backward_op<'a>(
-        &'a self,
-        gpu: &Gpu,
-        x: &'a Tensor,
-        dy: &'a Tensor,
-        mean: Option<&'a Tensor>,
-        rstd: &'a Tensor,
-        center: bool,
-    ) -> Result<RowsBwd<'a>> {
+    /// The backward call on x: centred (LayerNorm) or not (RMSNorm).
+    fn backward_call<'a>(&'a self, gpu: &Gpu, x: &'a Tensor, center: bool) -> Result<BwdCall<'a>> {
         let Op::Rows(r) = self.call(gpu, x, center)?.op else {
             unreachable!("a trailing-dims norm is a rows call")
         };
-        dy.check_device(gpu, "dy")?;
-        if dy.shape() != x.shape() {
-            return Err(NormError::Shape(format!(
-                "dy has shape {:?}, x {:?}: they must match",
-                dy.shape(),
-                x.shape()
-            )));
-        }
-        for (name, t) in [("mean", mean), ("rstd", Some(rstd))] {
-            if let Some(t) = t {
-                t.check_device(gpu, name)?;
-                if t.numel() != r.rows {
-                    return Err(NormError::Shape(format!(
-                        "{name} has {} values, needs {} (one per row)",
-                        t.numel(),
-                        r.rows
-                    )));
-                }
-            }
-        }
-        Ok(RowsBwd {
-            rows: r.rows,
-            d: r.d,
-            center,
-            weight: self.weight.as_ref(),
+        Ok(BwdCall {
+            op: RowsBwd {
+                rows: r.rows,
+                d: r.d,
+                center,
+                weight: self.weight.as_ref(),
+                channel: None,
+            },
+            bias: self.bias.as_ref(),
+            what: "row",
         })
     }
 
-    /// Records the backward into `encoder`, writing the caller's gradients (dweight and dbias
-    /// present exactly when the norm has that parameter).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn encode_backward(
         &self,
@@ -159,40 +132,10 @@ impl Trailing {
         center: bool,
         g: &Gradients,
     ) -> Result<()> {
-        let op = self.backward_op(gpu, x, dy, mean, rstd, center)?;
-        let mut outputs = vec![("dx", &g.dx, x.numel())];
-        for (name, param, grad) in [
-            ("dweight", &self.weight, &g.dweight),
-            ("dbias", &self.bias, &g.dbias),
-        ] {
-            match (param, grad) {
-                (Some(p), Some(t)) => outputs.push((name, t, p.numel())),
-                (None, None) => {}
-                (p, _) => {
-                    return Err(NormError::InvalidArgument(format!(
-                        "{name} must be given exactly when the norm has that parameter (it {})",
-                        if p.is_some() { "has" } else { "has not" }
-                    )))
-                }
-            }
-        }
-        let reads = [
-            ("the input", Some(x)),
-            ("dy", Some(dy)),
-            ("mean", mean),
-            ("rstd", Some(rstd)),
-            ("weight", self.weight.as_ref()),
-        ];
-        check_outputs(gpu, &reads, &outputs)?;
-        let out = BwdOut {
-            dx: &g.dx,
-            dweight: g.dweight.as_ref(),
-            dbias: g.dbias.as_ref(),
-        };
-        op.encode(gpu, encoder, x, dy, mean, rstd, out)
+        self.backward_call(gpu, x, center)?
+            .encode(gpu, encoder, x, dy, mean, rstd, g)
     }
 
-    /// Allocates the gradients, records the backward, submits and waits.
     pub(crate) fn backward(
         &self,
         gpu: &Gpu,
@@ -202,21 +145,8 @@ impl Trailing {
         rstd: &Tensor,
         center: bool,
     ) -> Result<Gradients> {
-        self.backward_op(gpu, x, dy, mean, rstd, center)?;
-        let like = |t: &Option<Tensor>| {
-            t.as_ref()
-                .map(|t| Tensor::empty(gpu, t.shape()))
-                .transpose()
-        };
-        let g = Gradients {
-            dx: Tensor::empty(gpu, x.shape())?,
-            dweight: like(&self.weight)?,
-            dbias: like(&self.bias)?,
-        };
-        let mut enc = gpu.encoder();
-        self.encode_backward(gpu, &mut enc, x, dy, mean, rstd, center, &g)?;
-        gpu.submit_wait(enc)?;
-        Ok(g)
+        self.backward_call(gpu, x, center)?
+            .run(gpu, x, dy, mean, rstd)
     }
 }
 

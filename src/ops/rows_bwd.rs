@@ -5,6 +5,7 @@
 use crate::context::Gpu;
 use crate::error::{NormError, Result};
 use crate::ops::affine::Staging;
+use crate::ops::rows::ChannelAffine;
 use crate::runtime::constants::{Flag, Overrides};
 use crate::runtime::dispatch::{chunks, record_all, units_per_binding, view, Launch};
 use crate::runtime::pipeline::{Kernel, Shader};
@@ -32,6 +33,10 @@ pub(crate) struct BwdParams {
     block_rows: u32,
     blocks: u32,
     accumulate: u32,
+    groups: u32,
+    cpg: u32,
+    run: u32,
+    row0: u32,
 }
 
 /// One backward call of the rows family: `rows` rows of `d` values.
@@ -42,6 +47,9 @@ pub(crate) struct RowsBwd<'a> {
     /// LayerNorm (else RMSNorm: no mean).
     pub center: bool,
     pub weight: Option<&'a Tensor>,
+    /// Weight per channel (GroupNorm / InstanceNorm channels-first: a row per (sample, group));
+    /// dweight and dbias are then per channel.
+    pub channel: Option<ChannelAffine>,
 }
 
 /// Where the gradients go: dx like x, dweight and dbias (when wanted) one per column.
@@ -61,11 +69,7 @@ impl RowsBwd<'_> {
     /// MAX_THREAD_ITERS (barrier-free while that fits a subgroup). GPUs: about four vec4s per
     /// thread, as the forward.
     fn threads_per_row(&self, p: Policy) -> u32 {
-        let per = if self.vec4() { self.d / 4 } else { self.d } as u64;
-        let need = per.div_ceil(MAX_THREAD_ITERS).max(1).next_power_of_two();
-        let gpu = (self.d.div_ceil(16) as u64).next_power_of_two();
-        let tpr = if p.cpu { need } else { need.max(gpu) };
-        tpr.min(u64::from(p.wg)) as u32
+        threads_for(self.d as u64, self.vec4(), p)
     }
 
     /// Records dx (and dweight/dbias when given) from x, dy and the saved statistics (`mean`
@@ -160,18 +164,45 @@ impl RowsBwd<'_> {
         let overrides = Overrides::new(wg, tpr)
             .flag(Flag::Vec, vec)
             .flag(Flag::HasWeight, self.weight.is_some())
-            .flag(Flag::Center, self.center);
+            .flag(Flag::Center, self.center)
+            .flag(Flag::ChannelAffine, self.channel.is_some());
         let (dummy, sink) = (gpu.placeholder()?, gpu.sink()?);
         let gamma = self.weight.unwrap_or(&dummy).buffer();
+        // Per-channel sums (CHANNEL_AFFINE): a partial per (sample, channel) run, merged over
+        // the samples once after every chunk.
+        let runs = self.channel.map(|ch| rows * u64::from(ch.cpg));
+        let part_len = runs.unwrap_or(chunk_blocks * d);
+        if columns && 16 * part_len > gpu.max_binding_bytes() {
+            return Err(NormError::TooLarge(format!(
+                "{rows} rows of {d} values: the column sums' partials exceed a binding"
+            )));
+        }
         let partials = match columns {
-            true => Some(Tensor::empty(gpu, &[(chunk_blocks * d * 4) as usize])?),
+            true => Some(Tensor::empty(gpu, &[(part_len * 4) as usize])?),
             false => None,
         };
-        let mut launches = Vec::new();
         let ov = overrides
             .clone()
             .flag(Flag::HasWeight, out.dweight.is_some())
             .flag(Flag::HasBias, out.dbias.is_some());
+        let run_tpr = self
+            .channel
+            .map_or(1, |ch| threads_for(u64::from(ch.run), false, policy));
+        if let Some(ch) = self.channel {
+            let samples = rows / u64::from(ch.groups);
+            let run_iters = u64::from(ch.run).div_ceil(u64::from(run_tpr));
+            if columns && (samples > MAX_LOOP || run_iters > MAX_LOOP) {
+                return Err(NormError::TooLarge(format!(
+                    "{samples} samples of runs of {}: the per-channel sums would loop more than \
+                     {MAX_LOOP} times",
+                    ch.run
+                )));
+            }
+        }
+        let run_ov = Overrides::new(wg, run_tpr)
+            .flag(Flag::Center, self.center)
+            .flag(Flag::ChannelAffine, true);
+        let mut launches = Vec::new();
         for (k, (r0, r1)) in chunks(rows, per_chunk).enumerate() {
             let n = r1 - r0;
             let xv = view(gpu, r0 * d, r1 * d, x.buffer().size());
@@ -193,9 +224,10 @@ impl RowsBwd<'_> {
                 block_rows: block_rows as u32,
                 blocks: nb as u32,
                 accumulate: u32::from(k > 0),
+                ..chunk_params(self.channel, r0)
             };
-            let launch = |kernel, groups: u64| {
-                Launch::new(gpu, shader, kernel, &overrides, groups as u32, params).map(|l| {
+            let launch = |kernel, ov: &Overrides, groups: u64| {
+                Launch::new(gpu, shader, kernel, ov, groups as u32, params).map(|l| {
                     l.bind("x", xv.bind(x.buffer()))
                         .bind("dy", dyv.bind(dy.buffer()))
                         .bind("mean_in", mean_bind())
@@ -207,25 +239,87 @@ impl RowsBwd<'_> {
                 false => (Kernel::RowsBwdScalar, "dx1"),
             };
             launches.push(
-                launch(kernel, n.div_ceil(u64::from(wg / tpr)))?
+                launch(kernel, &overrides, n.div_ceil(u64::from(wg / tpr)))?
                     .buf("gamma", gamma)
                     .bind(dx_name, dxv.bind(out.dx.buffer())),
             );
-            if let Some(part) = &partials {
-                launches.push(
-                    launch(Kernel::RowsBwdCols, (nb * d).div_ceil(u64::from(wg)))?
+            let merge = |params: BwdParams| {
+                let groups = u64::from(params.d).div_ceil(u64::from(wg)) as u32;
+                Launch::new(gpu, shader, Kernel::RowsBwdMerge, &ov, groups, |gx| {
+                    BwdParams {
+                        grid_x: gx,
+                        ..params
+                    }
+                })
+            };
+            match (&partials, self.channel) {
+                (None, _) => {}
+                (Some(part), Some(ch)) => {
+                    let runs = n * u64::from(ch.cpg);
+                    let groups = runs.div_ceil(u64::from(wg / run_tpr));
+                    launches.push(
+                        launch(Kernel::RowsBwdChan, &run_ov, groups)?
+                            .buf("partials", part.buffer()),
+                    );
+                    if r1 == rows {
+                        // Channels = groups * cpg; samples = rows / groups.
+                        let merged = BwdParams {
+                            d: ch.groups * ch.cpg,
+                            blocks: (rows / u64::from(ch.groups)) as u32,
+                            ..Default::default()
+                        };
+                        launches.push(
+                            merge(merged)?
+                                .buf("partials", part.buffer())
+                                .buf("dweight", out.dweight.unwrap_or(&sink).buffer())
+                                .buf("dbias", out.dbias.unwrap_or(&sink).buffer()),
+                        );
+                    }
+                }
+                (Some(part), None) => {
+                    launches.push(
+                        launch(
+                            Kernel::RowsBwdCols,
+                            &overrides,
+                            (nb * d).div_ceil(u64::from(wg)),
+                        )?
                         .buf("partials", part.buffer()),
-                );
-                let groups = d.div_ceil(u64::from(wg)) as u32;
-                launches.push(
-                    Launch::new(gpu, shader, Kernel::RowsBwdMerge, &ov, groups, params)?
-                        .buf("partials", part.buffer())
-                        .buf("dweight", out.dweight.unwrap_or(&sink).buffer())
-                        .buf("dbias", out.dbias.unwrap_or(&sink).buffer()),
-                );
+                    );
+                    launches.push(
+                        merge(params(0))?
+                            .buf("partials", part.buffer())
+                            .buf("dweight", out.dweight.unwrap_or(&sink).buffer())
+                            .buf("dbias", out.dbias.unwrap_or(&sink).buffer()),
+                    );
+                }
             }
         }
         record_all(gpu, encoder, &launches)
+    }
+}
+
+/// Threads reducing `d` values (vec4s when `vec`): see [`RowsBwd::threads_per_row`].
+fn threads_for(d: u64, vec: bool, p: Policy) -> u32 {
+    let per = if vec { d / 4 } else { d };
+    let need = per.div_ceil(MAX_THREAD_ITERS).max(1).next_power_of_two();
+    let gpu = d.div_ceil(16).next_power_of_two();
+    let tpr = if p.cpu { need } else { need.max(gpu) };
+    tpr.min(u64::from(p.wg)) as u32
+}
+
+/// The CHANNEL_AFFINE fields of a chunk starting at global row `row0`.
+fn chunk_params(channel: Option<ChannelAffine>, row0: u64) -> BwdParams {
+    let ch = channel.unwrap_or(ChannelAffine {
+        groups: 1,
+        cpg: 1,
+        run: 1,
+    });
+    BwdParams {
+        groups: ch.groups,
+        cpg: ch.cpg,
+        run: ch.run,
+        row0: row0 as u32,
+        ..Default::default()
     }
 }
 
@@ -233,6 +327,6 @@ pub(crate) fn layout() -> crate::runtime::UniformLayout {
     crate::runtime::uniform_layout!(
         "rows_bwd",
         BwdParams,
-        [rows, d, off, stat_off, grid_x, block_rows, blocks, accumulate]
+        [rows, d, off, stat_off, grid_x, block_rows, blocks, accumulate, groups, cpg, run, row0]
     )
 }

@@ -44,6 +44,7 @@ pub(crate) enum Kernel {
     RowsBwd,
     RowsBwdScalar,
     RowsBwdCols,
+    RowsBwdChan,
     RowsBwdMerge,
 }
 
@@ -69,6 +70,7 @@ impl Kernel {
             Kernel::RowsBwd => "rows_bwd",
             Kernel::RowsBwdScalar => "rows_bwd_scalar",
             Kernel::RowsBwdCols => "rows_bwd_cols",
+            Kernel::RowsBwdChan => "rows_bwd_chan",
             Kernel::RowsBwdMerge => "rows_bwd_merge",
         }
     }
