@@ -1,5 +1,6 @@
 //! Picks an adapter (honours WGPU_BACKEND), runs every norm on a transformer-sized activation or
-//! an image batch, and checks each against the f64 reference.
+//! an image batch, and checks each against the f64 reference; plus one training step (LayerNorm
+//! forward and backward) against the f64 backward.
 //!
 //! cargo run --release --example demo
 
@@ -15,6 +16,13 @@ fn max_abs_err(got: &[f32], want: &[f64]) -> f64 {
     got.iter()
         .zip(want)
         .map(|(&g, &w)| (f64::from(g) - w).abs())
+        .fold(0.0, f64::max)
+}
+
+fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (f64::from(g) - w).abs() / w.abs().max(1.0))
         .fold(0.0, f64::max)
 }
 
@@ -54,6 +62,29 @@ fn main() -> Result<(), NormError> {
             ("y", max_abs_err(&out.y.to_vec(&gpu)?, &r.y)),
             ("mean", max_abs_err(&out.mean.to_vec(&gpu)?, &r.mean)),
             ("rstd", max_abs_err(&out.rstd.to_vec(&gpu)?, &r.rstd)),
+        ],
+    ));
+    // One training step through it: the backward from the saved statistics, against the f64
+    // backward at those statistics (dweight and dbias sum 4096 rows: relative errors).
+    let dy = pseudo_random(b * t * d, 4, 0.0, 1.0);
+    let dyt = Tensor::from_slice(&gpu, &dy, &[b, t, d])?;
+    let g = ln.backward(&gpu, &xt, &dyt, &out.mean, &out.rstd)?;
+    let f64s = |t: &Tensor| -> Result<Vec<f64>, NormError> {
+        Ok(t.to_vec(&gpu)?.iter().map(|&v| f64::from(v)).collect())
+    };
+    let (mean, rstd) = (f64s(&out.mean)?, f64s(&out.rstd)?);
+    let rg = reference::layer_norm_backward(&x, &dy, d, Some(&w), &mean, &rstd);
+    let grad = |t: &Option<Tensor>| t.as_ref().expect("the norm has it").to_vec(&gpu);
+    worst = worst.max(report(
+        &format!("layer_norm backward [{b}, {t}, {d}]"),
+        "dx per row, dweight/dbias in two fixed-order stages".to_string(),
+        &[
+            ("dx", max_abs_err(&g.dx.to_vec(&gpu)?, &rg.dx)),
+            (
+                "dweight (rel)",
+                max_rel_err(&grad(&g.dweight)?, &rg.dweight),
+            ),
+            ("dbias (rel)", max_rel_err(&grad(&g.dbias)?, &rg.dbias)),
         ],
     ));
     let rms = RmsNorm::new(&[d]).eps(1e-6).weight(wt);

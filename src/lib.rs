@@ -24,7 +24,7 @@ mod tensor;
 pub use context::{Capabilities, Gpu, GpuOptions, Tuning};
 pub use error::{NormError, Result};
 pub use norms::{
-    gpu_layer_norm, BatchNorm, BatchNormOutput, BatchNormPlan, ChannelsPlan, GroupNorm,
+    gpu_layer_norm, BatchNorm, BatchNormOutput, BatchNormPlan, ChannelsPlan, Gradients, GroupNorm,
     GroupNormOutput, GroupNormPlan, InstanceNorm, InstanceNormOutput, InstanceNormPlan, LayerNorm,
     LayerNormOutput, LayerNormPlan, Layout, LnVariant, NormOutput, Plan, RmsNorm, RmsNormOutput,
     RmsNormPlan, RowsPlan, TrainCommit,

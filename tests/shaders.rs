@@ -192,6 +192,18 @@ fn channels_module_compiles_for_every_backend() {
 }
 
 #[test]
+fn rows_bwd_module_compiles_for_every_backend() {
+    let n = check_family("rows_bwd", &|entry| {
+        let reduces = ["rows_bwd", "rows_bwd_scalar", "rows_bwd_chan"].contains(&entry);
+        sized_sets(
+            &["VEC", "HAS_W", "HAS_B", "CENTER", "CHANNEL_AFFINE"],
+            reduces,
+        )
+    });
+    assert!(n > 100);
+}
+
+#[test]
 fn apply_module_compiles_for_every_backend() {
     let n = check_family("apply", &|_| sized_sets(&[], false));
     assert!(n > 10);
@@ -227,7 +239,7 @@ fn parsed(file: &str, subgroups: bool) -> (Module, ModuleInfo) {
     (module, info)
 }
 
-const FAMILIES: [&str; 4] = ["rows", "channels", "apply", "baseline"];
+const FAMILIES: [&str; 5] = ["rows", "channels", "apply", "rows_bwd", "baseline"];
 
 /// The global variable a pointer expression points into, if any.
 fn root_global(f: &Function, mut e: Handle<Expression>) -> Option<Handle<GlobalVariable>> {

@@ -4,10 +4,13 @@
 
 use crate::context::Gpu;
 use crate::error::{NormError, Result};
-use crate::norms::{setters, Call, GroupNormOutput, GroupNormPlan, Layout, LnVariant, Op};
+use crate::norms::{
+    setters, BwdCall, Call, Gradients, GroupNormOutput, GroupNormPlan, Layout, LnVariant, Op,
+};
 use crate::ops::affine::{check_affine, check_eps, check_u32_elems, ncs};
 use crate::ops::channels::Channels;
 use crate::ops::rows::{ChannelAffine, Rows};
+use crate::ops::rows_bwd::RowsBwd;
 use crate::tensor::Tensor;
 
 /// GroupNorm, like PyTorch's `nn.GroupNorm(groups, channels)` and ONNX `GroupNormalization`
@@ -197,5 +200,94 @@ impl GroupNorm {
     ) -> Result<()> {
         let (y, m, r) = (&out.y, Some(&out.mean), &out.rstd);
         self.call(gpu, x, layout)?.encode(gpu, encoder, x, y, m, r)
+    }
+
+    /// The backward call on x: channels-first, the rows family with per-channel weights.
+    fn backward_call<'a>(
+        &'a self,
+        gpu: &Gpu,
+        x: &'a Tensor,
+        layout: Layout,
+    ) -> Result<BwdCall<'a>> {
+        let call = self.call(gpu, x, layout)?;
+        let Op::Rows(r) = call.op else {
+            return Err(NormError::InvalidArgument(
+                "GroupNorm / InstanceNorm backward runs channels-first only for now; \
+                 channels-last is not implemented yet"
+                    .into(),
+            ));
+        };
+        Ok(BwdCall {
+            op: RowsBwd {
+                rows: r.rows,
+                d: r.d,
+                center: true,
+                weight: r.weight,
+                channel: r.channel,
+            },
+            bias: r.bias,
+            what: "(sample, group)",
+        })
+    }
+
+    /// The backward from the forward's saved `mean` and `rstd` (`[N, G]`; PyTorch's
+    /// `native_group_norm_backward`): dx through the group statistics, dweight and dbias per
+    /// channel (when the norm has them), summed over samples and positions in a fixed order.
+    /// InstanceNorm's is this with one channel per group. Channels-first only for now
+    /// ([`Layout::ChannelsLast`] returns [`NormError::InvalidArgument`]).
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0; 16], &[2, 4, 2])?;
+    /// # let dy = x.clone();
+    /// let gn = GroupNorm::new(2, 4)?;
+    /// let out = gn.forward(&gpu, &x, Layout::ChannelsFirst)?;
+    /// let g = gn.backward(&gpu, &x, &dy, &out.mean, &out.rstd, Layout::ChannelsFirst)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        layout: Layout,
+    ) -> Result<Gradients> {
+        self.backward_call(gpu, x, layout)?
+            .run(gpu, x, dy, Some(mean), rstd)
+    }
+
+    /// [`GroupNorm::backward`] recorded into the caller's encoder, writing caller-provided
+    /// gradients (`g.dx` like x; `g.dweight` / `g.dbias` exactly when the norm has them).
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0; 16], &[2, 4, 2])?;
+    /// # let dy = x.clone();
+    /// let (gn, cf) = (GroupNorm::new(2, 4)?, Layout::ChannelsFirst);
+    /// let out = gn.forward(&gpu, &x, cf)?;
+    /// let g = Gradients { dx: Tensor::empty(&gpu, &[2, 4, 2])?, dweight: None, dbias: None };
+    /// let mut enc = gpu.encoder();
+    /// gn.encode_backward(&gpu, &mut enc, &x, &dy, &out.mean, &out.rstd, cf, &g)?;
+    /// gpu.submit_wait(enc)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        layout: Layout,
+        g: &Gradients,
+    ) -> Result<()> {
+        self.backward_call(gpu, x, layout)?
+            .encode(gpu, encoder, x, dy, Some(mean), rstd, g)
     }
 }

@@ -2,9 +2,12 @@
 
 use crate::context::Gpu;
 use crate::error::Result;
-use crate::norms::{setters, Call, LayerNormOutput, LayerNormPlan, LnVariant, Op};
+use crate::norms::{
+    setters, BwdCall, Call, Gradients, LayerNormOutput, LayerNormPlan, LnVariant, Op,
+};
 use crate::ops::affine::{check_affine, check_eps, check_u32_elems, stat_shape, Normalized};
 use crate::ops::rows::Rows;
+use crate::ops::rows_bwd::RowsBwd;
 use crate::tensor::Tensor;
 
 /// LayerNorm over the trailing dims, like `torch.nn.LayerNorm(normalized_shape)` and ONNX
@@ -95,6 +98,55 @@ impl Trailing {
             stats: stat_shape(shape, axis),
             reads: vec![("the input", Some(x)), ("weight", weight), ("bias", bias)],
         })
+    }
+}
+
+impl Trailing {
+    /// The backward call on x: centred (LayerNorm) or not (RMSNorm).
+    fn backward_call<'a>(&'a self, gpu: &Gpu, x: &'a Tensor, center: bool) -> Result<BwdCall<'a>> {
+        let Op::Rows(r) = self.call(gpu, x, center)?.op else {
+            unreachable!("a trailing-dims norm is a rows call")
+        };
+        Ok(BwdCall {
+            op: RowsBwd {
+                rows: r.rows,
+                d: r.d,
+                center,
+                weight: self.weight.as_ref(),
+                channel: None,
+            },
+            bias: self.bias.as_ref(),
+            what: "row",
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+        center: bool,
+        g: &Gradients,
+    ) -> Result<()> {
+        self.backward_call(gpu, x, center)?
+            .encode(gpu, encoder, x, dy, mean, rstd, g)
+    }
+
+    pub(crate) fn backward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+        center: bool,
+    ) -> Result<Gradients> {
+        self.backward_call(gpu, x, center)?
+            .run(gpu, x, dy, mean, rstd)
     }
 }
 
@@ -192,5 +244,62 @@ impl LayerNorm {
     ) -> Result<()> {
         let (y, m, r) = (&out.y, Some(&out.mean), &out.rstd);
         self.call(gpu, x)?.encode(gpu, encoder, x, y, m, r)
+    }
+
+    /// The backward from the forward's saved `mean` and `rstd` (PyTorch's
+    /// `native_layer_norm_backward`): dx, and dweight / dbias when the norm has them. dx flows
+    /// through the statistics; the column sums are two-stage and bit-identical run to run.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+    /// # let dy = Tensor::from_slice(&gpu, &[1.0, 0.0, 0.0, 1.0], &[2, 2])?;
+    /// let ln = LayerNorm::new(&[2]).weight(Tensor::from_slice(&gpu, &[1.0, 2.0], &[2])?);
+    /// let out = ln.forward(&gpu, &x)?;
+    /// let g = ln.backward(&gpu, &x, &dy, &out.mean, &out.rstd)?;
+    /// assert!(g.dweight.is_some() && g.dbias.is_none());
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+    ) -> Result<Gradients> {
+        self.t.backward(gpu, x, dy, Some(mean), rstd, true)
+    }
+
+    /// [`LayerNorm::backward`] recorded into the caller's encoder, writing caller-provided
+    /// gradients (`g.dx` like x; `g.dweight` / `g.dbias` exactly when the norm has them).
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+    /// # let dy = x.clone();
+    /// let ln = LayerNorm::new(&[2]);
+    /// let out = ln.forward(&gpu, &x)?;
+    /// let g = Gradients { dx: Tensor::empty(&gpu, &[2, 2])?, dweight: None, dbias: None };
+    /// let mut enc = gpu.encoder();
+    /// ln.encode_backward(&gpu, &mut enc, &x, &dy, &out.mean, &out.rstd, &g)?;
+    /// gpu.submit_wait(enc)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        g: &Gradients,
+    ) -> Result<()> {
+        self.t
+            .encode_backward(gpu, encoder, x, dy, Some(mean), rstd, true, g)
     }
 }

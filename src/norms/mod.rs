@@ -18,6 +18,7 @@ pub use rms::{RmsNorm, RmsNormOutput};
 use crate::context::Gpu;
 use crate::ops::apply::ApplyKind;
 use crate::ops::channels::Blocks;
+use crate::ops::rows_bwd::{BwdOut, RowsBwd};
 use crate::runtime::pipeline::Kernel;
 use crate::tensor::Tensor;
 
@@ -49,6 +50,30 @@ pub struct NormOutput {
     pub mean: Tensor,
     /// `1 / sqrt(var + eps)` of each statistic (biased variance), same shape as `mean`.
     pub rstd: Tensor,
+}
+
+/// The gradients of a norm's backward, for every norm: `dx` shaped like x, `dweight` and
+/// `dbias` present exactly when the norm has that parameter, shaped like it.
+///
+/// ```no_run
+/// # use fused_norm::*;
+/// # let gpu = Gpu::new()?;
+/// # let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+/// # let dy = Tensor::from_slice(&gpu, &[1.0, 0.0, 0.0, 1.0], &[2, 2])?;
+/// let ln = LayerNorm::new(&[2]);
+/// let out = ln.forward(&gpu, &x)?;
+/// let g: Gradients = ln.backward(&gpu, &x, &dy, &out.mean, &out.rstd)?;
+/// assert!(g.dweight.is_none() && g.dbias.is_none());
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Gradients {
+    /// Gradient with respect to x, same shape.
+    pub dx: Tensor,
+    /// Gradient with respect to the weight, when the norm has one.
+    pub dweight: Option<Tensor>,
+    /// Gradient with respect to the bias, when the norm has one.
+    pub dbias: Option<Tensor>,
 }
 
 /// [`LayerNorm`]'s outputs: mean and rstd shaped `x.shape[..axis] ++ [1; trailing]` (ONNX's
@@ -339,5 +364,116 @@ impl Call<'_> {
         let (y, mean, rstd) = self.forward(gpu, x, true)?;
         let mean = mean.ok_or_else(|| crate::NormError::Wgpu("internal: no mean".into()))?;
         Ok(NormOutput { y, mean, rstd })
+    }
+}
+
+/// A backward call of the rows family with the norm's parameters: checks the inputs (dy like x,
+/// the mean when centred and rstd one per statistic) and the caller's gradients (dweight and
+/// dbias exactly when the norm has that parameter, shaped like it).
+pub(crate) struct BwdCall<'a> {
+    pub op: RowsBwd<'a>,
+    pub bias: Option<&'a Tensor>,
+    /// What one statistic is of ("row", "(sample, group)").
+    pub what: &'static str,
+}
+
+impl BwdCall<'_> {
+    fn check_inputs(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+    ) -> crate::Result<()> {
+        dy.check_device(gpu, "dy")?;
+        if dy.shape() != x.shape() {
+            return Err(crate::NormError::Shape(format!(
+                "dy has shape {:?}, x {:?}: they must match",
+                dy.shape(),
+                x.shape()
+            )));
+        }
+        for (name, t) in [("mean", mean), ("rstd", Some(rstd))] {
+            if let Some(t) = t {
+                t.check_device(gpu, name)?;
+                if t.numel() != self.op.rows {
+                    return Err(crate::NormError::Shape(format!(
+                        "{name} has {} values, needs {} (one per {})",
+                        t.numel(),
+                        self.op.rows,
+                        self.what
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks everything and records the backward into `encoder`, writing `g`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+        g: &Gradients,
+    ) -> crate::Result<()> {
+        self.check_inputs(gpu, x, dy, mean, rstd)?;
+        let mut outputs = vec![("dx", &g.dx, x.numel())];
+        for (name, param, grad) in [
+            ("dweight", self.op.weight, &g.dweight),
+            ("dbias", self.bias, &g.dbias),
+        ] {
+            match (param, grad) {
+                (Some(p), Some(t)) => outputs.push((name, t, p.numel())),
+                (None, None) => {}
+                (p, _) => {
+                    return Err(crate::NormError::InvalidArgument(format!(
+                        "{name} must be given exactly when the norm has that parameter (it {})",
+                        if p.is_some() { "has" } else { "has not" }
+                    )))
+                }
+            }
+        }
+        let reads = [
+            ("the input", Some(x)),
+            ("dy", Some(dy)),
+            ("mean", mean),
+            ("rstd", Some(rstd)),
+            ("weight", self.op.weight),
+        ];
+        crate::ops::affine::check_outputs(gpu, &reads, &outputs)?;
+        let out = BwdOut {
+            dx: &g.dx,
+            dweight: g.dweight.as_ref(),
+            dbias: g.dbias.as_ref(),
+        };
+        self.op.encode(gpu, encoder, x, dy, mean, rstd, out)
+    }
+
+    /// Allocates the gradients, records the backward, submits and waits.
+    pub(crate) fn run(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+    ) -> crate::Result<Gradients> {
+        self.check_inputs(gpu, x, dy, mean, rstd)?;
+        let like = |t: Option<&Tensor>| t.map(|t| Tensor::empty(gpu, t.shape())).transpose();
+        let g = Gradients {
+            dx: Tensor::empty(gpu, x.shape())?,
+            dweight: like(self.op.weight)?,
+            dbias: like(self.bias)?,
+        };
+        let mut enc = gpu.encoder();
+        self.encode(gpu, &mut enc, x, dy, mean, rstd, &g)?;
+        gpu.submit_wait(enc)?;
+        Ok(g)
     }
 }

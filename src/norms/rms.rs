@@ -3,7 +3,7 @@
 use crate::context::Gpu;
 use crate::error::Result;
 use crate::norms::layer::Trailing;
-use crate::norms::{setters, Call, LnVariant, RmsNormPlan};
+use crate::norms::{setters, Call, Gradients, LnVariant, RmsNormPlan};
 use crate::ops::affine::Normalized;
 use crate::tensor::Tensor;
 
@@ -130,5 +130,52 @@ impl RmsNorm {
     ) -> Result<()> {
         let call = self.call(gpu, x)?;
         call.encode(gpu, encoder, x, &out.y, None, &out.rstd)
+    }
+
+    /// The backward from the forward's saved `rstd` (RMSNorm's autograd): dx through the
+    /// statistic, `dx = rstd * (g - xhat * mean(g * xhat))` with `g = dy * w`, `xhat = x * rstd`;
+    /// dweight when the norm has a weight; dbias always `None`.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+    /// # let dy = x.clone();
+    /// let rms = RmsNorm::new(&[2]);
+    /// let out = rms.forward(&gpu, &x)?;
+    /// let g = rms.backward(&gpu, &x, &dy, &out.rstd)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn backward(&self, gpu: &Gpu, x: &Tensor, dy: &Tensor, rstd: &Tensor) -> Result<Gradients> {
+        self.t.backward(gpu, x, dy, None, rstd, false)
+    }
+
+    /// [`RmsNorm::backward`] recorded into the caller's encoder, writing caller-provided
+    /// gradients (`g.dx` like x; `g.dweight` exactly when the norm has a weight; `g.dbias` None).
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+    /// # let dy = x.clone();
+    /// let rms = RmsNorm::new(&[2]);
+    /// let out = rms.forward(&gpu, &x)?;
+    /// let g = Gradients { dx: Tensor::empty(&gpu, &[2, 2])?, dweight: None, dbias: None };
+    /// let mut enc = gpu.encoder();
+    /// rms.encode_backward(&gpu, &mut enc, &x, &dy, &out.rstd, &g)?;
+    /// gpu.submit_wait(enc)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn encode_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        rstd: &Tensor,
+        g: &Gradients,
+    ) -> Result<()> {
+        self.t
+            .encode_backward(gpu, encoder, x, dy, None, rstd, false, g)
     }
 }

@@ -6,3 +6,4 @@ pub(crate) mod affine;
 pub(crate) mod apply;
 pub(crate) mod channels;
 pub(crate) mod rows;
+pub(crate) mod rows_bwd;

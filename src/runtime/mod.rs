@@ -38,5 +38,6 @@ pub fn uniform_layouts() -> Vec<UniformLayout> {
         crate::ops::rows::layout(),
         crate::ops::channels::layout(),
         crate::ops::apply::layout(),
+        crate::ops::rows_bwd::layout(),
     ]
 }

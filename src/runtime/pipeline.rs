@@ -18,6 +18,8 @@ pub(crate) enum Shader {
     Channels,
     /// `apply.wgsl`: the elementwise pass of the channels family.
     Apply,
+    /// `rows_bwd.wgsl`: the rows family's backward (dx per row, dweight/dbias per column).
+    RowsBwd,
 }
 
 /// A kernel: its family and entry point.
@@ -39,6 +41,11 @@ pub(crate) enum Kernel {
     ApplyCf4,
     ApplyCl4,
     ApplyScalar,
+    RowsBwd,
+    RowsBwdScalar,
+    RowsBwdCols,
+    RowsBwdChan,
+    RowsBwdMerge,
 }
 
 impl Kernel {
@@ -60,6 +67,11 @@ impl Kernel {
             Kernel::ApplyCf4 => "apply_cf4",
             Kernel::ApplyCl4 => "apply_cl4",
             Kernel::ApplyScalar => "apply_scalar",
+            Kernel::RowsBwd => "rows_bwd",
+            Kernel::RowsBwdScalar => "rows_bwd_scalar",
+            Kernel::RowsBwdCols => "rows_bwd_cols",
+            Kernel::RowsBwdChan => "rows_bwd_chan",
+            Kernel::RowsBwdMerge => "rows_bwd_merge",
         }
     }
 }
@@ -70,6 +82,7 @@ impl Shader {
             Shader::Rows { .. } => "rows",
             Shader::Channels => "channels",
             Shader::Apply => "apply",
+            Shader::RowsBwd => "rows_bwd",
         }
     }
 
@@ -81,6 +94,7 @@ impl Shader {
             ),
             Shader::Channels => include_str!("../../shaders/channels.wgsl").into(),
             Shader::Apply => include_str!("../../shaders/apply.wgsl").into(),
+            Shader::RowsBwd => include_str!("../../shaders/rows_bwd.wgsl").into(),
         }
     }
 
@@ -100,13 +114,14 @@ impl Shader {
     }
 }
 
-/// The WGSL of a kernel family (`"rows"`, `"channels"`, `"apply"`) as the crate builds it, for the shader tests (naga validation on every back end). Not part of the API.
+/// The WGSL of a kernel family (`"rows"`, `"channels"`, `"apply"`, `"rows_bwd"`) as the crate builds it, for the shader tests (naga validation on every back end). Not part of the API.
 #[doc(hidden)]
 pub fn module_source(family: &str, subgroups: bool) -> Option<String> {
     [
         Shader::Rows { row_cache: 16 },
         Shader::Channels,
         Shader::Apply,
+        Shader::RowsBwd,
     ]
     .into_iter()
     .find(|s| s.file() == family)

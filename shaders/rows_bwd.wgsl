@@ -1,0 +1,272 @@
+// Backward of the rows family: LayerNorm (CENTER) and RMSNorm (CENTER off), and GroupNorm /
+// InstanceNorm channels-first (a row per (sample, group), weight per channel: CHANNEL_AFFINE),
+// from the forward's saved per-row mean and rstd.
+//
+// Entry points:
+// - rows_bwd:        one group of TPR threads per row (several rows per workgroup when TPR < WG),
+//                    rows of whole vec4s (d % 4 == 0). With g = dy * w and
+//                    xhat = (x - mean) * rstd recomputed from x, the row's two sums
+//                    a = sum(g) and b = sum(g * xhat) (f32, fixed-order group reductions), then
+//                    dx = rstd * (g - a / d - xhat * b / d) (RMSNorm: no a / d term).
+// - rows_bwd_scalar: the same for any d, one value at a time, dx written through its f32 view.
+// - rows_bwd_cols:   stage 1 of dweight = sum(dy * xhat) and dbias = sum(dy) over all rows: one
+//                    thread per (column, block of block_rows rows), summing its block in row
+//                    order into partials[block * d + column].
+// - rows_bwd_chan:   CHANNEL_AFFINE's stage 1: TPR threads per (sample, channel) run of `run`
+//                    values sum dy * xhat and dy into partials[sample * C + channel].
+// - rows_bwd_merge:  stage 2: one thread per column sums the blocks' partials in block order.
+//                    Tensors larger than a binding run both stages per chunk of rows: each
+//                    chunk's merge adds its blocks to the totals of the chunks before it.
+// No atomics: every sum has one order fixed by the shape, so reruns are bit-identical, and dx of
+// a row does not depend on the other rows (its threads per row depend on d alone).
+//
+// Stores: whole elements of the array stored to; rows with d % 4 != 0 write dx through `dx1`.
+
+struct BwdParams {
+    rows: u32,
+    d: u32,
+    // Element offset of this chunk's first row inside the x, dy and dx bindings (the same for
+    // all three: it depends on the chunk's first element alone).
+    off: u32,
+    // Offset of this chunk's first row inside the mean/rstd bindings.
+    stat_off: u32,
+    // Workgroups along x; more continue along y (65535 per dimension).
+    grid_x: u32,
+    // Rows per column block and this chunk's blocks.
+    block_rows: u32,
+    blocks: u32,
+    // rows_bwd_merge: 1 to add to the totals already in dweight/dbias (chunks after the first).
+    accumulate: u32,
+    // CHANNEL_AFFINE: element i of global row r belongs to channel (r % groups) * cpg + i / run;
+    // row0 is this chunk's first global row.
+    groups: u32,
+    cpg: u32,
+    run: u32,
+    row0: u32,
+}
+
+override VEC: bool = true;
+override HAS_W: bool = false;
+override HAS_B: bool = false;
+override CENTER: bool = true;
+override CHANNEL_AFFINE: bool = false;
+
+@group(0) @binding(0) var<uniform> p: BwdParams;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> gamma: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> mean_in: array<f32>;
+@group(0) @binding(5) var<storage, read> rstd_in: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<vec4<f32>>;
+// dx as scalars (the same buffer), for rows that do not fill whole vec4s.
+@group(0) @binding(7) var<storage, read_write> dx1: array<f32>;
+@group(0) @binding(8) var<storage, read_write> partials: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> dweight: array<f32>;
+@group(0) @binding(10) var<storage, read_write> dbias: array<f32>;
+
+fn group_id(wid: vec3<u32>) -> u32 {
+    return wid.x + wid.y * p.grid_x;
+}
+
+fn ld_x(i: u32) -> f32 {
+    return x[i >> 2u][i & 3u];
+}
+
+fn ld_dy(i: u32) -> f32 {
+    return dy[i >> 2u][i & 3u];
+}
+
+// The weight of element i of chunk row `row`.
+fn weight1(row: u32, i: u32) -> f32 {
+    if (!HAS_W) {
+        return 1.0;
+    }
+    var k = i;
+    if (CHANNEL_AFFINE) {
+        k = ((p.row0 + row) % p.groups) * p.cpg + i / p.run;
+    }
+    return gamma[k >> 2u][k & 3u];
+}
+
+// The weights of elements 4j .. 4j + 3 of chunk row `row`.
+fn weight4(row: u32, j: u32) -> vec4<f32> {
+    if (!HAS_W) {
+        return vec4<f32>(1.0);
+    }
+    if (CHANNEL_AFFINE) {
+        let i = 4u * j;
+        if (p.run % 4u == 0u) {
+            return vec4<f32>(weight1(row, i));
+        }
+        return vec4<f32>(weight1(row, i), weight1(row, i + 1u), weight1(row, i + 2u), weight1(row, i + 3u));
+    }
+    return gamma[j];
+}
+
+// The saved statistics of chunk row `row`: (mean, rstd); mean 0 without CENTER.
+fn stats(row: u32) -> vec2<f32> {
+    var m = 0.0;
+    if (CENTER) {
+        m = mean_in[p.stat_off + row];
+    }
+    return vec2<f32>(m, rstd_in[p.stat_off + row]);
+}
+
+// dx from the row's sums a = sum(g), b = sum(g * xhat).
+fn dx_of(g: vec4<f32>, xh: vec4<f32>, rstd: f32, a: f32, b: f32) -> vec4<f32> {
+    let n = f32(p.d);
+    var ma = 0.0;
+    if (CENTER) {
+        ma = a / n;
+    }
+    return rstd * (g - vec4<f32>(ma) - xh * (b / n));
+}
+
+// Thread t's lane and row (TPR threads per row), and the row's statistics (0 past the last row:
+// those threads still take part in the reductions' barriers).
+struct ThreadRow {
+    lane: u32,
+    row: u32,
+    valid: bool,
+    st: vec2<f32>,
+}
+
+fn thread_row(wid: vec3<u32>, l: Lane) -> ThreadRow {
+    let t = thread_index(l);
+    let row = group_id(wid) * (WG / TPR) + t / TPR;
+    let valid = row < p.rows;
+    var st = vec2<f32>(0.0);
+    if (valid) {
+        st = stats(row);
+    }
+    return ThreadRow(t % TPR, row, valid, st);
+}
+
+@compute @workgroup_size(WG)
+fn rows_bwd(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let c = thread_row(wid, l);
+    let lane = c.lane;
+    let row = c.row;
+    let valid = c.valid;
+    let st = c.st;
+    let mv = vec4<f32>(st.x);
+    let base = (p.off + row * p.d) / 4u;
+    let nv = p.d / 4u;
+    var a4 = vec4<f32>(0.0);
+    var b4 = vec4<f32>(0.0);
+    for (var j = lane; valid && j < nv; j += TPR) {
+        let g = dy[base + j] * weight4(row, j);
+        a4 += g;
+        b4 += g * ((x[base + j] - mv) * st.y);
+    }
+    let a = reduce_sum(a4.x + a4.y + a4.z + a4.w, l);
+    let b = reduce_sum(b4.x + b4.y + b4.z + b4.w, l);
+    if (!valid) {
+        return;
+    }
+    for (var j = lane; j < nv; j += TPR) {
+        let g = dy[base + j] * weight4(row, j);
+        dx[base + j] = dx_of(g, (x[base + j] - mv) * st.y, st.y, a, b);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rows_bwd_scalar(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let c = thread_row(wid, l);
+    let lane = c.lane;
+    let row = c.row;
+    let valid = c.valid;
+    let st = c.st;
+    let base = p.off + row * p.d;
+    var a = 0.0;
+    var b = 0.0;
+    for (var i = lane; valid && i < p.d; i += TPR) {
+        let g = ld_dy(base + i) * weight1(row, i);
+        a += g;
+        b += g * ((ld_x(base + i) - st.x) * st.y);
+    }
+    a = reduce_sum(a, l);
+    b = reduce_sum(b, l);
+    if (!valid) {
+        return;
+    }
+    for (var i = lane; i < p.d; i += TPR) {
+        let g = ld_dy(base + i) * weight1(row, i);
+        let xh = (ld_x(base + i) - st.x) * st.y;
+        dx1[base + i] = dx_of(vec4<f32>(g), vec4<f32>(xh), st.y, a, b).x;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rows_bwd_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let e = group_id(wid) * WG + t;
+    let col = e % p.d;
+    let blk = e / p.d;
+    if (blk >= p.blocks) {
+        return;
+    }
+    let r0 = blk * p.block_rows;
+    let r1 = min(r0 + p.block_rows, p.rows);
+    var dw = 0.0;
+    var db = 0.0;
+    for (var r = r0; r < r1; r++) {
+        let st = stats(r);
+        let i = p.off + r * p.d + col;
+        let v = ld_dy(i);
+        dw += v * ((ld_x(i) - st.x) * st.y);
+        db += v;
+    }
+    partials[blk * p.d + col] = vec4<f32>(dw, db, 0.0, 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn rows_bwd_chan(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let lane = t % TPR;
+    // The chunk's (sample, channel) run: its statistics are those of its group row.
+    let cr = group_id(wid) * (WG / TPR) + t / TPR;
+    let valid = cr < p.rows * p.cpg;
+    var st = vec2<f32>(0.0);
+    if (valid) {
+        st = stats(cr / p.cpg);
+    }
+    let base = p.off + cr * p.run;
+    var dw = 0.0;
+    var db = 0.0;
+    for (var i = lane; valid && i < p.run; i += TPR) {
+        let v = ld_dy(base + i);
+        dw += v * ((ld_x(base + i) - st.x) * st.y);
+        db += v;
+    }
+    dw = reduce_sum(dw, l);
+    db = reduce_sum(db, l);
+    if (valid && lane == 0u) {
+        partials[p.row0 * p.cpg + cr] = vec4<f32>(dw, db, 0.0, 0.0);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rows_bwd_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let col = group_id(wid) * WG + t;
+    if (col >= p.d) {
+        return;
+    }
+    var acc = vec2<f32>(0.0);
+    if (p.accumulate != 0u) {
+        if (HAS_W) {
+            acc.x = dweight[col];
+        }
+        if (HAS_B) {
+            acc.y = dbias[col];
+        }
+    }
+    for (var b = 0u; b < p.blocks; b++) {
+        acc += partials[b * p.d + col].xy;
+    }
+    if (HAS_W) {
+        dweight[col] = acc.x;
+    }
+    if (HAS_B) {
+        dbias[col] = acc.y;
+    }
+}

@@ -1,0 +1,332 @@
+//! The rows family's backward (`shaders/rows_bwd.wgsl`): LayerNorm and RMSNorm. dx per row from
+//! the saved statistics in one dispatch; dweight and dbias as column sums in two stages
+//! (per-block partials, then a fixed-order merge), so reruns are bit-identical.
+
+use crate::context::Gpu;
+use crate::error::{NormError, Result};
+use crate::ops::affine::Staging;
+use crate::ops::rows::ChannelAffine;
+use crate::runtime::constants::{Flag, Overrides};
+use crate::runtime::dispatch::{chunks, record_all, units_per_binding, view, Launch};
+use crate::runtime::pipeline::{Kernel, Shader};
+use crate::runtime::policy::{Policy, MAX_THREAD_ITERS};
+use crate::tensor::Tensor;
+
+/// Fewest rows per column block: a block's thread loops over at least this many rows.
+const MIN_BLOCK_ROWS: u64 = 64;
+/// Most column blocks: the merge loops over at most this many partials per column (unless the
+/// partials' size limit forces longer blocks).
+const MAX_BLOCKS: u64 = 1024;
+/// Most bytes of column partials (vec4 per column and block).
+const MAX_PARTIAL_BYTES: u64 = 32 << 20;
+/// Most loop iterations of one thread: llvmpipe stops loops at 65535.
+const MAX_LOOP: u64 = 60_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct BwdParams {
+    rows: u32,
+    d: u32,
+    off: u32,
+    stat_off: u32,
+    grid_x: u32,
+    block_rows: u32,
+    blocks: u32,
+    accumulate: u32,
+    groups: u32,
+    cpg: u32,
+    run: u32,
+    row0: u32,
+}
+
+/// One backward call of the rows family: `rows` rows of `d` values.
+#[derive(Clone, Copy)]
+pub(crate) struct RowsBwd<'a> {
+    pub rows: usize,
+    pub d: usize,
+    /// LayerNorm (else RMSNorm: no mean).
+    pub center: bool,
+    pub weight: Option<&'a Tensor>,
+    /// Weight per channel (GroupNorm / InstanceNorm channels-first: a row per (sample, group));
+    /// dweight and dbias are then per channel.
+    pub channel: Option<ChannelAffine>,
+}
+
+/// Where the gradients go: dx like x, dweight and dbias (when wanted) one per column.
+pub(crate) struct BwdOut<'a> {
+    pub dx: &'a Tensor,
+    pub dweight: Option<&'a Tensor>,
+    pub dbias: Option<&'a Tensor>,
+}
+
+impl RowsBwd<'_> {
+    fn vec4(&self) -> bool {
+        self.d.is_multiple_of(4)
+    }
+
+    /// Threads per row, from d alone (never the row count), so a row's dx is the same bits in
+    /// any batch. CPU adapters: the fewest threads that keep a thread's loop within
+    /// MAX_THREAD_ITERS (barrier-free while that fits a subgroup). GPUs: about four vec4s per
+    /// thread, as the forward.
+    fn threads_per_row(&self, p: Policy) -> u32 {
+        threads_for(self.d as u64, self.vec4(), p)
+    }
+
+    /// Records dx (and dweight/dbias when given) from x, dy and the saved statistics (`mean`
+    /// when centred, `rstd` one per row).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+        out: BwdOut<'_>,
+    ) -> Result<()> {
+        let _turn = gpu.turn();
+        let mut st = Staging::default();
+        let x = st.input(gpu, encoder, x)?;
+        let dy = st.input(gpu, encoder, dy)?;
+        let mean = mean.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let rstd = st.input(gpu, encoder, rstd)?;
+        let w = self.weight.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let dx = st.output(gpu, out.dx)?;
+        let dw = out.dweight.map(|t| st.output(gpu, t)).transpose()?;
+        let db = out.dbias.map(|t| st.output(gpu, t)).transpose()?;
+        let op = RowsBwd {
+            weight: w.as_ref(),
+            ..*self
+        };
+        let out = BwdOut {
+            dx: &dx,
+            dweight: dw.as_ref(),
+            dbias: db.as_ref(),
+        };
+        op.encode_padded(gpu, encoder, &x, &dy, mean.as_ref(), &rstd, out)?;
+        st.finish(gpu, encoder)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn encode_padded(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+        out: BwdOut<'_>,
+    ) -> Result<()> {
+        let policy = Policy::of(gpu);
+        let wg = policy.wg;
+        let tpr = self.threads_per_row(policy);
+        let (rows, d) = (self.rows as u64, self.d as u64);
+        let vec = self.vec4();
+        let per = if vec { d / 4 } else { d };
+        if per.div_ceil(u64::from(tpr)) > MAX_LOOP {
+            return Err(NormError::TooLarge(format!(
+                "rows of {d} values: the backward's {tpr} threads per row would loop more than \
+                 {MAX_LOOP} times"
+            )));
+        }
+        let mut per_chunk = units_per_binding(gpu, d);
+        if per_chunk == 0 {
+            return Err(NormError::TooLarge(format!(
+                "one row of {d} f32 values exceeds a storage binding of {} bytes",
+                gpu.max_binding_bytes()
+            )));
+        }
+        // Column blocks: at least MIN_BLOCK_ROWS rows, at most MAX_BLOCKS blocks, a chunk's
+        // partials within MAX_PARTIAL_BYTES and one binding; chunks hold whole blocks.
+        let columns = out.dweight.is_some() || out.dbias.is_some();
+        if columns && 16 * d > gpu.max_binding_bytes() {
+            return Err(NormError::TooLarge(format!(
+                "rows of {d} values: one block of column partials exceeds a binding"
+            )));
+        }
+        let part_budget = MAX_PARTIAL_BYTES.min(gpu.max_binding_bytes());
+        let max_blocks = (part_budget / (16 * d)).clamp(1, MAX_BLOCKS);
+        let mut block_rows = rows.div_ceil(max_blocks).max(MIN_BLOCK_ROWS.min(rows));
+        if per_chunk >= block_rows {
+            per_chunk = per_chunk / block_rows * block_rows;
+        } else {
+            block_rows = per_chunk;
+        }
+        let chunk_blocks = per_chunk.min(rows).div_ceil(block_rows);
+        if columns && block_rows > MAX_LOOP {
+            return Err(NormError::TooLarge(format!(
+                "{rows} rows of {d} values: column blocks of {block_rows} rows are too long"
+            )));
+        }
+        let shader = Shader::RowsBwd;
+        let overrides = Overrides::new(wg, tpr)
+            .flag(Flag::Vec, vec)
+            .flag(Flag::HasWeight, self.weight.is_some())
+            .flag(Flag::Center, self.center)
+            .flag(Flag::ChannelAffine, self.channel.is_some());
+        let (dummy, sink) = (gpu.placeholder()?, gpu.sink()?);
+        let gamma = self.weight.unwrap_or(&dummy).buffer();
+        // Per-channel sums (CHANNEL_AFFINE): a partial per (sample, channel) run, merged over
+        // the samples once after every chunk.
+        let runs = self.channel.map(|ch| rows * u64::from(ch.cpg));
+        let part_len = runs.unwrap_or(chunk_blocks * d);
+        if columns && 16 * part_len > gpu.max_binding_bytes() {
+            return Err(NormError::TooLarge(format!(
+                "{rows} rows of {d} values: the column sums' partials exceed a binding"
+            )));
+        }
+        let partials = match columns {
+            true => Some(Tensor::empty(gpu, &[(part_len * 4) as usize])?),
+            false => None,
+        };
+        let ov = overrides
+            .clone()
+            .flag(Flag::HasWeight, out.dweight.is_some())
+            .flag(Flag::HasBias, out.dbias.is_some());
+        let run_tpr = self
+            .channel
+            .map_or(1, |ch| threads_for(u64::from(ch.run), false, policy));
+        if let Some(ch) = self.channel {
+            let samples = rows / u64::from(ch.groups);
+            let run_iters = u64::from(ch.run).div_ceil(u64::from(run_tpr));
+            if columns && (samples > MAX_LOOP || run_iters > MAX_LOOP) {
+                return Err(NormError::TooLarge(format!(
+                    "{samples} samples of runs of {}: the per-channel sums would loop more than \
+                     {MAX_LOOP} times",
+                    ch.run
+                )));
+            }
+        }
+        let run_ov = Overrides::new(wg, run_tpr)
+            .flag(Flag::Center, self.center)
+            .flag(Flag::ChannelAffine, true);
+        let mut launches = Vec::new();
+        for (k, (r0, r1)) in chunks(rows, per_chunk).enumerate() {
+            let n = r1 - r0;
+            let xv = view(gpu, r0 * d, r1 * d, x.buffer().size());
+            let dyv = view(gpu, r0 * d, r1 * d, dy.buffer().size());
+            let dxv = view(gpu, r0 * d, r1 * d, out.dx.buffer().size());
+            let rv = view(gpu, r0, r1, rstd.buffer().size());
+            let nb = n.div_ceil(block_rows);
+            // mean and rstd views start at the same element offset (it depends on r0 alone).
+            let mean_bind = || match mean {
+                Some(m) => view(gpu, r0, r1, m.buffer().size()).bind(m.buffer()),
+                None => dummy.buffer().as_entire_binding(),
+            };
+            let params = |grid_x| BwdParams {
+                rows: n as u32,
+                d: d as u32,
+                off: xv.elem_off,
+                stat_off: rv.elem_off,
+                grid_x,
+                block_rows: block_rows as u32,
+                blocks: nb as u32,
+                accumulate: u32::from(k > 0),
+                ..chunk_params(self.channel, r0)
+            };
+            let launch = |kernel, ov: &Overrides, groups: u64| {
+                Launch::new(gpu, shader, kernel, ov, groups as u32, params).map(|l| {
+                    l.bind("x", xv.bind(x.buffer()))
+                        .bind("dy", dyv.bind(dy.buffer()))
+                        .bind("mean_in", mean_bind())
+                        .bind("rstd_in", rv.bind(rstd.buffer()))
+                })
+            };
+            let (kernel, dx_name) = match vec {
+                true => (Kernel::RowsBwd, "dx"),
+                false => (Kernel::RowsBwdScalar, "dx1"),
+            };
+            launches.push(
+                launch(kernel, &overrides, n.div_ceil(u64::from(wg / tpr)))?
+                    .buf("gamma", gamma)
+                    .bind(dx_name, dxv.bind(out.dx.buffer())),
+            );
+            let merge = |params: BwdParams| {
+                let groups = u64::from(params.d).div_ceil(u64::from(wg)) as u32;
+                Launch::new(gpu, shader, Kernel::RowsBwdMerge, &ov, groups, |gx| {
+                    BwdParams {
+                        grid_x: gx,
+                        ..params
+                    }
+                })
+            };
+            match (&partials, self.channel) {
+                (None, _) => {}
+                (Some(part), Some(ch)) => {
+                    let runs = n * u64::from(ch.cpg);
+                    let groups = runs.div_ceil(u64::from(wg / run_tpr));
+                    launches.push(
+                        launch(Kernel::RowsBwdChan, &run_ov, groups)?
+                            .buf("partials", part.buffer()),
+                    );
+                    if r1 == rows {
+                        // Channels = groups * cpg; samples = rows / groups.
+                        let merged = BwdParams {
+                            d: ch.groups * ch.cpg,
+                            blocks: (rows / u64::from(ch.groups)) as u32,
+                            ..Default::default()
+                        };
+                        launches.push(
+                            merge(merged)?
+                                .buf("partials", part.buffer())
+                                .buf("dweight", out.dweight.unwrap_or(&sink).buffer())
+                                .buf("dbias", out.dbias.unwrap_or(&sink).buffer()),
+                        );
+                    }
+                }
+                (Some(part), None) => {
+                    launches.push(
+                        launch(
+                            Kernel::RowsBwdCols,
+                            &overrides,
+                            (nb * d).div_ceil(u64::from(wg)),
+                        )?
+                        .buf("partials", part.buffer()),
+                    );
+                    launches.push(
+                        merge(params(0))?
+                            .buf("partials", part.buffer())
+                            .buf("dweight", out.dweight.unwrap_or(&sink).buffer())
+                            .buf("dbias", out.dbias.unwrap_or(&sink).buffer()),
+                    );
+                }
+            }
+        }
+        record_all(gpu, encoder, &launches)
+    }
+}
+
+/// Threads reducing `d` values (vec4s when `vec`): see [`RowsBwd::threads_per_row`].
+fn threads_for(d: u64, vec: bool, p: Policy) -> u32 {
+    let per = if vec { d / 4 } else { d };
+    let need = per.div_ceil(MAX_THREAD_ITERS).max(1).next_power_of_two();
+    let gpu = d.div_ceil(16).next_power_of_two();
+    let tpr = if p.cpu { need } else { need.max(gpu) };
+    tpr.min(u64::from(p.wg)) as u32
+}
+
+/// The CHANNEL_AFFINE fields of a chunk starting at global row `row0`.
+fn chunk_params(channel: Option<ChannelAffine>, row0: u64) -> BwdParams {
+    let ch = channel.unwrap_or(ChannelAffine {
+        groups: 1,
+        cpg: 1,
+        run: 1,
+    });
+    BwdParams {
+        groups: ch.groups,
+        cpg: ch.cpg,
+        run: ch.run,
+        row0: row0 as u32,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn layout() -> crate::runtime::UniformLayout {
+    crate::runtime::uniform_layout!(
+        "rows_bwd",
+        BwdParams,
+        [rows, d, off, stat_off, grid_x, block_rows, blocks, accumulate, groups, cpg, run, row0]
+    )
+}
