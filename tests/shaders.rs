@@ -185,8 +185,17 @@ fn rows_norm_compiles_with_every_row_cache() {
 #[test]
 fn channels_module_compiles_for_every_backend() {
     let n = check_family("channels", &|entry| {
-        let reduces = ["channels_partial_cf", "channels_finalize"].contains(&entry);
-        sized_sets(&["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED"], reduces)
+        let reduces = [
+            "channels_partial_cf",
+            "channels_finalize",
+            "channels_local_stats",
+            "channels_bwd_partial_cf",
+            "channels_bwd_finalize",
+            "channels_bwd_params",
+        ]
+        .contains(&entry);
+        let flags = ["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED", "EVAL"];
+        sized_sets(&flags, reduces)
     });
     assert!(n > 100);
 }
@@ -205,7 +214,7 @@ fn rows_bwd_module_compiles_for_every_backend() {
 
 #[test]
 fn apply_module_compiles_for_every_backend() {
-    let n = check_family("apply", &|_| sized_sets(&[], false));
+    let n = check_family("apply", &|_| sized_sets(&["EVAL"], false));
     assert!(n > 10);
 }
 

@@ -17,6 +17,8 @@ pub(crate) enum Flag {
     Update,
     /// Running variance from the unbiased batch variance.
     Unbiased,
+    /// Backward through constant statistics (BatchNorm inference).
+    Eval,
 }
 
 impl Flag {
@@ -29,6 +31,7 @@ impl Flag {
             Flag::ChannelAffine => "CHANNEL_AFFINE",
             Flag::Update => "UPDATE",
             Flag::Unbiased => "UNBIASED",
+            Flag::Eval => "EVAL",
         }
     }
 }

@@ -14,9 +14,9 @@ pub(crate) enum Shader {
     /// `rows.wgsl`, with the vec4s each thread of `rows_norm` keeps in registers (ROW_CACHE): a
     /// module constant, since WGSL sizes function arrays with constants only.
     Rows { row_cache: u32 },
-    /// `channels.wgsl`: strided statistics.
+    /// `channels.wgsl`: strided statistics, forward and backward.
     Channels,
-    /// `apply.wgsl`: the elementwise pass of the channels family.
+    /// `apply.wgsl`: the elementwise pass of the channels family (y, or the backward's dx).
     Apply,
     /// `rows_bwd.wgsl`: the rows family's backward (dx per row, dweight/dbias per column).
     RowsBwd,
@@ -38,9 +38,16 @@ pub(crate) enum Kernel {
     ChannelsEvalCoef,
     ChannelsLocalStats,
     ChannelsGivenCoef,
+    ChannelsBwdPartialCf,
+    ChannelsBwdPartialCl,
+    ChannelsBwdFinalize,
+    ChannelsBwdParams,
     ApplyCf4,
     ApplyCl4,
     ApplyScalar,
+    ApplyBwdCf4,
+    ApplyBwdCl4,
+    ApplyBwdScalar,
     RowsBwd,
     RowsBwdScalar,
     RowsBwdCols,
@@ -64,9 +71,16 @@ impl Kernel {
             Kernel::ChannelsEvalCoef => "channels_eval_coef",
             Kernel::ChannelsLocalStats => "channels_local_stats",
             Kernel::ChannelsGivenCoef => "channels_given_coef",
+            Kernel::ChannelsBwdPartialCf => "channels_bwd_partial_cf",
+            Kernel::ChannelsBwdPartialCl => "channels_bwd_partial_cl",
+            Kernel::ChannelsBwdFinalize => "channels_bwd_finalize",
+            Kernel::ChannelsBwdParams => "channels_bwd_params",
             Kernel::ApplyCf4 => "apply_cf4",
             Kernel::ApplyCl4 => "apply_cl4",
             Kernel::ApplyScalar => "apply_scalar",
+            Kernel::ApplyBwdCf4 => "apply_bwd_cf4",
+            Kernel::ApplyBwdCl4 => "apply_bwd_cl4",
+            Kernel::ApplyBwdScalar => "apply_bwd_scalar",
             Kernel::RowsBwd => "rows_bwd",
             Kernel::RowsBwdScalar => "rows_bwd_scalar",
             Kernel::RowsBwdCols => "rows_bwd_cols",
