@@ -33,7 +33,8 @@ fn main() -> Result<(), NormError> {
     let (samples, iters) = (7, 3);
     println!("adapter: {}", gpu.describe());
     println!(
-        "timer: {} (median of {samples} submits x {iters} repetitions)",
+        "timer: {} (median of {samples} submits x {iters} repetitions, copy, fused and naive \
+         sampled in turn)",
         timer.kind().name()
     );
     println!();
@@ -200,9 +201,9 @@ fn row(
         bs.copy(e, &src, &dst);
         Ok(())
     });
-    let copy_ms = timer.median_ms(samples, iters, &mut copy)?;
-    let ms = timer.median_ms(samples, iters, &mut fused)?;
-    let naive_ms = timer.median_ms(samples, iters, &mut naive)?;
+    let works = &mut [&mut copy, &mut fused, &mut naive];
+    let t = common::interleaved_medians(timer, samples, iters, works)?;
+    let (copy_ms, ms, naive_ms) = (t[0], t[1], t[2]);
     let bytes = 3.0 * numel as f64 * 4.0;
     let lay = match layout {
         _ if rows_family => "rows",

@@ -203,7 +203,13 @@ fn channels_module_compiles_for_every_backend() {
 #[test]
 fn rows_bwd_module_compiles_for_every_backend() {
     let n = check_family("rows_bwd", &|entry| {
-        let reduces = ["rows_bwd", "rows_bwd_scalar", "rows_bwd_chan"].contains(&entry);
+        let reduces = [
+            "rows_bwd",
+            "rows_bwd_scalar",
+            "rows_bwd_sums",
+            "rows_bwd_chan",
+        ]
+        .contains(&entry);
         sized_sets(
             &["VEC", "HAS_W", "HAS_B", "CENTER", "CHANNEL_AFFINE"],
             reduces,

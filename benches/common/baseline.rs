@@ -302,7 +302,13 @@ impl Baselines {
         let mut b: Vec<_> = common.iter().filter(|(n, _)| *n != 5).copied().collect();
         b.push((10, scratch.params.buffer()));
         let pp = BaseParams { work: params, ..p };
-        self.dispatch_k(enc, "naive_bwd_params", k, pp, params, &b);
+        match shape {
+            NaiveBwdShape::Layer { .. } | NaiveBwdShape::Rms { .. } => {
+                let groups = params.div_ceil(WG);
+                self.dispatch_k(enc, "naive_bwd_cols", k, pp, groups, &b);
+            }
+            _ => self.dispatch_k(enc, "naive_bwd_params", k, pp, params, &b),
+        }
     }
 }
 

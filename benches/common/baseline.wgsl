@@ -5,7 +5,8 @@
 //   x.var(), then an elementwise pass): one dispatch each, a workgroup per row or channel with a
 //   plain binary-tree reduction, scalar loads, and x read three times.
 // - naive_bwd_*: the unfused backward (per-statistic sums, the elementwise dx, the parameter
-//   sums): three dispatches, each reading x and dy, a workgroup per statistic or parameter.
+//   sums): three dispatches, each reading x and dy; a workgroup per statistic or channel, a
+//   thread per column of rows.
 
 struct BaseParams {
     work: u32,   // threads with work in copy / apply kernels, rows or channels in reductions
@@ -276,25 +277,17 @@ fn naive_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     dst1[e] = stat_var[k] * (g - ma - bwd_xhat(e) * sums[k].y / n);
 }
 
-// A workgroup per parameter: dweight = sum(dy * xhat), dbias = sum(dy) over its elements
-// (rows x: `work` rows of d in MODE 0 without channels; else n * s values of a channel).
+// Per-channel dweight = sum(dy * xhat), dbias = sum(dy) (BatchNorm, GroupNorm): a workgroup per
+// channel over its n * s values.
 @compute @workgroup_size(WG)
 fn naive_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let j = wid.x + wid.y * bp.grid_x;
-    var count = bp.n * bp.s;
-    if (MODE == 0u && bp.c == 0u) {
-        count = bp.n;
-    }
     var dw = 0.0;
     var db = 0.0;
-    for (var i = lid; j < bp.work && i < count; i += WG) {
-        var e = 0u;
+    for (var i = lid; j < bp.work && i < bp.n * bp.s; i += WG) {
+        var e = ((i / bp.s) * bp.c + j) * bp.s + i % bp.s;
         if (MODE == 2u) {
             e = i * bp.c + j;
-        } else if (MODE == 0u && bp.c == 0u) {
-            e = i * bp.d + j;
-        } else {
-            e = ((i / bp.s) * bp.c + j) * bp.s + i % bp.s;
         }
         let v = dy1[e];
         dw += v * bwd_xhat(e);
@@ -306,4 +299,23 @@ fn naive_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     if (lid == 0u && j < bp.work) {
         psums[j] = vec2<f32>(tw, tb);
     }
+}
+
+// Per-column sums of rows (LayerNorm, RMSNorm): a thread per column down all rows, neighbouring
+// threads reading neighbouring columns (a plain column reduction).
+@compute @workgroup_size(WG)
+fn naive_bwd_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let j = flat_id(wid, lid);
+    if (j >= bp.work) {
+        return;
+    }
+    var dw = 0.0;
+    var db = 0.0;
+    for (var r = 0u; r < bp.n; r++) {
+        let e = r * bp.d + j;
+        let v = dy1[e];
+        dw += v * bwd_xhat(e);
+        db += v;
+    }
+    psums[j] = vec2<f32>(dw, db);
 }

@@ -50,8 +50,12 @@ pub(crate) enum Kernel {
     ApplyBwdScalar,
     RowsBwd,
     RowsBwdScalar,
+    RowsBwdSums,
     RowsBwdCols,
+    RowsBwdColsScalar,
     RowsBwdChan,
+    RowsBwdChanDx,
+    RowsBwdChanDxScalar,
     RowsBwdMerge,
 }
 
@@ -83,8 +87,12 @@ impl Kernel {
             Kernel::ApplyBwdScalar => "apply_bwd_scalar",
             Kernel::RowsBwd => "rows_bwd",
             Kernel::RowsBwdScalar => "rows_bwd_scalar",
+            Kernel::RowsBwdSums => "rows_bwd_sums",
             Kernel::RowsBwdCols => "rows_bwd_cols",
+            Kernel::RowsBwdColsScalar => "rows_bwd_cols_scalar",
             Kernel::RowsBwdChan => "rows_bwd_chan",
+            Kernel::RowsBwdChanDx => "rows_bwd_chan_dx",
+            Kernel::RowsBwdChanDxScalar => "rows_bwd_chan_dx_scalar",
             Kernel::RowsBwdMerge => "rows_bwd_merge",
         }
     }
