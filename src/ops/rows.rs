@@ -6,7 +6,7 @@ use crate::context::Gpu;
 use crate::error::{NormError, Result};
 use crate::norms::{LnVariant, Plan, RowsPlan};
 use crate::ops::affine::Staging;
-use crate::runtime::constants::{Flag, Overrides};
+use crate::runtime::constants::{Divisor, Flag, Overrides};
 use crate::runtime::dispatch::{record_all, units_per_binding, view, Launch};
 use crate::runtime::pipeline::{Kernel, Shader};
 use crate::runtime::policy::{Policy, MAX_THREAD_ITERS};
@@ -302,7 +302,17 @@ impl Rows<'_> {
             .flag(Flag::HasWeight, self.weight.is_some())
             .flag(Flag::HasBias, self.bias.is_some())
             .flag(Flag::Center, self.center)
-            .flag(Flag::ChannelAffine, self.channel.is_some());
+            .flag(Flag::ChannelAffine, self.channel.is_some())
+            .divisor(
+                Divisor::Run,
+                self.channel.map_or(0, |ch| u64::from(ch.run)),
+                self.channel.is_some() && Policy::of(gpu).cpu,
+            );
+        // The elementwise pass of the split path divides by the row length per element.
+        let apply_overrides =
+            overrides
+                .clone()
+                .divisor(Divisor::Row, self.d as u64, Policy::of(gpu).cpu);
         // The context's placeholder binds where weight or bias is absent (never read), its sink
         // where the mean is not wanted (never written).
         let (dummy, sink) = (gpu.placeholder()?, gpu.sink()?);
@@ -351,10 +361,11 @@ impl Rows<'_> {
                 pad: [0; 3],
             };
             let y_name = if vec { "y" } else { "y1" };
-            let launch = |kernel, groups: u64| {
-                Launch::new(gpu, shader, kernel, &overrides, groups as u32, params)
+            let launch_with = |kernel, o: &Overrides, groups: u64| {
+                Launch::new(gpu, shader, kernel, o, groups as u32, params)
                     .map(|l| l.bind("x", xv.bind(x.buffer())))
             };
+            let launch = |kernel, groups: u64| launch_with(kernel, &overrides, groups);
             if let Some(scratch) = &scratch {
                 let s = scratch.buffer();
                 let per_row = if vec { d / 4 } else { d };
@@ -377,11 +388,15 @@ impl Rows<'_> {
                     Kernel::RowsApplyScalar
                 };
                 launches.push(
-                    launch(apply, (n * per_row).div_ceil(u64::from(wg)))?
-                        .buf("partials", s)
-                        .bind(y_name, yv.bind(y.buffer()))
-                        .buf("gamma", gamma)
-                        .buf("beta", beta),
+                    launch_with(
+                        apply,
+                        &apply_overrides,
+                        (n * per_row).div_ceil(u64::from(wg)),
+                    )?
+                    .buf("partials", s)
+                    .bind(y_name, yv.bind(y.buffer()))
+                    .buf("gamma", gamma)
+                    .buf("beta", beta),
                 );
             } else {
                 let kernel = if vec {
