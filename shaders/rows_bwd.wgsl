@@ -68,7 +68,8 @@ override CHANNEL_AFFINE: bool = false;
 @group(0) @binding(6) var<storage, read_write> dx: array<vec4<f32>>;
 // dx as scalars (the same buffer), for rows that do not fill whole vec4s.
 @group(0) @binding(7) var<storage, read_write> dx1: array<f32>;
-@group(0) @binding(8) var<storage, read_write> partials: array<vec4<f32>>;
+// Column (or run) sums: (sum dy * xhat, sum dy).
+@group(0) @binding(8) var<storage, read_write> partials: array<vec2<f32>>;
 @group(0) @binding(9) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dbias: array<f32>;
 // Per chunk row: (a, b), from rows_bwd_sums for rows_bwd_cols.
@@ -278,7 +279,7 @@ fn rows_bwd_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     let q = b.x * p.d + 4u * col;
     for (var k = 0u; k < 4u; k++) {
-        partials[q + k] = vec4<f32>(dw[k], db[k], 0.0, 0.0);
+        partials[q + k] = vec2<f32>(dw[k], db[k]);
     }
 }
 
@@ -303,7 +304,7 @@ fn rows_bwd_cols_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
         dw += v * xh;
         db += v;
     }
-    partials[b.x * p.d + col] = vec4<f32>(dw, db, 0.0, 0.0);
+    partials[b.x * p.d + col] = vec2<f32>(dw, db);
 }
 
 // The chunk's (sample, channel) run of thread t (TPR threads per run), its group row's
@@ -355,7 +356,7 @@ fn rows_bwd_chan(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     dw = reduce_sum(dw, l);
     db = reduce_sum(db, l);
     if (c.valid && c.lane == 0u) {
-        partials[p.row0 * p.cpg + c.cr] = vec4<f32>(dw, db, 0.0, 0.0);
+        partials[p.row0 * p.cpg + c.cr] = vec2<f32>(dw, db);
     }
 }
 
@@ -422,7 +423,7 @@ fn rows_bwd_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
     }
     for (var b = 0u; b < p.blocks; b++) {
-        acc += partials[b * p.d + col].xy;
+        acc += partials[b * p.d + col];
     }
     if (HAS_W) {
         dweight[col] = acc.x;

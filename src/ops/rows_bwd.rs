@@ -24,7 +24,7 @@ fn min_block_rows(d: u64) -> u64 {
 /// Most column blocks: the merge loops over at most this many partials per column (unless the
 /// partials' size limit forces longer blocks).
 const MAX_BLOCKS: u64 = 1024;
-/// Most bytes of column partials (vec4 per column and block).
+/// Most bytes of column partials (a vec2 per column and block).
 const MAX_PARTIAL_BYTES: u64 = 32 << 20;
 /// Most loop iterations of one thread: llvmpipe stops loops at 65535.
 const MAX_LOOP: u64 = 60_000;
@@ -148,13 +148,13 @@ impl RowsBwd<'_> {
         // Column blocks: at least min_block_rows rows, at most MAX_BLOCKS blocks, a chunk's
         // partials within MAX_PARTIAL_BYTES and one binding; chunks hold whole blocks.
         let columns = out.dweight.is_some() || out.dbias.is_some();
-        if columns && 16 * d > gpu.max_binding_bytes() {
+        if columns && 8 * d > gpu.max_binding_bytes() {
             return Err(NormError::TooLarge(format!(
                 "rows of {d} values: one block of column partials exceeds a binding"
             )));
         }
         let part_budget = MAX_PARTIAL_BYTES.min(gpu.max_binding_bytes());
-        let max_blocks = (part_budget / (16 * d)).clamp(1, MAX_BLOCKS);
+        let max_blocks = (part_budget / (8 * d)).clamp(1, MAX_BLOCKS);
         let mut block_rows = rows.div_ceil(max_blocks).max(min_block_rows(d).min(rows));
         if per_chunk >= block_rows {
             per_chunk = per_chunk / block_rows * block_rows;
@@ -179,13 +179,13 @@ impl RowsBwd<'_> {
         // the samples once after every chunk.
         let runs = self.channel.map(|ch| rows * u64::from(ch.cpg));
         let part_len = runs.unwrap_or(chunk_blocks * d);
-        if columns && 16 * part_len > gpu.max_binding_bytes() {
+        if columns && 8 * part_len > gpu.max_binding_bytes() {
             return Err(NormError::TooLarge(format!(
                 "{rows} rows of {d} values: the column sums' partials exceed a binding"
             )));
         }
         let partials = match columns {
-            true => Some(Tensor::empty(gpu, &[(part_len * 4) as usize])?),
+            true => Some(Tensor::empty(gpu, &[(part_len * 2).max(4) as usize])?),
             false => None,
         };
         let ov = overrides
