@@ -26,10 +26,15 @@ pub use error::{NormError, Result};
 pub use norms::{
     gpu_layer_norm, BatchNorm, BatchNormOutput, BatchNormPlan, ChannelsPlan, Gradients, GroupNorm,
     GroupNormOutput, GroupNormPlan, InstanceNorm, InstanceNormOutput, InstanceNormPlan, LayerNorm,
-    LayerNormOutput, LayerNormPlan, Layout, LnVariant, NormOutput, Plan, RmsNorm, RmsNormOutput,
-    RmsNormPlan, RowsPlan, TrainCommit,
+    LayerNormAddOutput, LayerNormOutput, LayerNormPlan, Layout, LnVariant, NormOutput, Plan,
+    RmsNorm, RmsNormAddOutput, RmsNormOutput, RmsNormPlan, RowsPlan, TrainCommit,
 };
 #[doc(hidden)]
-pub use runtime::{pipeline::module_source, uniform_layouts};
+pub use runtime::pipeline::Storage;
+#[doc(hidden)]
+pub use runtime::{
+    pipeline::{module_source, module_source_storage},
+    uniform_layouts,
+};
 pub use stats::{ChannelStats, StatsReducer, ThreadReducer};
-pub use tensor::Tensor;
+pub use tensor::{DType, Element, Tensor};

@@ -221,6 +221,18 @@ impl BatchNorm {
     }
 
     /// The channels-family call on `shape` in `layout`, checked like every BatchNorm call.
+    /// BatchNorm's kernels are f32 only for now: x, the parameters, the running statistics and
+    /// the outputs.
+    fn check_f32(&self, x: &Tensor, outputs: &[&Tensor]) -> Result<()> {
+        let (w, b) = (self.weight.as_ref(), self.bias.as_ref());
+        crate::ops::affine::check_dtypes(x, w, b, false, "BatchNorm")?;
+        let f32s = [w, b, Some(&self.running_mean), Some(&self.running_var)];
+        for t in f32s.into_iter().flatten().chain(outputs.iter().copied()) {
+            t.check_dtype("a BatchNorm tensor", crate::DType::F32)?;
+        }
+        Ok(())
+    }
+
     fn op(&self, gpu: &Gpu, shape: &[usize], layout: Layout) -> Result<Channels<'_>> {
         check_eps(self.eps)?;
         if let Some(m) = self.momentum {
@@ -348,6 +360,7 @@ impl BatchNorm {
         out: &BatchNormOutput,
     ) -> Result<TrainCommit> {
         x.check_device(gpu, "x")?;
+        self.check_f32(x, &[&out.y, &out.mean, &out.invstd])?;
         let op = self.op(gpu, x.shape(), layout)?;
         Self::check_batch(&op, x)?;
         let c = self.channels;
@@ -449,6 +462,7 @@ impl BatchNorm {
         y: &Tensor,
     ) -> Result<()> {
         x.check_device(gpu, "x")?;
+        self.check_f32(x, &[y])?;
         let op = self.op(gpu, x.shape(), layout)?;
         check_outputs(gpu, &self.reads(x), &[("y", y, x.numel())])?;
         let _turn = gpu.turn();
