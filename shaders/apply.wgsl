@@ -25,11 +25,14 @@ struct ApplyParams {
 }
 
 @group(0) @binding(0) var<uniform> p: ApplyParams;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
+// x and y in their element storage (dtype_*.wgsl): widened on load, rounded once on store.
+@group(0) @binding(1) var<storage, read> x: array<XV>;
+@group(0) @binding(2) var<storage, read_write> y: array<XV>;
 @group(0) @binding(4) var<storage, read> coef: array<vec4<f32>>;
 // y as scalars, for apply_scalar (the same buffer as y).
 @group(0) @binding(12) var<storage, read_write> y1: array<f32>;
+// y as pairs (whole u32 words of halves), for apply_pair (the same buffer as y).
+@group(0) @binding(14) var<storage, read_write> y2: array<XW>;
 
 fn cp() -> u32 {
     return (p.c + 3u) & ~3u;
@@ -58,8 +61,8 @@ fn apply_cf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     }
     // Only BatchNorm runs channels-first through here: one coefficient row for every sample.
     let k = coef[3u * p.plane / 4u + ((p.e0 + 4u * e) / p.s) % p.c];
-    let v = x[p.x_off / 4u + e];
-    y[p.y_off / 4u + e] = fma(v - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z));
+    let v = widen4(x[p.x_off / 4u + e]);
+    y[p.y_off / 4u + e] = narrow4(fma(v - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z)));
 }
 
 // Channels-last, c % 4 == 0: the vec4 holds four channels of one row.
@@ -75,8 +78,8 @@ fn apply_cl4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         q += ((p.e0 + 4u * e) / p.c / p.spr) * (cp() / 4u);
     }
     let pv = p.plane / 4u;
-    let v = x[p.x_off / 4u + e];
-    y[p.y_off / 4u + e] = fma(v - coef[q], coef[pv + q], coef[2u * pv + q]);
+    let v = widen4(x[p.x_off / 4u + e]);
+    y[p.y_off / 4u + e] = narrow4(fma(v - coef[q], coef[pv + q], coef[2u * pv + q]));
 }
 
 // One value per thread, for shapes whose runs do not fill whole vec4s.
@@ -88,5 +91,25 @@ fn apply_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
     let k = coef[3u * p.plane / 4u + entry_of(p.e0 + e)];
     let i = p.x_off + e;
-    y1[p.y_off + e] = fma(x[i >> 2u][i & 3u] - k.x, k.y, k.z);
+    y1[p.y_off + e] = fma(widen4(x[i >> 2u])[i & 3u] - k.x, k.y, k.z);
+}
+
+// Half storage, runs that do not fill whole vec4s: one whole word (two elements, each with its
+// own coefficients) per thread, so no two threads write one word. `work` counts elements; the
+// chunk starts on a whole word, and an odd count's last word gets a copy of the last element in
+// its padding half.
+@compute @workgroup_size(WG)
+fn apply_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let w = index(wid, lid);
+    if (2u * w >= p.work) {
+        return;
+    }
+    var o = vec2<f32>(0.0);
+    for (var k = 0u; k < 2u; k++) {
+        let e = min(2u * w + k, p.work - 1u);
+        let c = coef[3u * p.plane / 4u + entry_of(p.e0 + e)];
+        let i = p.x_off + e;
+        o[k] = fma(widen4(x[i >> 2u])[i & 3u] - c.x, c.y, c.z);
+    }
+    y2[p.y_off / 2u + w] = narrow2(o);
 }

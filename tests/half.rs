@@ -353,6 +353,101 @@ fn group_and_instance_norm_channels_first_in_half() {
     }
 }
 
+/// BatchNorm (training and eval, both layouts) and GroupNorm / InstanceNorm channels-last: the
+/// channels family with half loads and stores.
+fn check_channels<T: Half>(n: usize, c: usize, spatial: &[usize]) -> f64 {
+    let s: usize = spatial.iter().product();
+    let mut rng = Rng::new((n * c * s) as u64 + 3);
+    let (xh, xw) = halves::<T>(&rng.normals(n * c * s, 2.0, 3.0));
+    let (wh, ww) = halves::<T>(&rng.normals(c, 1.0, 0.5));
+    let bw = rng.normals(c, 0.0, 0.5);
+    let st = reference::batch_stats(&xw, c, s);
+    let train =
+        reference::batch_norm_apply(&xw, c, s, &st.mean, &st.var, Some(&ww), Some(&bw), 1e-5);
+    let ones = vec![1.0f64; c];
+    let zeros = vec![0.0f64; c];
+    let eval = reference::batch_norm_apply(&xw, c, s, &zeros, &ones, Some(&ww), Some(&bw), 1e-5);
+    let groups = if c.is_multiple_of(2) { c / 2 } else { c };
+    let (gy, _) = reference::group_norm(&xw, c, s, groups, false, Some(&ww), Some(&bw), 1e-5);
+    let mut worst = 0f64;
+    for (path, gpu) in paths() {
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let tag = format!("{} {path} {layout:?} [{n}, {c}, {spatial:?}]", T::DTYPE);
+            let cl = layout == Layout::ChannelsLast;
+            let shape = common::layout_shape(n, c, spatial, layout);
+            let host = if cl {
+                common::to_channels_last(&xh, n, c, s)
+            } else {
+                xh.clone()
+            };
+            let x = Tensor::from_slice(gpu, &host, &shape).unwrap();
+            let w = Tensor::from_slice(gpu, &wh, &[c]).unwrap();
+            let b = Tensor::from_slice(gpu, &bw, &[c]).unwrap();
+            let back = |y: &Tensor| {
+                let v = y.to_vec(gpu).unwrap();
+                if cl {
+                    common::to_channels_first(&v, n, c, s)
+                } else {
+                    v
+                }
+            };
+            let mut bn = fused_norm::BatchNorm::new(gpu, c)
+                .unwrap()
+                .weight(w.clone())
+                .bias(b.clone());
+            let out = bn.forward_train(gpu, &x, layout).unwrap();
+            assert_eq!(out.y.dtype(), T::DTYPE);
+            worst = worst.max(assert_ulp::<T>(
+                &format!("BN train {tag}"),
+                &back(&out.y),
+                &train,
+            ));
+            assert_close(
+                &format!("BN mean {tag}"),
+                &out.mean.to_vec(gpu).unwrap(),
+                &st.mean,
+            );
+            let fresh = fused_norm::BatchNorm::new(gpu, c)
+                .unwrap()
+                .weight(w.clone())
+                .bias(b.clone());
+            let y = fresh.forward_eval(gpu, &x, layout).unwrap();
+            worst = worst.max(assert_ulp::<T>(&format!("BN eval {tag}"), &back(&y), &eval));
+            let plan = fresh.plan_dtype(gpu, &shape, layout, T::DTYPE).unwrap();
+            assert!(plan.storage != Storage::F32, "{plan}");
+            if cl {
+                let gn = GroupNorm::new(groups, c)
+                    .unwrap()
+                    .weight(w.clone())
+                    .bias(b.clone());
+                let out = gn.forward(gpu, &x, layout).unwrap();
+                worst = worst.max(assert_ulp::<T>(&format!("GN cl {tag}"), &back(&out.y), &gy));
+                let inn = InstanceNorm::new(c).weight(w).bias(b);
+                assert!(inn.forward(gpu, &x, layout).is_ok());
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn batch_norm_and_channels_last_group_norm_in_half() {
+    // Odd runs (5, 3x3, 7x7) and channel counts (3, 5) put values of one word in two channels,
+    // samples and chunks; [2, 8, 4, 4] and [4, 8, 1] take the vec4 passes.
+    for (n, c, spatial) in [
+        (2, 3, vec![5]),
+        (3, 5, vec![3, 3]),
+        (2, 8, vec![4, 4]),
+        (7, 8, vec![1]),
+        (2, 4, vec![7, 7]),
+        (5, 3, vec![1]),
+    ] {
+        let a = check_channels::<f16>(n, c, &spatial);
+        let b = check_channels::<bf16>(n, c, &spatial);
+        println!("channels {n}x{c}x{spatial:?}: f16 {a:.3} ulp, bf16 {b:.3} ulp");
+    }
+}
+
 /// forward_add: sum = round(x + residual) bit for bit as the host rounds it; y the reference
 /// norm of that sum; in place through encode_add.
 fn check_add<T: Half>(rows: usize, d: usize) {
@@ -475,18 +570,14 @@ fn dtype_rules_are_errors_not_panics() {
     assert!(LayerNorm::new(&[4])
         .encode(gpu, &mut enc, &x, &out)
         .is_err());
-    // Families without half kernels yet, and the backward, refuse half clearly.
+    // BatchNorm: a bf16 weight with f16 x; the backward refuses half clearly.
     let img = Tensor::from_slice(gpu, &[f16::ONE; 16], &[2, 2, 2, 2]).unwrap();
-    let mut bn = fused_norm::BatchNorm::new(gpu, 2).unwrap();
-    assert!(matches!(
-        bn.forward_train(gpu, &img, Layout::ChannelsFirst),
-        Err(NormError::InvalidArgument(_))
-    ));
-    let gn = GroupNorm::new(1, 2).unwrap();
-    assert!(matches!(
-        gn.forward(gpu, &img, Layout::ChannelsLast),
-        Err(NormError::InvalidArgument(_))
-    ));
+    let wb = Tensor::from_slice(gpu, &[bf16::ONE; 2], &[2]).unwrap();
+    let mut bn = fused_norm::BatchNorm::new(gpu, 2).unwrap().weight(wb);
+    let e = bn
+        .forward_train(gpu, &img, Layout::ChannelsFirst)
+        .unwrap_err();
+    assert!(matches!(e, NormError::InvalidArgument(_)), "{e}");
     let ln = LayerNorm::new(&[4]);
     let o = ln.forward(gpu, &x).unwrap();
     assert!(matches!(

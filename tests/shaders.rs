@@ -206,6 +206,20 @@ fn rows_module_compiles_in_every_storage_with_the_residual_add() {
     }
 }
 
+/// The channels family and its apply pass read x (and write y) in every element storage.
+#[test]
+fn channels_and_apply_compile_in_every_storage() {
+    for storage in STORAGES {
+        let n = check_family_in("channels", storage, &|_| {
+            let mut sets = sized_sets(&["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED"], false);
+            sets.truncate(WGS.len() * 2);
+            sets
+        });
+        assert!(n > 50, "{storage}");
+        assert!(check_family_in("apply", storage, &|_| sized_sets(&[], false)) > 10);
+    }
+}
+
 #[test]
 fn elementwise_module_compiles_for_every_backend() {
     let n = check_family("elementwise", &|_| {
@@ -397,7 +411,10 @@ fn component_stores(module: &Module, info: &ModuleInfo) -> Vec<String> {
 fn no_kernel_stores_one_component_of_a_vector_in_storage() {
     for file in FAMILIES {
         // Half storage changes the rows family's element types (vec2<u32> words, vec4<f16>).
-        let storages: &[&str] = if file == "rows" { &STORAGES } else { &["f32"] };
+        let storages: &[&str] = match file {
+            "rows" | "channels" | "apply" => &STORAGES,
+            _ => &["f32"],
+        };
         for &storage in storages {
             for subgroups in [false, true] {
                 let (module, info) = parsed_in(file, subgroups, storage);

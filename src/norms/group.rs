@@ -111,8 +111,7 @@ impl GroupNorm {
         }
         let (w, b) = (self.weight.as_ref(), self.bias.as_ref());
         check_affine(gpu, w, b, c, "channel")?;
-        let half_ok = layout == Layout::ChannelsFirst;
-        check_dtypes(x, w, b, half_ok, &format!("{what} channels-last"))?;
+        check_dtypes(x, w, b, true, what)?;
         check_u32_elems(n * c * s)?;
         let (g, cpg) = (self.groups, c / self.groups);
         let op = match layout {
@@ -141,6 +140,7 @@ impl GroupNorm {
                 eps: self.eps,
                 weight: w,
                 bias: b,
+                storage: Storage::of(gpu, x.dtype()),
             }),
         };
         Ok(Call {

@@ -5,8 +5,8 @@
 use crate::context::Gpu;
 use crate::error::Result;
 use crate::runtime::constants::Overrides;
-use crate::runtime::dispatch::{chunks, view, Launch};
-use crate::runtime::pipeline::{Kernel, Shader};
+use crate::runtime::dispatch::{chunks, view_of, Launch};
+use crate::runtime::pipeline::{Kernel, Shader, Storage};
 use crate::tensor::Tensor;
 
 #[repr(C)]
@@ -31,6 +31,8 @@ pub(crate) enum ApplyKind {
     RunVec4,
     ChannelVec4,
     Scalar,
+    /// Half storage where a vec4 would straddle runs: one whole word (two values) per thread.
+    Pair,
 }
 
 impl ApplyKind {
@@ -44,11 +46,20 @@ impl ApplyKind {
         }
     }
 
+    /// Scalar stores of half values would share words between threads: pairs instead.
+    pub(crate) fn in_storage(self, storage: Storage) -> ApplyKind {
+        match self {
+            ApplyKind::Scalar if storage.is_half() => ApplyKind::Pair,
+            k => k,
+        }
+    }
+
     pub(crate) fn kernel(self) -> Kernel {
         match self {
             ApplyKind::RunVec4 => Kernel::ApplyCf4,
             ApplyKind::ChannelVec4 => Kernel::ApplyCl4,
             ApplyKind::Scalar => Kernel::ApplyScalar,
+            ApplyKind::Pair => Kernel::ApplyPair,
         }
     }
 
@@ -57,6 +68,7 @@ impl ApplyKind {
             ApplyKind::RunVec4 => "vec4-cf",
             ApplyKind::ChannelVec4 => "vec4-cl",
             ApplyKind::Scalar => "scalar",
+            ApplyKind::Pair => "pair",
         }
     }
 }
@@ -71,6 +83,7 @@ pub(crate) struct Apply {
     pub plane: u64,
     pub chunk_runs: u64,
     pub wg: u32,
+    pub storage: Storage,
 }
 
 impl Apply {
@@ -82,21 +95,24 @@ impl Apply {
         y: &'a Tensor,
         coef: &'a Tensor,
     ) -> Result<Vec<Launch<'a>>> {
-        let kind = ApplyKind::of(self.c, self.s);
+        let kind = ApplyKind::of(self.c, self.s).in_storage(self.storage);
+        let elem = x.dtype().size() as u64;
         let slab = self.c * self.s;
         let overrides = Overrides::new(self.wg, self.wg);
         let mut out = Vec::new();
         for (n0, n1) in chunks(self.n, self.chunk_runs) {
             let (xv, yv) = (
-                view(gpu, n0 * slab, n1 * slab, x.buffer().size()),
-                view(gpu, n0 * slab, n1 * slab, y.buffer().size()),
+                view_of(gpu, n0 * slab, n1 * slab, x.buffer().size(), elem),
+                view_of(gpu, n0 * slab, n1 * slab, y.buffer().size(), elem),
             );
             let elems = (n1 - n0) * slab;
-            let work = if kind == ApplyKind::Scalar {
-                elems
-            } else {
-                elems / 4
-            } as u32;
+            // Pair: `work` counts elements, a thread takes two.
+            let (work, threads) = match kind {
+                ApplyKind::Scalar => (elems, elems),
+                ApplyKind::Pair => (elems, elems.div_ceil(2)),
+                _ => (elems / 4, elems / 4),
+            };
+            let (work, threads) = (work as u32, threads as u32);
             let params = |grid_x| ApplyParams {
                 c: self.c as u32,
                 s: self.s as u32,
@@ -114,8 +130,12 @@ impl Apply {
                 grid_x,
                 pad: [0; 3],
             };
-            let groups = work.div_ceil(self.wg);
-            let y_name = if kind == ApplyKind::Scalar { "y1" } else { "y" };
+            let groups = threads.div_ceil(self.wg);
+            let y_name = match kind {
+                ApplyKind::Scalar => "y1",
+                ApplyKind::Pair => "y2",
+                _ => "y",
+            };
             out.push(
                 Launch::new(
                     gpu,
@@ -125,6 +145,7 @@ impl Apply {
                     groups,
                     params,
                 )?
+                .storage(self.storage)
                 .bind("x", xv.bind(x.buffer()))
                 .bind(y_name, yv.bind(y.buffer()))
                 .buf("coef", coef.buffer()),
