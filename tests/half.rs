@@ -46,13 +46,16 @@ fn gpu_packed_gpu_tuned() -> &'static Gpu {
     })
 }
 
-/// Both storage paths this adapter has: native f16 (when SHADER_F16) and packed.
+/// Both storage paths this adapter has: native f16 (when SHADER_F16) and packed, plus the
+/// packed path with the GPU kernel tables and workgroup-memory reductions (whole-workgroup
+/// rows, barriers, the GPU split policy).
 fn paths() -> Vec<(&'static str, &'static Gpu)> {
     let mut v = Vec::new();
     if common::gpu().capabilities().shader_f16 {
         v.push(("native", common::gpu()));
     }
     v.push(("packed", gpu_packed()));
+    v.push(("packed gpu-tuned", gpu_packed_gpu_tuned()));
     v
 }
 
