@@ -706,6 +706,30 @@ fn half_tensors_from_caller_buffers_and_in_chunks() {
             &out.y.to_vec(gpu).unwrap(),
             &want.y,
         );
+        // forward_add in chunks: fused (d = 100) and add-then-norm (d = 33).
+        let (rh, rw) = halves::<bf16>(&rng.normals(rows * d, 0.0, 1.0));
+        let r = Tensor::from_slice(gpu, &rh, &[rows, d]).unwrap();
+        let out = RmsNorm::new(&[d])
+            .eps(1e-5)
+            .forward_add(gpu, &x, &r)
+            .unwrap();
+        let sum: Vec<bf16> = xw
+            .iter()
+            .zip(&rw)
+            .map(|(a, b)| bf16::from_f32(a + b))
+            .collect();
+        assert_eq!(
+            bits(&out.sum.read::<bf16>(gpu).unwrap()),
+            bits(&sum),
+            "chunked sum {d}"
+        );
+        let sw: Vec<f32> = sum.iter().map(|v| v.to_f32()).collect();
+        let (want, _) = reference::rms_norm(&sw, d, None, 1e-5);
+        assert_ulp::<bf16>(
+            &format!("chunked add {d}"),
+            &out.y.to_vec(gpu).unwrap(),
+            &want,
+        );
         let c = x
             .cast(gpu, DType::F16)
             .unwrap()
