@@ -1,6 +1,7 @@
 //! Fused normalization kernels in WGSL, run through wgpu on any adapter: LayerNorm, RMSNorm,
 //! GroupNorm, InstanceNorm and BatchNorm as configurations of two reductions (over contiguous
-//! rows, over strided channels) and one elementwise pass.
+//! rows, over strided channels) and one elementwise pass. Tensors hold f32, f16 or bf16
+//! ([`DType`]); the math is f32, and half outputs are rounded once, to nearest even.
 //!
 //! ```no_run
 //! use fused_norm::{gpu_layer_norm, Gpu, Tensor};

@@ -212,10 +212,20 @@ impl Tensor {
             )));
         }
         let t = Tensor::empty_dtype(gpu, shape, T::DTYPE)?;
-        // write_buffer takes whole 4-byte words: an odd count of halves gets a zero half.
-        let mut bytes = bytemuck::cast_slice::<T, u8>(data).to_vec();
-        bytes.resize(word_bytes(n, T::DTYPE) as usize, 0);
-        gpu.scoped(|_| gpu.queue().write_buffer(t.buffer(), 0, &bytes))?;
+        // write_buffer takes whole 4-byte words: an odd count of halves gets a zero half (a
+        // copy only then).
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let padded;
+        let bytes = match bytes.len() % 4 {
+            0 => bytes,
+            _ => {
+                let mut v = bytes.to_vec();
+                v.resize(word_bytes(n, T::DTYPE) as usize, 0);
+                padded = v;
+                &padded[..]
+            }
+        };
+        gpu.scoped(|_| gpu.queue().write_buffer(t.buffer(), 0, bytes))?;
         Ok(t)
     }
 
