@@ -1,13 +1,14 @@
 // The elementwise pass of the channels family: y = (x - centre) * scale + shift, with the
-// coefficients of the element's (sample, channel) from the table `channels.wgsl` fills. One
-// vec4 (or value) per thread, like the copy kernel (a workgroup looping over a run measured
-// 1.5x slower on lavapipe).
+// coefficients of the element's (sample, channel) from the table `channels.wgsl` fills; and the
+// backward's dx = (x - centre) * scale + shift + grad * dy (apply_bwd_*). One vec4 (or value)
+// per thread, like the copy kernel (a workgroup looping over a run measured 1.5x slower on
+// lavapipe).
 //
-// The coefficient table: three planes of `plane` values (centre | scale | shift), entry
+// The coefficient table: four planes of `plane` values (centre | scale | shift | grad), entry
 // sample * cp + channel with cp = round_up(c, 4), read as vec4s of four channels by the
-// channels-last pass; then one vec4 (centre, scale, shift, -) per entry, a single load for the
-// others. Samples share entry 0's row when the statistics are per channel (BatchNorm: spr = all
-// rows).
+// channels-last pass; then one vec4 (centre, scale, shift, grad) per entry, a single load for
+// the others. Samples share entry 0's row when the statistics are per channel (BatchNorm: spr =
+// all rows).
 
 struct ApplyParams {
     c: u32,
@@ -15,7 +16,7 @@ struct ApplyParams {
     spr: u32,        // rows of [rows, c, s] per sample with its own coefficients; 0: shared
     plane: u32,
     e0: u32,         // global element index of this chunk's first element
-    x_off: u32,      // element offset of the chunk's first element inside the x binding
+    x_off: u32,      // element offset of the chunk's first element inside the x (and dy) binding
     y_off: u32,
     work: u32,       // vec4s (or values) of this dispatch
     grid_x: u32,
@@ -33,6 +34,12 @@ struct ApplyParams {
 @group(0) @binding(12) var<storage, read_write> y1: array<f32>;
 // y as pairs (whole u32 words of halves), for apply_pair (the same buffer as y).
 @group(0) @binding(14) var<storage, read_write> y2: array<XW>;
+// The backward's incoming gradient, laid out like x.
+@group(0) @binding(13) var<storage, read> dy: array<vec4<f32>>;
+
+// The backward through constant statistics (BatchNorm inference): dx = grad * dy does not read
+// x, so a NaN or Inf in x stays out of dx (as in PyTorch), and x is not loaded.
+override EVAL: bool = false;
 
 fn cp() -> u32 {
     return (p.c + 3u) & ~3u;
@@ -52,31 +59,46 @@ fn index(wid: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * p.grid_x) * WG + lid;
 }
 
-// Channels-first, s % 4 == 0: the vec4 lies in one run, of one channel.
+// Channels-first, s % 4 == 0: vec4 e lies in one run, of one channel. Only BatchNorm runs
+// channels-first through here: one coefficient row for every sample. Its (centre, scale, shift,
+// grad).
+fn cf4_coef(e: u32) -> vec4<f32> {
+    return coef[p.plane + ((p.e0 + 4u * e) / p.s) % p.c];
+}
+
+// Channels-last, c % 4 == 0: vec4 e holds four channels of one row; their entry in the planes,
+// over 4 (entry_of without its divisions by s = 1).
+fn cl4_entry(e: u32) -> u32 {
+    var q = (p.e0 / 4u + e) % (p.c / 4u);
+    if (p.spr != 0u) {
+        q += ((p.e0 + 4u * e) / p.c / p.spr) * (cp() / 4u);
+    }
+    return q;
+}
+
+// Element i of the x binding, for the scalar kernels.
+fn ld(i: u32) -> f32 {
+    return widen4(x[i >> 2u])[i & 3u];
+}
+
 @compute @workgroup_size(WG)
 fn apply_cf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let e = index(wid, lid);
     if (e >= p.work) {
         return;
     }
-    // Only BatchNorm runs channels-first through here: one coefficient row for every sample.
-    let k = coef[3u * p.plane / 4u + ((p.e0 + 4u * e) / p.s) % p.c];
+    let k = cf4_coef(e);
     let v = widen4(x[p.x_off / 4u + e]);
     y[p.y_off / 4u + e] = narrow4(fma(v - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z)));
 }
 
-// Channels-last, c % 4 == 0: the vec4 holds four channels of one row.
 @compute @workgroup_size(WG)
 fn apply_cl4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let e = index(wid, lid);
     if (e >= p.work) {
         return;
     }
-    // entry_of without its divisions by s = 1: the vec4's first channel, over 4.
-    var q = (p.e0 / 4u + e) % (p.c / 4u);
-    if (p.spr != 0u) {
-        q += ((p.e0 + 4u * e) / p.c / p.spr) * (cp() / 4u);
-    }
+    let q = cl4_entry(e);
     let pv = p.plane / 4u;
     let v = widen4(x[p.x_off / 4u + e]);
     y[p.y_off / 4u + e] = narrow4(fma(v - coef[q], coef[pv + q], coef[2u * pv + q]));
@@ -89,9 +111,8 @@ fn apply_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     if (e >= p.work) {
         return;
     }
-    let k = coef[3u * p.plane / 4u + entry_of(p.e0 + e)];
-    let i = p.x_off + e;
-    y1[p.y_off + e] = fma(widen4(x[i >> 2u])[i & 3u] - k.x, k.y, k.z);
+    let k = coef[p.plane + entry_of(p.e0 + e)];
+    y1[p.y_off + e] = fma(ld(p.x_off + e) - k.x, k.y, k.z);
 }
 
 // Half storage, runs that do not fill whole vec4s: one whole word (two elements, each with its
@@ -107,9 +128,54 @@ fn apply_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     var o = vec2<f32>(0.0);
     for (var k = 0u; k < 2u; k++) {
         let e = min(2u * w + k, p.work - 1u);
-        let c = coef[3u * p.plane / 4u + entry_of(p.e0 + e)];
-        let i = p.x_off + e;
-        o[k] = fma(widen4(x[i >> 2u])[i & 3u] - c.x, c.y, c.z);
+        let c = coef[p.plane + entry_of(p.e0 + e)];
+        o[k] = fma(ld(p.x_off + e) - c.x, c.y, c.z);
     }
     y2[p.y_off / 2u + w] = narrow2(o);
+}
+
+@compute @workgroup_size(WG)
+fn apply_bwd_cf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = index(wid, lid);
+    if (e >= p.work) {
+        return;
+    }
+    let k = cf4_coef(e);
+    let i = p.x_off / 4u + e;
+    var t = vec4<f32>(0.0);
+    if (!EVAL) {
+        t = fma(widen4(x[i]) - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z));
+    }
+    y[p.y_off / 4u + e] = narrow4(fma(dy[i], vec4<f32>(k.w), t));
+}
+
+@compute @workgroup_size(WG)
+fn apply_bwd_cl4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = index(wid, lid);
+    if (e >= p.work) {
+        return;
+    }
+    let q = cl4_entry(e);
+    let pv = p.plane / 4u;
+    let i = p.x_off / 4u + e;
+    var t = vec4<f32>(0.0);
+    if (!EVAL) {
+        t = fma(widen4(x[i]) - coef[q], coef[pv + q], coef[2u * pv + q]);
+    }
+    y[p.y_off / 4u + e] = narrow4(fma(dy[i], coef[3u * pv + q], t));
+}
+
+@compute @workgroup_size(WG)
+fn apply_bwd_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = index(wid, lid);
+    if (e >= p.work) {
+        return;
+    }
+    let k = coef[p.plane + entry_of(p.e0 + e)];
+    let i = p.x_off + e;
+    var t = 0.0;
+    if (!EVAL) {
+        t = fma(ld(i) - k.x, k.y, k.z);
+    }
+    y1[p.y_off + e] = fma(dy[i >> 2u][i & 3u], k.w, t);
 }

@@ -20,6 +20,9 @@
 //                       coefficients of every channel of the slot.
 // Inference BatchNorm: channels_eval_coef folds running_var, eps and gamma into one scale per
 // channel. Both apply y = (x - centre) * scale + shift.
+// Backward (the same statistics, layouts and blocks; see the end of this file):
+//   channels_bwd_partial_cf / channels_bwd_partial_cl, channels_bwd_finalize,
+//   channels_bwd_params, then apply.wgsl's apply_bwd_* for dx.
 //
 // Stores: every invocation writes whole elements of the array it stores to, never one component
 // of a vec4 (an implementation may rewrite the whole vector, and Metal does, losing a
@@ -95,19 +98,26 @@ fn pivot_w(sample: u32, ch: u32) -> f32 {
     return coef_w[coef_index(sample, (ch / p.cpg) * p.cpg)];
 }
 
-// Writes the apply coefficients of table entry `q`: the three planes, then the vec4 section.
-// `centre_too` is false for an entry that already holds its slot's pivot (plane 0), which other
-// invocations of the slot may be reading.
-fn set_apply_coef(q: u32, centre: f32, scale: f32, shift: f32, centre_too: bool) {
+// Writes the coefficients of table entry `q` (see apply.wgsl): the four planes, then the vec4
+// section. `grad` multiplies dy (backward only; 0 in the forward). `centre_too` is false for an
+// entry that already holds its slot's pivot (plane 0), which other invocations of the slot may
+// be reading.
+fn set_coef(q: u32, centre: f32, scale: f32, shift: f32, grad: f32, centre_too: bool) {
     if (centre_too) {
         coef_w[q] = centre;
     }
     coef_w[p.plane + q] = scale;
     coef_w[2u * p.plane + q] = shift;
-    let v = 3u * p.plane + 4u * q;
+    coef_w[3u * p.plane + q] = grad;
+    let v = 4u * p.plane + 4u * q;
     coef_w[v] = centre;
     coef_w[v + 1u] = scale;
     coef_w[v + 2u] = shift;
+    coef_w[v + 3u] = grad;
+}
+
+fn set_apply_coef(q: u32, centre: f32, scale: f32, shift: f32, centre_too: bool) {
+    set_coef(q, centre, scale, shift, 0.0, centre_too);
 }
 
 fn group_id(wid: vec3<u32>) -> u32 {
@@ -398,4 +408,212 @@ fn channels_eval_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
     // with running_var 0 (scale 316).
     let scale = inverseSqrt(running_var[ch] + p.eps) * weight_of(ch);
     set_apply_coef(ch, running_mean[ch], scale, bias_of(ch), true);
+}
+
+// Backward, from the forward's saved statistics (BatchNorm training: the batch mean and invstd
+// per channel; GroupNorm / InstanceNorm channels-last: mean and rstd per (sample, group)):
+//   channels_bwd_partial_cf / channels_bwd_partial_cl
+//                       stage 1: per (sample, channel, block) of the forward's blocking,
+//                       (sum dy, sum dy * xhat), xhat = (x - mean) * rstd recomputed from x.
+//   channels_bwd_finalize
+//                       per slot, in a fixed order over its channels' partials:
+//                       a = sum(w * dy), b = sum(w * dy * xhat); then for each of its channels
+//                       dx = (x - mean) * (-rstd^2 b / m) + (-rstd a / m) + (w rstd) * dy, as
+//                       coefficients (centre, scale, shift, grad) for apply.wgsl's apply_bwd_*.
+//   channels_bwd_params per channel: dweight = sum(dy * xhat), dbias = sum(dy) over every sample's
+//                       partials, in sample then block order.
+// No atomics: every sum has one order fixed by the shape, so reruns are bit-identical.
+// EVAL (BatchNorm inference): the statistics are constants, the running mean and variance
+// (rstd = inverseSqrt(var + eps)); dx = w * rstd * dy and only dweight/dbias need stage 1.
+override EVAL: bool = false;
+
+@group(0) @binding(14) var<storage, read> dy: array<vec4<f32>>;
+// The saved statistics per slot: the mean, and rstd (EVAL: the running variance).
+@group(0) @binding(15) var<storage, read> mean_in: array<f32>;
+@group(0) @binding(16) var<storage, read> spread_in: array<f32>;
+@group(0) @binding(17) var<storage, read_write> dweight: array<f32>;
+@group(0) @binding(18) var<storage, read_write> dbias: array<f32>;
+
+fn ld_dy(i: u32) -> f32 {
+    return dy[i >> 2u][i & 3u];
+}
+
+// (mean, rstd) of slot k.
+fn saved(k: u32) -> vec2<f32> {
+    let s = spread_in[k];
+    if (EVAL) {
+        return vec2<f32>(mean_in[k], inverseSqrt(s + p.eps));
+    }
+    return vec2<f32>(mean_in[k], s);
+}
+
+// Channels-first (BatchNorm): the forward's channels_partial_cf blocks, one pass.
+@compute @workgroup_size(WG)
+fn channels_bwd_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let lane = t % TPR;
+    let g = group_id(wid) * (WG / TPR) + t / TPR;
+    let blocks = ((p.runs + p.nbr - 1u) / p.nbr) * p.ssegs;
+    let valid = g < p.c * blocks;
+    let ss = g % p.ssegs;
+    let ch = (g / p.ssegs) % p.c;
+    let nb = g / (p.ssegs * p.c);
+    let s0 = ss * p.seg;
+    var st = vec2<f32>(0.0);
+    var nruns = 0u;
+    var len = 0u;
+    if (valid) {
+        st = saved(ch);
+        nruns = min(p.nbr, p.runs - nb * p.nbr);
+        len = min(p.seg, p.s - s0);
+    }
+    let mv = vec4<f32>(st.x);
+    let base = p.x_off + ((nb * p.nbr) * p.c + ch) * p.s + s0;
+    let stride = p.c * p.s;
+    var per = len;
+    if (VEC) {
+        per = len / 4u;
+    }
+    let total = nruns * per;
+    var a4 = vec4<f32>(0.0);
+    var b4 = vec4<f32>(0.0);
+    for (var k = lane; k < total; k += TPR) {
+        let e0 = base + (k / per) * stride;
+        let j = k % per;
+        if (VEC) {
+            let i = e0 / 4u + j;
+            let d = dy[i];
+            a4 += d;
+            b4 += d * ((widen4(x[i]) - mv) * st.y);
+        } else {
+            let d = ld_dy(e0 + j);
+            a4.x += d;
+            b4.x += d * ((ld(e0 + j) - st.x) * st.y);
+        }
+    }
+    let a = reduce_sum(a4.x + a4.y + a4.z + a4.w, l);
+    let b = reduce_sum(b4.x + b4.y + b4.z + b4.w, l);
+    if (valid && lane == 0u) {
+        let gb = (p.run0 / p.nbr) * p.ssegs + nb * p.ssegs + ss;
+        partials[ch * p.nbt + gb] = vec2<f32>(a, b);
+    }
+}
+
+// Channels-last: the forward's channels_partial_cl blocks, one pass down the block's rows.
+@compute @workgroup_size(WG)
+fn channels_bwd_partial_cl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let item = group_id(wid) * WG + lid;
+    if (item >= p.work) {
+        return;
+    }
+    var lanes = p.c;
+    if (VEC) {
+        lanes = p.c / 4u;
+    }
+    let cv = item % lanes;
+    let glb = (p.run0 % p.spr) / p.nbr + item / lanes;
+    let sample = p.run0 / p.spr + glb / p.nbt;
+    let b = glb % p.nbt;
+    let first = sample * p.spr + b * p.nbr;
+    let r0 = first - p.run0;
+    let r1 = min(first + p.nbr, (sample + 1u) * p.spr) - p.run0;
+    let k0 = sample * p.groups;
+    if (VEC) {
+        let c0 = cv * 4u;
+        let s0 = saved(k0 + c0 / p.cpg);
+        let s1 = saved(k0 + (c0 + 1u) / p.cpg);
+        let s2 = saved(k0 + (c0 + 2u) / p.cpg);
+        let s3 = saved(k0 + (c0 + 3u) / p.cpg);
+        let m = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
+        let r = vec4<f32>(s0.y, s1.y, s2.y, s3.y);
+        var a = vec4<f32>(0.0);
+        var q = vec4<f32>(0.0);
+        for (var row = r0; row < r1; row++) {
+            let i = (p.x_off + row * p.c) / 4u + cv;
+            let d = dy[i];
+            a += d;
+            q += d * ((widen4(x[i]) - m) * r);
+        }
+        for (var k = 0u; k < 4u; k++) {
+            partials[((sample * p.c) + c0 + k) * p.nbt + b] = vec2<f32>(a[k], q[k]);
+        }
+    } else {
+        let st = saved(k0 + cv / p.cpg);
+        var a = 0.0;
+        var q = 0.0;
+        for (var row = r0; row < r1; row++) {
+            let i = p.x_off + row * p.c + cv;
+            let d = ld_dy(i);
+            a += d;
+            q += d * ((ld(i) - st.x) * st.y);
+        }
+        partials[(sample * p.c + cv) * p.nbt + b] = vec2<f32>(a, q);
+    }
+}
+
+// A group of TPR threads per slot: the slot's two sums, then its channels' dx coefficients.
+@compute @workgroup_size(WG)
+fn channels_bwd_finalize(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let lane = t % TPR;
+    let k = group_id(wid) * (WG / TPR) + t / TPR;
+    let valid = k < (p.n / p.spr) * p.groups;
+    let sample = k / p.groups;
+    let c0 = (k % p.groups) * p.cpg;
+    var st = vec2<f32>(0.0);
+    var a = 0.0;
+    var b = 0.0;
+    if (valid) {
+        st = saved(k);
+    }
+    if (!EVAL) {
+        let parts = p.cpg * p.nbt;
+        for (var j = lane; valid && j < parts; j += TPR) {
+            let ch = c0 + j / p.nbt;
+            let q = partials[(sample * p.c + ch) * p.nbt + j % p.nbt];
+            let w = weight_of(ch);
+            a += w * q.x;
+            b += w * q.y;
+        }
+        a = reduce_sum(a, l);
+        b = reduce_sum(b, l);
+    }
+    if (!valid) {
+        return;
+    }
+    var scale = 0.0;
+    var shift = 0.0;
+    if (!EVAL) {
+        let m = f32(p.cpg) * f32(p.spr) * f32(p.s);
+        scale = -st.y * st.y * b / m;
+        shift = -st.y * a / m;
+    }
+    for (var i = lane; i < p.cpg; i += TPR) {
+        let ch = c0 + i;
+        set_coef(coef_index(sample, ch), st.x, scale, shift, weight_of(ch) * st.y, true);
+    }
+}
+
+// A group of TPR threads per channel: dweight and dbias from every sample's partials.
+@compute @workgroup_size(WG)
+fn channels_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let lane = t % TPR;
+    let ch = group_id(wid) * (WG / TPR) + t / TPR;
+    let valid = ch < p.c;
+    let parts = (p.n / p.spr) * p.nbt;
+    var acc = vec2<f32>(0.0);
+    for (var j = lane; valid && j < parts; j += TPR) {
+        acc += partials[((j / p.nbt) * p.c + ch) * p.nbt + j % p.nbt];
+    }
+    let db = reduce_sum(acc.x, l);
+    let dw = reduce_sum(acc.y, l);
+    if (valid && lane == 0u) {
+        if (HAS_W) {
+            dweight[ch] = dw;
+        }
+        if (HAS_B) {
+            dbias[ch] = db;
+        }
+    }
 }

@@ -1,24 +1,31 @@
 // Backward of the rows family: LayerNorm (CENTER) and RMSNorm (CENTER off), and GroupNorm /
 // InstanceNorm channels-first (a row per (sample, group), weight per channel: CHANNEL_AFFINE),
-// from the forward's saved per-row mean and rstd.
+// from the forward's saved per-row mean and rstd. With g = dy * w and xhat = (x - mean) * rstd
+// recomputed from x, each row's two sums a = sum(g) and b = sum(g * xhat) (f32, fixed order)
+// give dx = rstd * (g - a / d - xhat * b / d) (RMSNorm: no a / d term).
 //
-// Entry points:
+// dx alone (no dweight / dbias wanted):
 // - rows_bwd:        one group of TPR threads per row (several rows per workgroup when TPR < WG),
-//                    rows of whole vec4s (d % 4 == 0). With g = dy * w and
-//                    xhat = (x - mean) * rstd recomputed from x, the row's two sums
-//                    a = sum(g) and b = sum(g * xhat) (f32, fixed-order group reductions), then
-//                    dx = rstd * (g - a / d - xhat * b / d) (RMSNorm: no a / d term).
+//                    rows of whole vec4s (d % 4 == 0): the sums, then dx, in one dispatch.
 // - rows_bwd_scalar: the same for any d, one value at a time, dx written through its f32 view.
-// - rows_bwd_cols:   stage 1 of dweight = sum(dy * xhat) and dbias = sum(dy) over all rows: one
-//                    thread per (column, block of block_rows rows), summing its block in row
-//                    order into partials[block * d + column].
+// With dweight = sum(dy * xhat) and dbias = sum(dy) over all rows, x and dy are read twice
+// whatever the order (the column sums need every row, dx needs its row's sums), so:
+// - rows_bwd_sums:   TPR threads per row: (a, b) into rowsums[row], the reduction of rows_bwd.
+// - rows_bwd_cols:   one thread per (four columns, block of block_rows rows), d % 4 == 0,
+//                    walking its block in row order: dx of its columns from rowsums, and the
+//                    block's column sums into partials[block * d + column].
+//   rows_bwd_cols_scalar: the same, a column per thread, dx through `dx1`.
 // - rows_bwd_chan:   CHANNEL_AFFINE's stage 1: TPR threads per (sample, channel) run of `run`
 //                    values sum dy * xhat and dy into partials[sample * C + channel].
+// - rows_bwd_chan_dx: CHANNEL_AFFINE's dx: TPR threads per run (run % 4 == 0; the _scalar
+//                    twin any run); the row's sums follow from its channels' partials
+//                    (a = sum_c w_c sum(dy), b = sum_c w_c sum(dy xhat), in channel order), the
+//                    run's weight is one value.
 // - rows_bwd_merge:  stage 2: one thread per column sums the blocks' partials in block order.
 //                    Tensors larger than a binding run both stages per chunk of rows: each
 //                    chunk's merge adds its blocks to the totals of the chunks before it.
 // No atomics: every sum has one order fixed by the shape, so reruns are bit-identical, and dx of
-// a row does not depend on the other rows (its threads per row depend on d alone).
+// a row does not depend on the other rows (its sums depend on d alone).
 //
 // Stores: whole elements of the array stored to; rows with d % 4 != 0 write dx through `dx1`.
 
@@ -45,6 +52,7 @@ struct BwdParams {
     row0: u32,
 }
 
+// Vector loads: d % 4 == 0 (rows_bwd_chan: run % 4 == 0).
 override VEC: bool = true;
 override HAS_W: bool = false;
 override HAS_B: bool = false;
@@ -63,6 +71,8 @@ override CHANNEL_AFFINE: bool = false;
 @group(0) @binding(8) var<storage, read_write> partials: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(10) var<storage, read_write> dbias: array<f32>;
+// Per chunk row: (a, b), from rows_bwd_sums for rows_bwd_cols.
+@group(0) @binding(11) var<storage, read_write> rowsums: array<vec2<f32>>;
 
 fn group_id(wid: vec3<u32>) -> u32 {
     return wid.x + wid.y * p.grid_x;
@@ -84,6 +94,14 @@ fn weight1(row: u32, i: u32) -> f32 {
     var k = i;
     if (CHANNEL_AFFINE) {
         k = ((p.row0 + row) % p.groups) * p.cpg + i / p.run;
+    }
+    return gamma[k >> 2u][k & 3u];
+}
+
+// The weight of channel (or column) k.
+fn weight_at(k: u32) -> f32 {
+    if (!HAS_W) {
+        return 1.0;
     }
     return gamma[k >> 2u][k & 3u];
 }
@@ -198,50 +216,193 @@ fn rows_bwd_scalar(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
 }
 
 @compute @workgroup_size(WG)
-fn rows_bwd_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let e = group_id(wid) * WG + t;
-    let col = e % p.d;
-    let blk = e / p.d;
-    if (blk >= p.blocks) {
-        return;
+fn rows_bwd_sums(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let c = thread_row(wid, l);
+    let st = c.st;
+    var a = 0.0;
+    var b = 0.0;
+    if (VEC) {
+        let mv = vec4<f32>(st.x);
+        let base = (p.off + c.row * p.d) / 4u;
+        var a4 = vec4<f32>(0.0);
+        var b4 = vec4<f32>(0.0);
+        for (var j = c.lane; c.valid && j < p.d / 4u; j += TPR) {
+            let g = dy[base + j] * weight4(c.row, j);
+            a4 += g;
+            b4 += g * ((x[base + j] - mv) * st.y);
+        }
+        a = a4.x + a4.y + a4.z + a4.w;
+        b = b4.x + b4.y + b4.z + b4.w;
+    } else {
+        let base = p.off + c.row * p.d;
+        for (var i = c.lane; c.valid && i < p.d; i += TPR) {
+            let g = ld_dy(base + i) * weight1(c.row, i);
+            a += g;
+            b += g * ((ld_x(base + i) - st.x) * st.y);
+        }
     }
+    a = reduce_sum(a, l);
+    b = reduce_sum(b, l);
+    if (c.valid && c.lane == 0u) {
+        rowsums[c.row] = vec2<f32>(a, b);
+    }
+}
+
+// Block `blk` of the column walk (rows r0..r1 of the chunk), or none past the last.
+fn col_block(e: u32, lanes: u32) -> vec3<u32> {
+    let blk = e / lanes;
     let r0 = blk * p.block_rows;
-    let r1 = min(r0 + p.block_rows, p.rows);
-    var dw = 0.0;
-    var db = 0.0;
-    for (var r = r0; r < r1; r++) {
-        let st = stats(r);
-        let i = p.off + r * p.d + col;
-        let v = ld_dy(i);
-        dw += v * ((ld_x(i) - st.x) * st.y);
-        db += v;
-    }
-    partials[blk * p.d + col] = vec4<f32>(dw, db, 0.0, 0.0);
+    return vec3<u32>(blk, r0, min(r0 + p.block_rows, p.rows));
 }
 
 @compute @workgroup_size(WG)
-fn rows_bwd_chan(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+fn rows_bwd_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let e = group_id(wid) * WG + t;
+    let col = e % (p.d / 4u);
+    let b = col_block(e, p.d / 4u);
+    if (b.x >= p.blocks) {
+        return;
+    }
+    var dw = vec4<f32>(0.0);
+    var db = vec4<f32>(0.0);
+    let w = weight4(0u, col);
+    for (var r = b.y; r < b.z; r++) {
+        let st = stats(r);
+        let rs = rowsums[r];
+        let i = (p.off + r * p.d) / 4u + col;
+        let v = dy[i];
+        let xh = (x[i] - vec4<f32>(st.x)) * st.y;
+        dx[i] = dx_of(v * w, xh, st.y, rs.x, rs.y);
+        dw += v * xh;
+        db += v;
+    }
+    let q = b.x * p.d + 4u * col;
+    for (var k = 0u; k < 4u; k++) {
+        partials[q + k] = vec4<f32>(dw[k], db[k], 0.0, 0.0);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rows_bwd_cols_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let e = group_id(wid) * WG + t;
+    let col = e % p.d;
+    let b = col_block(e, p.d);
+    if (b.x >= p.blocks) {
+        return;
+    }
+    var dw = 0.0;
+    var db = 0.0;
+    let w = weight_at(col);
+    for (var r = b.y; r < b.z; r++) {
+        let st = stats(r);
+        let rs = rowsums[r];
+        let i = p.off + r * p.d + col;
+        let v = ld_dy(i);
+        let xh = (ld_x(i) - st.x) * st.y;
+        dx1[i] = dx_of(vec4<f32>(v * w), vec4<f32>(xh), st.y, rs.x, rs.y).x;
+        dw += v * xh;
+        db += v;
+    }
+    partials[b.x * p.d + col] = vec4<f32>(dw, db, 0.0, 0.0);
+}
+
+// The chunk's (sample, channel) run of thread t (TPR threads per run), its group row's
+// statistics, and whether it exists (threads past the last run still join the reductions).
+struct ThreadRun {
+    lane: u32,
+    cr: u32,
+    valid: bool,
+    st: vec2<f32>,
+}
+
+fn thread_run(wid: vec3<u32>, l: Lane) -> ThreadRun {
     let t = thread_index(l);
-    let lane = t % TPR;
-    // The chunk's (sample, channel) run: its statistics are those of its group row.
     let cr = group_id(wid) * (WG / TPR) + t / TPR;
     let valid = cr < p.rows * p.cpg;
     var st = vec2<f32>(0.0);
     if (valid) {
         st = stats(cr / p.cpg);
     }
-    let base = p.off + cr * p.run;
+    return ThreadRun(t % TPR, cr, valid, st);
+}
+
+@compute @workgroup_size(WG)
+fn rows_bwd_chan(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let c = thread_run(wid, l);
+    let st = c.st;
     var dw = 0.0;
     var db = 0.0;
-    for (var i = lane; valid && i < p.run; i += TPR) {
-        let v = ld_dy(base + i);
-        dw += v * ((ld_x(base + i) - st.x) * st.y);
-        db += v;
+    if (VEC) {
+        let base = (p.off + c.cr * p.run) / 4u;
+        let mv = vec4<f32>(st.x);
+        var dw4 = vec4<f32>(0.0);
+        var db4 = vec4<f32>(0.0);
+        for (var j = c.lane; c.valid && j < p.run / 4u; j += TPR) {
+            let v = dy[base + j];
+            dw4 += v * ((x[base + j] - mv) * st.y);
+            db4 += v;
+        }
+        dw = dw4.x + dw4.y + dw4.z + dw4.w;
+        db = db4.x + db4.y + db4.z + db4.w;
+    } else {
+        let base = p.off + c.cr * p.run;
+        for (var i = c.lane; c.valid && i < p.run; i += TPR) {
+            let v = ld_dy(base + i);
+            dw += v * ((ld_x(base + i) - st.x) * st.y);
+            db += v;
+        }
     }
     dw = reduce_sum(dw, l);
     db = reduce_sum(db, l);
-    if (valid && lane == 0u) {
-        partials[p.row0 * p.cpg + cr] = vec4<f32>(dw, db, 0.0, 0.0);
+    if (c.valid && c.lane == 0u) {
+        partials[p.row0 * p.cpg + c.cr] = vec4<f32>(dw, db, 0.0, 0.0);
+    }
+}
+
+// The sums (a, b) of the group row of chunk run `cr` from its channels' partials (every thread
+// the same order), and the run's weight.
+fn run_sums(cr: u32) -> vec3<f32> {
+    let grow = p.row0 + cr / p.cpg;
+    let c0 = (grow % p.groups) * p.cpg;
+    var a = 0.0;
+    var b = 0.0;
+    for (var k = 0u; k < p.cpg; k++) {
+        let q = partials[grow * p.cpg + k];
+        let w = weight_at(c0 + k);
+        a += w * q.y;
+        b += w * q.x;
+    }
+    return vec3<f32>(a, b, weight_at(c0 + cr % p.cpg));
+}
+
+@compute @workgroup_size(WG)
+fn rows_bwd_chan_dx(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let c = thread_run(wid, l);
+    if (!c.valid) {
+        return;
+    }
+    let st = c.st;
+    let s = run_sums(c.cr);
+    let base = (p.off + c.cr * p.run) / 4u;
+    let mv = vec4<f32>(st.x);
+    for (var j = c.lane; j < p.run / 4u; j += TPR) {
+        let xh = (x[base + j] - mv) * st.y;
+        dx[base + j] = dx_of(dy[base + j] * s.z, xh, st.y, s.x, s.y);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rows_bwd_chan_dx_scalar(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let c = thread_run(wid, l);
+    if (!c.valid) {
+        return;
+    }
+    let st = c.st;
+    let s = run_sums(c.cr);
+    let base = p.off + c.cr * p.run;
+    for (var i = c.lane; i < p.run; i += TPR) {
+        let xh = (ld_x(base + i) - st.x) * st.y;
+        dx1[base + i] = dx_of(vec4<f32>(ld_dy(base + i) * s.z), vec4<f32>(xh), st.y, s.x, s.y).x;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Backward passes against the f64 reference (`reference::*_backward`, itself checked against
-//! finite differences), from the GPU forward's saved statistics, on every context: LayerNorm and
-//! RMSNorm. Tolerances: `common::assert_close_bounded` (one TOL, bounds by the magnitudes the
+//! finite differences), from the GPU forward's saved statistics, on every context: LayerNorm,
+//! RMSNorm, GroupNorm and InstanceNorm (both layouts), BatchNorm (training and inference, both
+//! layouts). Tolerances: `common::assert_close_bounded` (one TOL, bounds by the magnitudes the
 //! gradients are computed from).
 
 mod common;
@@ -9,7 +10,8 @@ use common::{
     assert_bits_eq, assert_close_bounded, exact_empty, gpu, gpu_small_bindings, gpus, Rng,
 };
 use fused_norm::{
-    reference, Gpu, Gradients, GroupNorm, InstanceNorm, LayerNorm, NormError, RmsNorm, Tensor,
+    reference, BatchNorm, Gpu, Gradients, GroupNorm, InstanceNorm, LayerNorm, NormError, RmsNorm,
+    Tensor,
 };
 
 /// One rows-family case: `rows` rows of `d`, optional weight and bias (RMSNorm: no bias).
@@ -374,18 +376,33 @@ fn encode_backward_writes_caller_outputs_and_checks_them() {
     assert!(matches!(e, NormError::Shape(_)), "{e}");
 }
 
-// ---- GroupNorm and InstanceNorm (channels-first) ----
+// ---- GroupNorm and InstanceNorm ----
 
-/// A GroupNorm case `[n, c, s]` (channels-first) with `groups` groups.
+/// A GroupNorm case `[n, c, s]` (channels-last: `[n, s, c]`) with `groups` groups.
+#[derive(Clone)]
 struct GnCase {
     n: usize,
     c: usize,
     s: usize,
     groups: usize,
+    cl: bool,
     x: Vec<f32>,
     dy: Vec<f32>,
     weight: Option<Vec<f32>>,
     bias: Option<Vec<f32>>,
+}
+
+/// `[n, c, s]` data as `[n, s, c]`.
+fn to_channels_last(v: &[f32], n: usize, c: usize, s: usize) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for ni in 0..n {
+        for ci in 0..c {
+            for si in 0..s {
+                out[(ni * s + si) * c + ci] = v[(ni * c + ci) * s + si];
+            }
+        }
+    }
+    out
 }
 
 impl GnCase {
@@ -395,16 +412,42 @@ impl GnCase {
             c,
             s,
             groups,
+            cl: false,
             x: common::grouped_data(rng, n, c, s, groups, offset),
             dy: rng.normals(n * c * s, 0.0, 1.0),
             weight: Some(rng.normals(c, 1.0, 0.5)),
             bias: Some(rng.normals(c, 0.0, 0.5)),
         }
     }
+
+    /// The same values in the channels-last layout.
+    fn channels_last(self) -> GnCase {
+        let (n, c, s) = (self.n, self.c, self.s);
+        GnCase {
+            cl: true,
+            x: to_channels_last(&self.x, n, c, s),
+            dy: to_channels_last(&self.dy, n, c, s),
+            ..self
+        }
+    }
+
+    fn shape(&self) -> [usize; 3] {
+        match self.cl {
+            true => [self.n, self.s, self.c],
+            false => [self.n, self.c, self.s],
+        }
+    }
+
+    fn layout(&self) -> fused_norm::Layout {
+        match self.cl {
+            true => fused_norm::Layout::ChannelsLast,
+            false => fused_norm::Layout::ChannelsFirst,
+        }
+    }
 }
 
 fn run_gn(gpu: &Gpu, c: &GnCase, instance: bool) -> Got {
-    let shape = [c.n, c.c, c.s];
+    let shape = c.shape();
     let x = Tensor::from_slice(gpu, &c.x, &shape).unwrap();
     let dy = Tensor::from_slice(gpu, &c.dy, &shape).unwrap();
     let t = |v: &Option<Vec<f32>>| {
@@ -433,7 +476,7 @@ fn run_gn(gpu: &Gpu, c: &GnCase, instance: bool) -> Got {
             *g = g.clone().bias(b);
         }
     }
-    let cf = fused_norm::Layout::ChannelsFirst;
+    let cf = c.layout();
     let (out, g) = match &gn {
         Ok(gn) => {
             let out = gn.forward(gpu, &x, cf).unwrap();
@@ -464,13 +507,14 @@ fn check_gn_got(what: &str, c: &GnCase, got: &Got) {
     let rstd: Vec<f64> = got.rstd.iter().map(|&v| f64::from(v)).collect();
     let w = c.weight.as_deref();
     let (cc, s, groups) = (c.c, c.s, c.groups);
-    let r = reference::group_norm_backward(&c.x, &c.dy, cc, s, groups, false, w, &mean, &rstd);
+    let cl = c.cl;
+    let r = reference::group_norm_backward(&c.x, &c.dy, cc, s, groups, cl, w, &mean, &rstd);
     let layout = Layout {
         x: &c.x,
         dy: &c.dy,
         weight: w,
-        stat_of: &|i| common::group_index(i, cc, s, groups, false),
-        param_of: &|i| common::channel_index(i, cc, s, false),
+        stat_of: &|i| common::group_index(i, cc, s, groups, cl),
+        param_of: &|i| common::channel_index(i, cc, s, cl),
         mean: &mean,
         rstd: &rstd,
     };
@@ -479,7 +523,7 @@ fn check_gn_got(what: &str, c: &GnCase, got: &Got) {
 
 fn check_gn(c: &GnCase, instance: bool) {
     for (path, g) in gpus() {
-        let what = format!("gn {}x{}x{}/{} {path}", c.n, c.c, c.s, c.groups);
+        let what = format!("gn {:?}/{} cl={} {path}", c.shape(), c.groups, c.cl);
         check_gn_got(&what, c, &run_gn(g, c, instance));
     }
 }
@@ -496,8 +540,11 @@ fn group_norm_shapes() {
         (1, 2, 4097, 2),
         (4, 32, 49, 8),
         (2, 3, 5, 3),
+        (2, 12, 9, 3),
     ] {
-        check_gn(&GnCase::new(&mut rng, n, c, s, groups, 0.5), false);
+        let case = GnCase::new(&mut rng, n, c, s, groups, 0.5);
+        check_gn(&case, false);
+        check_gn(&case.channels_last(), false);
     }
 }
 
@@ -505,7 +552,9 @@ fn group_norm_shapes() {
 fn instance_norm_shapes() {
     let mut rng = Rng::new(21);
     for (n, c, s) in [(2, 3, 5), (3, 4, 16), (1, 2, 4097), (2, 64, 49)] {
-        check_gn(&GnCase::new(&mut rng, n, c, s, c, 0.5), true);
+        let case = GnCase::new(&mut rng, n, c, s, c, 0.5);
+        check_gn(&case, true);
+        check_gn(&case.channels_last(), true);
     }
 }
 
@@ -513,13 +562,17 @@ fn instance_norm_shapes() {
 fn group_norm_large_means_and_no_affine() {
     let mut rng = Rng::new(22);
     for offset in [1e4, -1e4] {
-        check_gn(&GnCase::new(&mut rng, 2, 8, 25, 4, offset), false);
+        let case = GnCase::new(&mut rng, 2, 8, 25, 4, offset);
+        check_gn(&case, false);
+        check_gn(&case.channels_last(), false);
     }
     let mut c = GnCase::new(&mut rng, 2, 8, 25, 4, 0.0);
     c.weight = None;
     check_gn(&c, false);
+    check_gn(&c.clone().channels_last(), false);
     c.bias = None;
     check_gn(&c, false);
+    check_gn(&c.channels_last(), false);
 }
 
 #[test]
@@ -560,14 +613,318 @@ fn group_norm_chunked_reruns_and_samples_alone() {
 }
 
 #[test]
-fn group_norm_channels_last_backward_is_refused() {
+fn group_norm_channels_last_chunked_reruns_and_many_samples() {
+    let mut rng = Rng::new(24);
+    let c = GnCase::new(&mut rng, 6, 16, 300, 4, 0.0).channels_last();
+    // 64 KiB bindings: chunks of whole samples, the per-channel sums over every sample's blocks.
+    check_gn_got(
+        "gn-cl chunked",
+        &c,
+        &run_gn(gpu_small_bindings(), &c, false),
+    );
+    for (path, g) in gpus() {
+        let (a, b) = (run_gn(g, &c, false), run_gn(g, &c, false));
+        assert_bits_eq(&format!("{path} dx"), &a.dx, &b.dx);
+        assert_bits_eq(
+            &format!("{path} dw"),
+            a.dweight.as_ref().unwrap(),
+            b.dweight.as_ref().unwrap(),
+        );
+    }
+    // More than 65535 samples ([N, C] with no spatial dims): 140000 statistics, and dweight /
+    // dbias summing 70000 samples' partials per channel.
+    let c = GnCase::new(&mut rng, 70000, 4, 1, 2, 0.5).channels_last();
+    let (path, g) = gpus()[0];
+    check_gn_got(
+        &format!("gn-cl 70000 samples {path}"),
+        &c,
+        &run_gn(g, &c, false),
+    );
+}
+
+#[test]
+fn nan_stays_in_its_group_for_both_layouts() {
+    let mut rng = Rng::new(25);
+    let base = GnCase::new(&mut rng, 3, 8, 10, 4, 0.0);
+    for c in [base.clone(), base.channels_last()] {
+        let mut c = c;
+        // Sample 1, channel 5 (group 2), position 3.
+        let i = match c.cl {
+            true => (c.s + 3) * c.c + 5,
+            false => (c.c + 5) * c.s + 3,
+        };
+        c.x[i] = f32::NAN;
+        for (path, g) in gpus() {
+            let got = run_gn(g, &c, false);
+            for (j, v) in got.dx.iter().enumerate() {
+                let slot = common::group_index(j, c.c, c.s, c.groups, c.cl);
+                assert_eq!(v.is_nan(), slot == 4 + 2, "{path} cl={} dx[{j}]", c.cl);
+            }
+            let dw = got.dweight.as_ref().unwrap();
+            for (ch, v) in dw.iter().enumerate() {
+                assert_eq!(v.is_nan(), ch / 2 == 2, "{path} cl={} dweight[{ch}]", c.cl);
+            }
+        }
+    }
+}
+
+// ---- BatchNorm ----
+
+/// A BatchNorm case on `[n, c, s]` (channels-last: `[n, s, c]`), training or inference.
+#[derive(Clone)]
+struct BnCase {
+    gn: GnCase,
+    train: bool,
+    running: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl BnCase {
+    fn new(rng: &mut Rng, n: usize, c: usize, s: usize, offset: f64, train: bool) -> BnCase {
+        // Channel k's values around offset + k (per-channel means, unlike GroupNorm's data).
+        let mut gn = GnCase::new(rng, n, c, s, c, 0.0);
+        let noise = rng.normals(n * c * s, 0.0, 1.5);
+        for (i, v) in gn.x.iter_mut().enumerate() {
+            *v = (offset + ((i / s) % c) as f64 + f64::from(noise[i])) as f32;
+        }
+        let running = (!train).then(|| {
+            let m = (0..c).map(|k| (offset + k as f64 + 0.25) as f32).collect();
+            let v = rng.normals(c, 2.0, 0.5).iter().map(|v| v.abs()).collect();
+            (m, v)
+        });
+        BnCase { gn, train, running }
+    }
+}
+
+/// The GPU gradients and the statistics they went through (training: the forward's saved
+/// ones; inference: the running mean and 1 / sqrt(running_var + eps) in f64).
+fn run_bn(gpu: &Gpu, c: &BnCase) -> Got {
+    let gc = &c.gn;
+    let shape = gc.shape();
+    let x = Tensor::from_slice(gpu, &gc.x, &shape).unwrap();
+    let dy = Tensor::from_slice(gpu, &gc.dy, &shape).unwrap();
+    let t = |v: &[f32]| Tensor::from_slice(gpu, v, &[gc.c]).unwrap();
+    let mut bn = BatchNorm::new(gpu, gc.c).unwrap();
+    if let Some(w) = &gc.weight {
+        bn = bn.weight(t(w));
+    }
+    if let Some(b) = &gc.bias {
+        bn = bn.bias(t(b));
+    }
+    let read = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_vec(gpu).unwrap());
+    let layout = gc.layout();
+    let (g, mean, rstd) = match &c.running {
+        None => {
+            let out = bn.forward_train(gpu, &x, layout).unwrap();
+            let g = bn
+                .backward(gpu, &x, &dy, &out.mean, &out.invstd, layout)
+                .unwrap();
+            (
+                g,
+                out.mean.to_vec(gpu).unwrap(),
+                out.invstd.to_vec(gpu).unwrap(),
+            )
+        }
+        Some((m, v)) => {
+            bn = bn.running_stats(t(m), t(v));
+            let g = bn.backward_eval(gpu, &x, &dy, layout).unwrap();
+            // rstd as f64 from the f32 variance: the reference's own, not the GPU's rounding.
+            let r = v
+                .iter()
+                .map(|&v| (1.0 / (f64::from(v) + 1e-5).sqrt()) as f32);
+            (g, m.clone(), r.collect())
+        }
+    };
+    assert_eq!(g.dx.shape(), &shape[..]);
+    assert_eq!(g.dweight.is_some(), gc.weight.is_some());
+    assert_eq!(g.dbias.is_some(), gc.bias.is_some());
+    Got {
+        dx: g.dx.to_vec(gpu).unwrap(),
+        dweight: read(&g.dweight),
+        dbias: read(&g.dbias),
+        mean,
+        rstd,
+    }
+}
+
+fn check_bn_got(what: &str, c: &BnCase, got: &Got) {
+    let gc = &c.gn;
+    let mean: Vec<f64> = got.mean.iter().map(|&v| f64::from(v)).collect();
+    let rstd: Vec<f64> = match &c.running {
+        Some((_, v)) => v
+            .iter()
+            .map(|&v| 1.0 / (f64::from(v) + 1e-5).sqrt())
+            .collect(),
+        None => got.rstd.iter().map(|&v| f64::from(v)).collect(),
+    };
+    let w = gc.weight.as_deref();
+    // The reference's [n, c, s] view: channels-last is [n * s, c, 1].
+    let (cc, s) = (gc.c, if gc.cl { 1 } else { gc.s });
+    let r = reference::batch_norm_backward(&gc.x, &gc.dy, cc, s, w, &mean, &rstd, c.train);
+    let ch = |i: usize| (i / s) % cc;
+    let layout = Layout {
+        x: &gc.x,
+        dy: &gc.dy,
+        weight: w,
+        stat_of: &ch,
+        param_of: &ch,
+        mean: &mean,
+        rstd: &rstd,
+    };
+    check_gradients(what, &layout, &r, got);
+}
+
+fn check_bn(c: &BnCase) {
+    for (path, g) in gpus() {
+        let gc = &c.gn;
+        let what = format!("bn {:?} cl={} train={} {path}", gc.shape(), gc.cl, c.train);
+        check_bn_got(&what, c, &run_bn(g, c));
+    }
+}
+
+#[test]
+fn batch_norm_shapes_both_layouts_train_and_eval() {
+    let mut rng = Rng::new(30);
+    // (n, c, s): runs of 1, 3, 4, 49 and 4097 values; channels of 1, 3 and 4.
+    for (n, c, s) in [
+        (5, 3, 1),
+        (4, 3, 3),
+        (8, 4, 16),
+        (6, 16, 49),
+        (2, 3, 4097),
+        (3, 1, 7),
+    ] {
+        for train in [true, false] {
+            let case = BnCase::new(&mut rng, n, c, s, 0.5, train);
+            check_bn(&case);
+            let cl = BnCase {
+                gn: case.gn.clone().channels_last(),
+                ..case
+            };
+            check_bn(&cl);
+        }
+    }
+}
+
+#[test]
+fn batch_norm_large_means_no_affine_and_many_rows() {
+    let mut rng = Rng::new(31);
+    for offset in [1e4, -1e4] {
+        for train in [true, false] {
+            check_bn(&BnCase::new(&mut rng, 4, 3, 25, offset, train));
+        }
+    }
+    let mut c = BnCase::new(&mut rng, 4, 4, 9, 0.0, true);
+    c.gn.weight = None;
+    check_bn(&c);
+    c.gn.bias = None;
+    check_bn(&c);
+    // More than 65535 rows channels-last, and a million rows in the column sums.
+    let (path, g) = gpus()[0];
+    for (n, c) in [(70000usize, 3usize), (1 << 20, 4)] {
+        let case = BnCase::new(&mut rng, n, c, 1, 0.0, true);
+        let case = BnCase {
+            gn: case.gn.channels_last(),
+            ..case
+        };
+        check_bn_got(&format!("bn {n} rows {path}"), &case, &run_bn(g, &case));
+    }
+}
+
+#[test]
+fn batch_norm_nan_poisons_only_its_channel() {
+    let mut rng = Rng::new(32);
+    for train in [true, false] {
+        let base = BnCase::new(&mut rng, 4, 3, 10, 0.0, train);
+        for cl in [false, true] {
+            let mut c = base.clone();
+            if cl {
+                c.gn = c.gn.channels_last();
+            }
+            let gc = &mut c.gn;
+            let i = match cl {
+                true => (gc.s + 3) * gc.c + 1,
+                false => (gc.c + 1) * gc.s + 3,
+            };
+            gc.x[i] = f32::NAN;
+            for (path, g) in gpus() {
+                let got = run_bn(g, &c);
+                let gc = &c.gn;
+                for (j, v) in got.dx.iter().enumerate() {
+                    let ch = common::channel_index(j, gc.c, gc.s, cl);
+                    // Training: the channel's statistics are NaN. Inference: dx = w rstd dy
+                    // does not read x.
+                    assert_eq!(v.is_nan(), train && ch == 1, "{path} cl={cl} dx[{j}]");
+                }
+                let dw = got.dweight.as_ref().unwrap();
+                for (ch, v) in dw.iter().enumerate() {
+                    assert_eq!(v.is_nan(), ch == 1, "{path} cl={cl} train={train} dw[{ch}]");
+                }
+                let db = got.dbias.as_ref().unwrap();
+                assert!(db.iter().all(|v| v.is_finite()), "{path} dbias");
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_norm_reruns_chunks_and_untracked_eval() {
+    let mut rng = Rng::new(33);
+    let case = BnCase::new(&mut rng, 8, 8, 300, 0.0, true);
+    for cl in [false, true] {
+        let mut c = case.clone();
+        if cl {
+            c.gn = c.gn.channels_last();
+        }
+        check_bn_got("bn chunked", &c, &run_bn(gpu_small_bindings(), &c));
+        for (path, g) in gpus() {
+            let (a, b) = (run_bn(g, &c), run_bn(g, &c));
+            assert_bits_eq(&format!("{path} dx"), &a.dx, &b.dx);
+            assert_bits_eq(
+                &format!("{path} dw"),
+                a.dweight.as_ref().unwrap(),
+                b.dweight.as_ref().unwrap(),
+            );
+            // Untracked: inference normalizes with batch statistics, so its backward is
+            // training's, bit for bit.
+            let gc = &c.gn;
+            let x = Tensor::from_slice(g, &gc.x, &gc.shape()).unwrap();
+            let dy = Tensor::from_slice(g, &gc.dy, &gc.shape()).unwrap();
+            let t = |v: &[f32]| Tensor::from_slice(g, v, &[gc.c]).unwrap();
+            let bn = BatchNorm::new(g, gc.c)
+                .unwrap()
+                .weight(t(gc.weight.as_ref().unwrap()))
+                .bias(t(gc.bias.as_ref().unwrap()))
+                .track_running_stats(false);
+            let e = bn.backward_eval(g, &x, &dy, gc.layout()).unwrap();
+            assert_bits_eq(
+                &format!("{path} untracked eval"),
+                &e.dx.to_vec(g).unwrap(),
+                &a.dx,
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_norm_backward_checks_its_inputs() {
     let g = gpu();
-    let x = Tensor::from_slice(g, &[1.0; 16], &[2, 2, 4]).unwrap();
-    let gn = GroupNorm::new(2, 4).unwrap();
-    let cl = fused_norm::Layout::ChannelsLast;
-    let out = gn.forward(g, &x, cl).unwrap();
-    let e = gn
-        .backward(g, &x, &x, &out.mean, &out.rstd, cl)
+    let x = Tensor::from_slice(g, &[1.0, 2.0, 3.0, 5.0, 8.0, 13.0], &[3, 2]).unwrap();
+    let mut bn = BatchNorm::new(g, 2).unwrap();
+    let cf = fused_norm::Layout::ChannelsFirst;
+    let t = bn.forward_train(g, &x, cf).unwrap();
+    let dy2 = Tensor::from_slice(g, &[1.0; 6], &[2, 3]).unwrap();
+    let e = bn
+        .backward(g, &x, &dy2, &t.mean, &t.invstd, cf)
         .unwrap_err();
-    assert!(matches!(e, NormError::InvalidArgument(_)), "{e}");
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+    let e = bn.backward(g, &x, &x, &t.mean, &x, cf).unwrap_err();
+    assert!(matches!(e, NormError::Shape(_)), "{e}");
+    let bad = Gradients {
+        dx: Tensor::empty(g, &[3, 2]).unwrap(),
+        dweight: Some(Tensor::empty(g, &[2]).unwrap()),
+        dbias: None,
+    };
+    let mut enc = g.encoder();
+    let e = bn.encode_backward(g, &mut enc, &x, &x, &t.mean, &t.invstd, cf, &bad);
+    assert!(matches!(e, Err(NormError::InvalidArgument(_))), "{e:?}");
 }

@@ -41,10 +41,32 @@ fn a_long_submission_does_not_break_other_threads() {
     let per_rep = start.elapsed().as_secs_f64() / 32.0;
     let reps = ((target / per_rep).ceil() as usize).clamp(4, 20_000);
 
+    // The calibration runs while other processes may load the machine: a long job that ends
+    // before the lock timeout showed nothing, so it is rerun longer (the assertions on the small
+    // callers hold in every attempt).
+    let mut reps = reps;
+    for attempt in 1.. {
+        let took = long_and_small_calls(&gpu, reps);
+        eprintln!("long job: {reps} LayerNorms in {took:?}");
+        if !gl || took > Duration::from_secs(6) {
+            break;
+        }
+        assert!(
+            attempt < 4,
+            "the long job took only {took:?} after {attempt} tries"
+        );
+        let scale = (target / took.as_secs_f64() * 1.2).ceil() as usize;
+        reps = (reps * scale).min(200_000);
+    }
+}
+
+/// One thread submits `reps` LayerNorms in one submission, two others make small calls until it
+/// is done (at least one each); returns how long the long submission took.
+fn long_and_small_calls(gpu: &Gpu, reps: usize) -> Duration {
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         let long = s.spawn(|| {
-            let enc = long_job(&gpu, reps);
+            let enc = long_job(gpu, reps);
             let t = Instant::now();
             gpu.submit_wait(enc).unwrap();
             done.store(true, Ordering::SeqCst);
@@ -52,7 +74,7 @@ fn a_long_submission_does_not_break_other_threads() {
         });
         let small: Vec<_> = (0..2u64)
             .map(|k| {
-                let (gpu, done) = (&gpu, &done);
+                let done = &done;
                 s.spawn(move || {
                     let mut rng = Rng::new(10 + k);
                     let mut calls = 0;
@@ -74,18 +96,11 @@ fn a_long_submission_does_not_break_other_threads() {
             })
             .collect();
         let took = long.join().expect("the long submission");
-        // Otherwise the test would not have shown anything about the lock.
-        if gl {
-            assert!(
-                took > Duration::from_secs(6),
-                "the long job took only {took:?}"
-            );
-        }
         for h in small {
             assert!(h.join().expect("a small caller") >= 1);
         }
-        eprintln!("long job: {reps} LayerNorms in {took:?}");
-    });
+        took
+    })
 }
 
 #[test]

@@ -257,8 +257,17 @@ fn rows_norm_compiles_with_every_row_cache() {
 #[test]
 fn channels_module_compiles_for_every_backend() {
     let n = check_family("channels", &|entry| {
-        let reduces = ["channels_partial_cf", "channels_finalize"].contains(&entry);
-        sized_sets(&["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED"], reduces)
+        let reduces = [
+            "channels_partial_cf",
+            "channels_finalize",
+            "channels_local_stats",
+            "channels_bwd_partial_cf",
+            "channels_bwd_finalize",
+            "channels_bwd_params",
+        ]
+        .contains(&entry);
+        let flags = ["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED", "EVAL"];
+        sized_sets(&flags, reduces)
     });
     assert!(n > 100);
 }
@@ -266,7 +275,13 @@ fn channels_module_compiles_for_every_backend() {
 #[test]
 fn rows_bwd_module_compiles_for_every_backend() {
     let n = check_family("rows_bwd", &|entry| {
-        let reduces = ["rows_bwd", "rows_bwd_scalar", "rows_bwd_chan"].contains(&entry);
+        let reduces = [
+            "rows_bwd",
+            "rows_bwd_scalar",
+            "rows_bwd_sums",
+            "rows_bwd_chan",
+        ]
+        .contains(&entry);
         sized_sets(
             &["VEC", "HAS_W", "HAS_B", "CENTER", "CHANNEL_AFFINE"],
             reduces,
@@ -277,7 +292,7 @@ fn rows_bwd_module_compiles_for_every_backend() {
 
 #[test]
 fn apply_module_compiles_for_every_backend() {
-    let n = check_family("apply", &|_| sized_sets(&[], false));
+    let n = check_family("apply", &|_| sized_sets(&["EVAL"], false));
     assert!(n > 10);
 }
 

@@ -1,8 +1,9 @@
 //! The benchmarks' reference kernels (`baseline.wgsl`), with plain wgpu host code: a vec4 copy
 //! (the bandwidth roofline of a kernel that reads x once and writes y once) and the naive
 //! multi-pass LayerNorm and BatchNorm that composite implementations run (mean, variance and
-//! normalize dispatches). For measuring the fused kernels against, not for use: the naive ones
-//! compute `sum(x) / n` in f32 and take tensors within one binding only.
+//! normalize dispatches), and the naive multi-pass backward. For measuring the fused kernels
+//! against, not for use: the naive ones compute `sum(x) / n` in f32 and take tensors within one
+//! binding only.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,7 +22,7 @@ struct BaseParams {
     n: u32,
     grid_x: u32,
     eps: f32,
-    pad: u32,
+    groups: u32,
 }
 
 /// Statistics scratch and parameters of a naive norm.
@@ -39,7 +40,7 @@ pub struct Naive {
 pub struct Baselines {
     gpu: Gpu,
     module: wgpu::ShaderModule,
-    pipelines: Mutex<HashMap<(&'static str, bool, bool), wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<(&'static str, [u32; 4]), wgpu::ComputePipeline>>,
     dummy: wgpu::Buffer,
 }
 
@@ -64,15 +65,18 @@ impl Baselines {
         }
     }
 
-    fn pipeline(&self, entry: &'static str, w: bool, b: bool) -> wgpu::ComputePipeline {
+    /// `k`: HAS_W, HAS_B, MODE, CENTER.
+    fn pipeline(&self, entry: &'static str, k: [u32; 4]) -> wgpu::ComputePipeline {
         let mut cache = self.pipelines.lock().unwrap();
         cache
-            .entry((entry, w, b))
+            .entry((entry, k))
             .or_insert_with(|| {
                 let constants = [
                     ("WG", f64::from(WG)),
-                    ("HAS_W", f64::from(u8::from(w))),
-                    ("HAS_B", f64::from(u8::from(b))),
+                    ("HAS_W", f64::from(k[0])),
+                    ("HAS_B", f64::from(k[1])),
+                    ("MODE", f64::from(k[2])),
+                    ("CENTER", f64::from(k[3])),
                 ];
                 self.gpu
                     .device()
@@ -101,6 +105,19 @@ impl Baselines {
         groups: u32,
         bindings: &[(u32, &wgpu::Buffer)],
     ) {
+        let k = [u32::from(affine.0), u32::from(affine.1), 0, 1];
+        self.dispatch_k(enc, entry, k, params, groups, bindings);
+    }
+
+    fn dispatch_k(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        entry: &'static str,
+        k: [u32; 4],
+        params: BaseParams,
+        groups: u32,
+        bindings: &[(u32, &wgpu::Buffer)],
+    ) {
         use wgpu::util::DeviceExt;
         let gx = groups.clamp(1, 65535);
         let gy = groups.div_ceil(gx);
@@ -114,7 +131,7 @@ impl Baselines {
             contents: bytemuck::bytes_of(&params),
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let pipeline = self.pipeline(entry, affine.0, affine.1);
+        let pipeline = self.pipeline(entry, k);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.as_entire_binding(),
@@ -242,5 +259,135 @@ impl Baselines {
         };
         let entries = ["naive_bn_mean", "naive_bn_var", "naive_bn_apply"];
         self.naive(enc, x, y, n, entries, train.then_some(c as u32), p);
+    }
+
+    /// The naive backward (`naive_bwd_*`): per-statistic sums, dx, then dweight/dbias, each
+    /// pass reading x and dy. `shape` says which statistics; `mean` and `rstd` are the
+    /// forward's saved ones (BatchNorm: mean and invstd; `eval`: the running mean and
+    /// 1 / sqrt(running_var + eps), constants, so no per-statistic sums).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        shape: NaiveBwdShape,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        weight: Option<&Tensor>,
+        dx: &Tensor,
+        scratch: &NaiveBwdScratch,
+        eval: bool,
+    ) {
+        let (mode, p, stats, params) = shape.params(x.numel());
+        let center = u32::from(!matches!(shape, NaiveBwdShape::Rms { .. }));
+        let k = [u32::from(weight.is_some()), 0, mode, center];
+        let w = weight.map_or(&self.dummy, |t| t.buffer());
+        let (m, r) = (mean.buffer(), rstd.buffer());
+        let common = [(1, x.buffer()), (3, m), (4, r), (5, w), (8, dy.buffer())];
+        let mut b = common.to_vec();
+        b.push((9, scratch.sums.buffer()));
+        if eval {
+            // Constant statistics: no sums, dx = rstd * dy * w.
+            enc.clear_buffer(scratch.sums.buffer(), 0, None);
+        } else {
+            let sp = BaseParams { work: stats, ..p };
+            self.dispatch_k(enc, "naive_bwd_sums", k, sp, stats, &b);
+        }
+        b.push((7, dx.buffer()));
+        let work = x.numel() as u32;
+        let dp = BaseParams { work, ..p };
+        self.dispatch_k(enc, "naive_bwd_dx", k, dp, work.div_ceil(WG), &b);
+        // The parameter sums do not read the weight.
+        let mut b: Vec<_> = common.iter().filter(|(n, _)| *n != 5).copied().collect();
+        b.push((10, scratch.params.buffer()));
+        let pp = BaseParams { work: params, ..p };
+        match shape {
+            NaiveBwdShape::Layer { .. } | NaiveBwdShape::Rms { .. } => {
+                let groups = params.div_ceil(WG);
+                self.dispatch_k(enc, "naive_bwd_cols", k, pp, groups, &b);
+            }
+            _ => self.dispatch_k(enc, "naive_bwd_params", k, pp, params, &b),
+        }
+    }
+}
+
+/// Which statistics a naive backward runs over.
+#[derive(Clone, Copy, Debug)]
+pub enum NaiveBwdShape {
+    /// LayerNorm: rows of `d`.
+    Layer { d: usize },
+    /// RMSNorm: rows of `d`, no mean.
+    Rms { d: usize },
+    /// BatchNorm on `[n, c, s]` (channels-last: `s = 1`, n = rows).
+    Batch { c: usize, s: usize },
+    /// GroupNorm on `[n, c, s]` channels-first.
+    GroupCf { c: usize, s: usize, groups: usize },
+    /// GroupNorm on `[n, s, c]` channels-last.
+    GroupCl { c: usize, s: usize, groups: usize },
+}
+
+impl NaiveBwdShape {
+    /// (MODE, parameters, statistics, parameter count) for x of `numel` values.
+    fn params(self, numel: usize) -> (u32, BaseParams, u32, u32) {
+        let u = |v: usize| v as u32;
+        match self {
+            NaiveBwdShape::Layer { d } | NaiveBwdShape::Rms { d } => {
+                let rows = numel / d;
+                let p = BaseParams {
+                    d: u(d),
+                    n: u(rows),
+                    s: 1,
+                    ..Default::default()
+                };
+                (0, p, u(rows), u(d))
+            }
+            NaiveBwdShape::Batch { c, s } => {
+                let p = BaseParams {
+                    c: u(c),
+                    s: u(s),
+                    n: u(numel / (c * s)),
+                    ..Default::default()
+                };
+                (1, p, u(c), u(c))
+            }
+            NaiveBwdShape::GroupCf { c, s, groups } => {
+                let n = numel / (c * s);
+                let p = BaseParams {
+                    d: u(c / groups * s),
+                    c: u(c),
+                    s: u(s),
+                    n: u(n),
+                    ..Default::default()
+                };
+                (0, p, u(n * groups), u(c))
+            }
+            NaiveBwdShape::GroupCl { c, s, groups } => {
+                let n = numel / (c * s);
+                let p = BaseParams {
+                    c: u(c),
+                    s: u(s),
+                    n: u(n),
+                    groups: u(groups),
+                    ..Default::default()
+                };
+                (2, p, u(n * groups), u(c))
+            }
+        }
+    }
+}
+
+/// Scratch of a naive backward: per-statistic and per-parameter sums.
+pub struct NaiveBwdScratch {
+    sums: Tensor,
+    params: Tensor,
+}
+
+impl NaiveBwdScratch {
+    pub fn new(gpu: &Gpu, stats: usize, params: usize) -> fused_norm::Result<NaiveBwdScratch> {
+        Ok(NaiveBwdScratch {
+            sums: Tensor::empty(gpu, &[2 * stats.max(2)])?,
+            params: Tensor::empty(gpu, &[2 * params.max(2)])?,
+        })
     }
 }

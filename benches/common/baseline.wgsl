@@ -4,6 +4,9 @@
 // - naive_*: the unfused multi-pass norms most composite implementations run (x.mean(),
 //   x.var(), then an elementwise pass): one dispatch each, a workgroup per row or channel with a
 //   plain binary-tree reduction, scalar loads, and x read three times.
+// - naive_bwd_*: the unfused backward (per-statistic sums, the elementwise dx, the parameter
+//   sums): three dispatches, each reading x and dy; a workgroup per statistic or channel, a
+//   thread per column of rows.
 
 struct BaseParams {
     work: u32,   // threads with work in copy / apply kernels, rows or channels in reductions
@@ -13,7 +16,7 @@ struct BaseParams {
     n: u32,      // BatchNorm runs (batch items, or rows for channels-last)
     grid_x: u32,
     eps: f32,
-    _pad: u32,
+    groups: u32, // GroupNorm channels-last backward (MODE 2)
 }
 
 // Standalone (the library's preludes are not prepended): its own workgroup size.
@@ -22,6 +25,11 @@ const MAX_WG: u32 = 256u;
 
 override HAS_W: bool = false;
 override HAS_B: bool = false;
+// naive_bwd_*: which elements a statistic covers. 0: rows of d (LayerNorm, RMSNorm; GroupNorm
+// channels-first with c > 0: parameter per channel of runs s); 1: BatchNorm, channel k of
+// [n, c, s]; 2: GroupNorm channels-last, (sample, group) k of [n, s, c].
+override MODE: u32 = 0u;
+override CENTER: bool = true;
 
 @group(0) @binding(0) var<uniform> bp: BaseParams;
 @group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;
@@ -33,6 +41,11 @@ override HAS_B: bool = false;
 // The output as scalars for the naive elementwise passes (a store to one component of a vec4
 // may rewrite the whole vector and lose a neighbour's value).
 @group(0) @binding(7) var<storage, read_write> dst1: array<f32>;
+// The backward's dy, its per-statistic sums (sum g, sum g * xhat) and per-parameter sums
+// (dweight, dbias). stat_mean / stat_var hold the saved mean and rstd.
+@group(0) @binding(8) var<storage, read> dy1: array<f32>;
+@group(0) @binding(9) var<storage, read_write> sums: array<vec2<f32>>;
+@group(0) @binding(10) var<storage, read_write> psums: array<vec2<f32>>;
 
 var<workgroup> tree: array<f32, MAX_WG>;
 
@@ -166,4 +179,143 @@ fn naive_bn_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         o = o + b[ch >> 2u][ch & 3u];
     }
     dst1[e] = o;
+}
+
+// ---- The naive backward ----
+
+// Values per statistic.
+fn bwd_len() -> u32 {
+    switch MODE {
+        case 1u: { return bp.n * bp.s; }
+        case 2u: { return bp.s * (bp.c / bp.groups); }
+        default: { return bp.d; }
+    }
+}
+
+// Element i of statistic k.
+fn bwd_elem(k: u32, i: u32) -> u32 {
+    switch MODE {
+        case 1u: { return bn_index(k, i); }
+        case 2u: {
+            let cpg = bp.c / bp.groups;
+            let first = (k / bp.groups) * bp.s * bp.c + (k % bp.groups) * cpg;
+            return first + (i / cpg) * bp.c + i % cpg;
+        }
+        default: { return k * bp.d + i; }
+    }
+}
+
+fn bwd_stat(e: u32) -> u32 {
+    switch MODE {
+        case 1u: { return (e / bp.s) % bp.c; }
+        case 2u: { return (e / (bp.s * bp.c)) * bp.groups + (e % bp.c) / (bp.c / bp.groups); }
+        default: { return e / bp.d; }
+    }
+}
+
+fn bwd_param(e: u32) -> u32 {
+    if (MODE == 2u) {
+        return e % bp.c;
+    }
+    if (MODE == 1u || bp.c > 0u) {
+        return (e / bp.s) % bp.c;
+    }
+    return e % bp.d;
+}
+
+fn bwd_w(e: u32) -> f32 {
+    if (HAS_W) {
+        let j = bwd_param(e);
+        return w[j >> 2u][j & 3u];
+    }
+    return 1.0;
+}
+
+fn bwd_xhat(e: u32) -> f32 {
+    let k = bwd_stat(e);
+    var m = 0.0;
+    if (CENTER) {
+        m = stat_mean[k];
+    }
+    return (src1(e) - m) * stat_var[k];
+}
+
+@compute @workgroup_size(WG)
+fn naive_bwd_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let k = wid.x + wid.y * bp.grid_x;
+    var a = 0.0;
+    var q = 0.0;
+    if (k < bp.work) {
+        for (var i = lid; i < bwd_len(); i += WG) {
+            let e = bwd_elem(k, i);
+            let g = dy1[e] * bwd_w(e);
+            a += g;
+            q += g * bwd_xhat(e);
+        }
+    }
+    let ta = tree_sum(a, lid);
+    workgroupBarrier();
+    let tq = tree_sum(q, lid);
+    if (k < bp.work && lid == 0u) {
+        sums[k] = vec2<f32>(ta, tq);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn naive_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = flat_id(wid, lid);
+    if (e >= bp.work) {
+        return;
+    }
+    let k = bwd_stat(e);
+    let n = f32(bwd_len());
+    var ma = 0.0;
+    if (CENTER) {
+        ma = sums[k].x / n;
+    }
+    let g = dy1[e] * bwd_w(e);
+    dst1[e] = stat_var[k] * (g - ma - bwd_xhat(e) * sums[k].y / n);
+}
+
+// Per-channel dweight = sum(dy * xhat), dbias = sum(dy) (BatchNorm, GroupNorm): a workgroup per
+// channel over its n * s values.
+@compute @workgroup_size(WG)
+fn naive_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let j = wid.x + wid.y * bp.grid_x;
+    var dw = 0.0;
+    var db = 0.0;
+    for (var i = lid; j < bp.work && i < bp.n * bp.s; i += WG) {
+        var e = ((i / bp.s) * bp.c + j) * bp.s + i % bp.s;
+        if (MODE == 2u) {
+            e = i * bp.c + j;
+        }
+        let v = dy1[e];
+        dw += v * bwd_xhat(e);
+        db += v;
+    }
+    let tw = tree_sum(dw, lid);
+    workgroupBarrier();
+    let tb = tree_sum(db, lid);
+    if (lid == 0u && j < bp.work) {
+        psums[j] = vec2<f32>(tw, tb);
+    }
+}
+
+// Per-column sums of rows (LayerNorm, RMSNorm): a thread per column down all rows, neighbouring
+// threads reading neighbouring columns (a plain column reduction).
+@compute @workgroup_size(WG)
+fn naive_bwd_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let j = flat_id(wid, lid);
+    if (j >= bp.work) {
+        return;
+    }
+    var dw = 0.0;
+    var db = 0.0;
+    for (var r = 0u; r < bp.n; r++) {
+        let e = r * bp.d + j;
+        let v = dy1[e];
+        dw += v * bwd_xhat(e);
+        db += v;
+    }
+    psums[j] = vec2<f32>(dw, db);
 }

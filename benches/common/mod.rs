@@ -130,6 +130,27 @@ impl GpuTimer {
 }
 
 /// Median of `v` (sorted in place).
+/// Median times of several works, their samples taken in turn (copy, kernel, baseline, copy,
+/// ...), so a change in the machine's load during the run moves all of them alike and their
+/// ratios stay comparable.
+pub fn interleaved_medians(
+    timer: &GpuTimer,
+    samples: usize,
+    iters: usize,
+    works: &mut [&mut Work],
+) -> Result<Vec<f64>> {
+    let mut times = vec![Vec::with_capacity(samples); works.len()];
+    for w in works.iter_mut() {
+        timer.sample_ms(1, &mut **w)?; // warm-up
+    }
+    for _ in 0..samples {
+        for (w, t) in works.iter_mut().zip(&mut times) {
+            t.push(timer.sample_ms(iters, &mut **w)?);
+        }
+    }
+    Ok(times.iter_mut().map(|t| median(t)).collect())
+}
+
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {

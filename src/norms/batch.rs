@@ -3,7 +3,7 @@
 
 use crate::context::Gpu;
 use crate::error::{NormError, Result};
-use crate::norms::{BatchNormPlan, Layout};
+use crate::norms::{BatchNormPlan, BwdCall, BwdOp, Gradients, Layout};
 use crate::ops::affine::{check_affine, check_eps, check_outputs, check_u32_elems, ncs};
 use crate::ops::channels::{Channels, Running, Source};
 use crate::runtime::pipeline::Storage;
@@ -488,6 +488,177 @@ impl BatchNorm {
             };
             op.encode(gpu, encoder, x, y, source)
         }
+    }
+
+    /// The backward call on x: through the batch statistics, or (`eval`) the running ones.
+    fn backward_call<'a>(
+        &'a self,
+        gpu: &Gpu,
+        x: &'a Tensor,
+        layout: Layout,
+        eval: bool,
+    ) -> Result<BwdCall<'a>> {
+        // The backward kernels are f32 (half precision is forward-only for now).
+        x.check_dtype("x (backward)", crate::DType::F32)?;
+        x.check_device(gpu, "x")?;
+        let op = self.op(gpu, x.shape(), layout)?;
+        Ok(BwdCall {
+            op: BwdOp::Channels { op, eval },
+            bias: self.bias.as_ref(),
+            what: "channel",
+            spread: if eval { "running_var" } else { "invstd" },
+        })
+    }
+
+    /// The training backward (PyTorch's `native_batch_norm_backward` with `train=True`): dx
+    /// through the batch statistics `mean` and `invstd` that [`BatchNorm::forward_train`]
+    /// returned (biased variance), dweight and dbias per channel when the norm has them, all
+    /// sums in a fixed order (bit-identical reruns). The running statistics are not touched.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[0.5, 1.0, 2.0, 4.0], &[2, 2])?;
+    /// # let dy = x.clone();
+    /// let mut bn = BatchNorm::new(&gpu, 2)?;
+    /// let t = bn.forward_train(&gpu, &x, Layout::ChannelsFirst)?;
+    /// let g = bn.backward(&gpu, &x, &dy, &t.mean, &t.invstd, Layout::ChannelsFirst)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        invstd: &Tensor,
+        layout: Layout,
+    ) -> Result<Gradients> {
+        self.backward_call(gpu, x, layout, false)?
+            .run(gpu, x, dy, Some(mean), invstd)
+    }
+
+    /// [`BatchNorm::backward`] recorded into the caller's encoder, writing caller-provided
+    /// gradients (`g.dx` like x; `g.dweight` / `g.dbias` exactly when the norm has them).
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[0.5, 1.0, 2.0, 4.0], &[2, 2])?;
+    /// # let dy = x.clone();
+    /// let mut bn = BatchNorm::new(&gpu, 2)?;
+    /// let t = bn.forward_train(&gpu, &x, Layout::ChannelsLast)?;
+    /// let g = Gradients { dx: Tensor::empty(&gpu, &[2, 2])?, dweight: None, dbias: None };
+    /// let mut enc = gpu.encoder();
+    /// bn.encode_backward(&gpu, &mut enc, &x, &dy, &t.mean, &t.invstd, Layout::ChannelsLast, &g)?;
+    /// gpu.submit_wait(enc)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        invstd: &Tensor,
+        layout: Layout,
+        g: &Gradients,
+    ) -> Result<()> {
+        self.backward_call(gpu, x, layout, false)?.encode(
+            gpu,
+            encoder,
+            x,
+            dy,
+            Some(mean),
+            invstd,
+            g,
+        )
+    }
+
+    /// The inference backward (`native_batch_norm_backward` with `train=False`): the running
+    /// statistics are constants, so dx = dy * weight / sqrt(running_var + eps); dweight =
+    /// sum(dy * xhat) and dbias = sum(dy) with xhat from the running statistics. With
+    /// `track_running_stats(false)` inference normalizes with batch statistics, so this is
+    /// the training backward through them (computed here first, as the forward does).
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[0.5, 1.0, 2.0, 4.0], &[2, 2])?;
+    /// # let dy = x.clone();
+    /// let bn = BatchNorm::new(&gpu, 2)?;
+    /// let g = bn.backward_eval(&gpu, &x, &dy, Layout::ChannelsFirst)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn backward_eval(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        layout: Layout,
+    ) -> Result<Gradients> {
+        let like = |t: Option<&Tensor>| t.map(|t| Tensor::empty(gpu, t.shape())).transpose();
+        let g = Gradients {
+            dx: Tensor::empty(gpu, x.shape())?,
+            dweight: like(self.weight.as_ref())?,
+            dbias: like(self.bias.as_ref())?,
+        };
+        let mut enc = gpu.encoder();
+        self.encode_backward_eval(gpu, &mut enc, x, dy, layout, &g)?;
+        gpu.submit_wait(enc)?;
+        Ok(g)
+    }
+
+    /// [`BatchNorm::backward_eval`] recorded into the caller's encoder, writing caller-provided
+    /// gradients.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[0.5, 1.0, 2.0, 4.0], &[2, 2])?;
+    /// # let dy = x.clone();
+    /// let bn = BatchNorm::new(&gpu, 2)?;
+    /// let g = Gradients { dx: Tensor::empty(&gpu, &[2, 2])?, dweight: None, dbias: None };
+    /// let mut enc = gpu.encoder();
+    /// bn.encode_backward_eval(&gpu, &mut enc, &x, &dy, Layout::ChannelsFirst, &g)?;
+    /// gpu.submit_wait(enc)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn encode_backward_eval(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        layout: Layout,
+        g: &Gradients,
+    ) -> Result<()> {
+        let call = self.backward_call(gpu, x, layout, self.track_running_stats)?;
+        let _turn = gpu.turn();
+        if self.track_running_stats {
+            let (rm, rv) = match &self.pending_init {
+                Some((m, v)) => (m, v),
+                None => (&self.running_mean, &self.running_var),
+            };
+            return call.encode(gpu, encoder, x, dy, Some(rm), rv, g);
+        }
+        // Batch statistics, as encode_eval normalizes with (its y is not needed here).
+        let BwdOp::Channels { op, .. } = &call.op else {
+            unreachable!("BatchNorm is a channels call")
+        };
+        Self::check_batch(op, x)?;
+        let c = self.channels;
+        let (mean, invstd) = (Tensor::empty(gpu, &[c])?, Tensor::empty(gpu, &[c])?);
+        let y = Tensor::empty(gpu, x.shape())?;
+        let source = Source::Batch {
+            mean: &mean,
+            invstd: &invstd,
+            update: None,
+        };
+        op.encode(gpu, encoder, x, &y, source)?;
+        call.encode(gpu, encoder, x, dy, Some(&mean), &invstd, g)
     }
 
     /// The kernels a call on `shape` in `layout` runs on `gpu` (training's, when statistics

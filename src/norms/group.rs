@@ -5,7 +5,7 @@
 use crate::context::Gpu;
 use crate::error::{NormError, Result};
 use crate::norms::{
-    setters, BwdCall, Call, Gradients, GroupNormOutput, GroupNormPlan, Layout, LnVariant, Op,
+    setters, BwdCall, BwdOp, Call, Gradients, GroupNormOutput, GroupNormPlan, Layout, LnVariant, Op,
 };
 use crate::ops::affine::{check_affine, check_dtypes, check_eps, check_u32_elems, ncs};
 use crate::ops::channels::Channels;
@@ -206,39 +206,40 @@ impl GroupNorm {
         self.call(gpu, x, layout)?.encode(gpu, encoder, x, y, m, r)
     }
 
-    /// The backward call on x: channels-first, the rows family with per-channel weights.
+    /// The backward call on x: channels-first the rows family with per-channel weights,
+    /// channels-last the channels family, like the forward.
     fn backward_call<'a>(
         &'a self,
         gpu: &Gpu,
         x: &'a Tensor,
         layout: Layout,
     ) -> Result<BwdCall<'a>> {
-        let call = self.call(gpu, x, layout)?;
-        let Op::Rows(r) = call.op else {
-            return Err(NormError::InvalidArgument(
-                "GroupNorm / InstanceNorm backward runs channels-first only for now; \
-                 channels-last is not implemented yet"
-                    .into(),
-            ));
+        let (op, bias) = match self.call(gpu, x, layout)?.op {
+            Op::Rows(r) => (
+                RowsBwd {
+                    rows: r.rows,
+                    d: r.d,
+                    center: true,
+                    weight: r.weight,
+                    channel: r.channel,
+                }
+                .into(),
+                r.bias,
+            ),
+            Op::Channels(c) => (BwdOp::Channels { op: c, eval: false }, c.bias),
         };
         Ok(BwdCall {
-            op: RowsBwd {
-                rows: r.rows,
-                d: r.d,
-                center: true,
-                weight: r.weight,
-                channel: r.channel,
-            },
-            bias: r.bias,
+            op,
+            bias,
             what: "(sample, group)",
+            spread: "rstd",
         })
     }
 
     /// The backward from the forward's saved `mean` and `rstd` (`[N, G]`; PyTorch's
     /// `native_group_norm_backward`): dx through the group statistics, dweight and dbias per
     /// channel (when the norm has them), summed over samples and positions in a fixed order.
-    /// InstanceNorm's is this with one channel per group. Channels-first only for now
-    /// ([`Layout::ChannelsLast`] returns [`NormError::InvalidArgument`]).
+    /// InstanceNorm's is this with one channel per group. Both layouts.
     ///
     /// ```no_run
     /// # use fused_norm::*;

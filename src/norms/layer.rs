@@ -173,9 +173,11 @@ impl Trailing {
                 center,
                 weight: self.weight.as_ref(),
                 channel: None,
-            },
+            }
+            .into(),
             bias: self.bias.as_ref(),
             what: "row",
+            spread: "rstd",
         })
     }
 

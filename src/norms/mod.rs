@@ -18,6 +18,7 @@ pub use rms::{RmsNorm, RmsNormAddOutput, RmsNormOutput};
 use crate::context::Gpu;
 use crate::ops::apply::ApplyKind;
 use crate::ops::channels::Blocks;
+use crate::ops::channels::Saved;
 use crate::ops::rows_bwd::{BwdOut, RowsBwd};
 use crate::runtime::pipeline::Kernel;
 use crate::tensor::Tensor;
@@ -451,14 +452,50 @@ impl Call<'_> {
     }
 }
 
-/// A backward call of the rows family with the norm's parameters: checks the inputs (dy like x,
-/// the mean when centred and rstd one per statistic) and the caller's gradients (dweight and
-/// dbias exactly when the norm has that parameter, shaped like it).
+/// The reduction a backward call runs.
+pub(crate) enum BwdOp<'a> {
+    Rows(RowsBwd<'a>),
+    /// BatchNorm (both layouts), GroupNorm / InstanceNorm channels-last; `eval`: through
+    /// constant running statistics, given as (mean, var) in place of (mean, rstd).
+    Channels {
+        op: crate::ops::channels::Channels<'a>,
+        eval: bool,
+    },
+}
+
+impl<'a> From<RowsBwd<'a>> for BwdOp<'a> {
+    fn from(r: RowsBwd<'a>) -> BwdOp<'a> {
+        BwdOp::Rows(r)
+    }
+}
+
+impl BwdOp<'_> {
+    /// Statistics the saved mean and rstd hold.
+    fn stats(&self) -> usize {
+        match self {
+            BwdOp::Rows(r) => r.rows,
+            BwdOp::Channels { op, .. } => op.slots() as usize,
+        }
+    }
+
+    fn weight(&self) -> Option<&Tensor> {
+        match self {
+            BwdOp::Rows(r) => r.weight,
+            BwdOp::Channels { op, .. } => op.weight,
+        }
+    }
+}
+
+/// A backward call with the norm's parameters: checks the inputs (dy like x, the mean when
+/// centred and rstd one per statistic) and the caller's gradients (dweight and dbias exactly
+/// when the norm has that parameter, shaped like it).
 pub(crate) struct BwdCall<'a> {
-    pub op: RowsBwd<'a>,
+    pub op: BwdOp<'a>,
     pub bias: Option<&'a Tensor>,
     /// What one statistic is of ("row", "(sample, group)").
     pub what: &'static str,
+    /// The name of the second statistic in errors ("rstd", BatchNorm's "invstd").
+    pub spread: &'static str,
 }
 
 impl BwdCall<'_> {
@@ -494,14 +531,14 @@ impl BwdCall<'_> {
                 x.shape()
             )));
         }
-        for (name, t) in [("mean", mean), ("rstd", Some(rstd))] {
+        for (name, t) in [("mean", mean), (self.spread, Some(rstd))] {
             if let Some(t) = t {
                 t.check_device(gpu, name)?;
-                if t.numel() != self.op.rows {
+                if t.numel() != self.op.stats() {
                     return Err(crate::NormError::Shape(format!(
                         "{name} has {} values, needs {} (one per {})",
                         t.numel(),
-                        self.op.rows,
+                        self.op.stats(),
                         self.what
                     )));
                 }
@@ -525,7 +562,7 @@ impl BwdCall<'_> {
         self.check_inputs(gpu, x, dy, mean, rstd)?;
         let mut outputs = vec![("dx", &g.dx, x.numel())];
         for (name, param, grad) in [
-            ("dweight", self.op.weight, &g.dweight),
+            ("dweight", self.op.weight(), &g.dweight),
             ("dbias", self.bias, &g.dbias),
         ] {
             match (param, grad) {
@@ -543,14 +580,14 @@ impl BwdCall<'_> {
             ("the input", Some(x)),
             ("dy", Some(dy)),
             ("mean", mean),
-            ("rstd", Some(rstd)),
-            ("weight", self.op.weight),
+            (self.spread, Some(rstd)),
+            ("weight", self.op.weight()),
         ];
         crate::ops::affine::check_outputs(gpu, &reads, &outputs)?;
         for (name, t, _) in &outputs {
             t.check_dtype(name, crate::DType::F32)?;
         }
-        for (name, t) in [("weight", self.op.weight), ("bias", self.bias)] {
+        for (name, t) in [("weight", self.op.weight()), ("bias", self.bias)] {
             if let Some(t) = t {
                 t.check_dtype(name, crate::DType::F32)?;
             }
@@ -560,7 +597,17 @@ impl BwdCall<'_> {
             dweight: g.dweight.as_ref(),
             dbias: g.dbias.as_ref(),
         };
-        self.op.encode(gpu, encoder, x, dy, mean, rstd, out)
+        match &self.op {
+            BwdOp::Rows(r) => r.encode(gpu, encoder, x, dy, mean, rstd, out),
+            BwdOp::Channels { op, eval } => {
+                let mean = mean.expect("channels-family norms have a mean");
+                let saved = match eval {
+                    true => Saved::Running { mean, var: rstd },
+                    false => Saved::Batch { mean, rstd },
+                };
+                op.encode_backward(gpu, encoder, x, dy, saved, out)
+            }
+        }
     }
 
     /// Allocates the gradients, records the backward, submits and waits.
@@ -576,7 +623,7 @@ impl BwdCall<'_> {
         let like = |t: Option<&Tensor>| t.map(|t| Tensor::empty(gpu, t.shape())).transpose();
         let g = Gradients {
             dx: Tensor::empty(gpu, x.shape())?,
-            dweight: like(self.op.weight)?,
+            dweight: like(self.op.weight())?,
             dbias: like(self.bias)?,
         };
         let mut enc = gpu.encoder();

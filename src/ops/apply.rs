@@ -1,11 +1,12 @@
 //! The elementwise pass of the channels family (`shaders/apply.wgsl`):
-//! y = (x - centre) * scale + shift with each element's (sample, channel) coefficients, in
-//! chunks of whole runs, one vec4 (or value) per thread like a copy.
+//! y = (x - centre) * scale + shift with each element's (sample, channel) coefficients (the
+//! backward's dx adds grad * dy), in chunks of whole runs, one vec4 (or value) per thread like a
+//! copy.
 
 use crate::context::Gpu;
 use crate::error::Result;
-use crate::runtime::constants::Overrides;
-use crate::runtime::dispatch::{chunks, view_of, Launch};
+use crate::runtime::constants::{Flag, Overrides};
+use crate::runtime::dispatch::{chunks, view, view_of, Launch};
 use crate::runtime::pipeline::{Kernel, Shader, Storage};
 use crate::tensor::Tensor;
 
@@ -54,12 +55,17 @@ impl ApplyKind {
         }
     }
 
-    pub(crate) fn kernel(self) -> Kernel {
-        match self {
-            ApplyKind::RunVec4 => Kernel::ApplyCf4,
-            ApplyKind::ChannelVec4 => Kernel::ApplyCl4,
-            ApplyKind::Scalar => Kernel::ApplyScalar,
-            ApplyKind::Pair => Kernel::ApplyPair,
+    /// The forward's kernel, or (`backward`) dx's. The backward is f32 only (half inputs are
+    /// refused before it), so it never runs pairs.
+    pub(crate) fn kernel(self, backward: bool) -> Kernel {
+        match (self, backward) {
+            (ApplyKind::RunVec4, false) => Kernel::ApplyCf4,
+            (ApplyKind::ChannelVec4, false) => Kernel::ApplyCl4,
+            (ApplyKind::Scalar, false) => Kernel::ApplyScalar,
+            (ApplyKind::Pair, false) => Kernel::ApplyPair,
+            (ApplyKind::RunVec4, true) => Kernel::ApplyBwdCf4,
+            (ApplyKind::ChannelVec4, true) => Kernel::ApplyBwdCl4,
+            (ApplyKind::Scalar | ApplyKind::Pair, true) => Kernel::ApplyBwdScalar,
         }
     }
 
@@ -87,18 +93,20 @@ pub(crate) struct Apply {
 }
 
 impl Apply {
-    /// The launches of the pass: x to y through `coef`.
+    /// The launches of the pass: x to y through `coef`; with `dy`, the backward's dx into y
+    /// (through constant statistics when `dy.1`, EVAL).
     pub(crate) fn launches<'a>(
         &self,
         gpu: &Gpu,
         x: &'a Tensor,
+        dy: Option<(&'a Tensor, bool)>,
         y: &'a Tensor,
         coef: &'a Tensor,
     ) -> Result<Vec<Launch<'a>>> {
         let kind = ApplyKind::of(self.c, self.s).in_storage(self.storage);
         let elem = x.dtype().size() as u64;
         let slab = self.c * self.s;
-        let overrides = Overrides::new(self.wg, self.wg);
+        let overrides = Overrides::new(self.wg, self.wg).flag(Flag::Eval, dy.is_some_and(|d| d.1));
         let mut out = Vec::new();
         for (n0, n1) in chunks(self.n, self.chunk_runs) {
             let (xv, yv) = (
@@ -136,20 +144,24 @@ impl Apply {
                 ApplyKind::Pair => "y2",
                 _ => "y",
             };
-            out.push(
-                Launch::new(
-                    gpu,
-                    Shader::Apply,
-                    kind.kernel(),
-                    &overrides,
-                    groups,
-                    params,
-                )?
-                .storage(self.storage)
-                .bind("x", xv.bind(x.buffer()))
-                .bind(y_name, yv.bind(y.buffer()))
-                .buf("coef", coef.buffer()),
-            );
+            let mut l = Launch::new(
+                gpu,
+                Shader::Apply,
+                kind.kernel(dy.is_some()),
+                &overrides,
+                groups,
+                params,
+            )?
+            .storage(self.storage)
+            .bind("x", xv.bind(x.buffer()))
+            .bind(y_name, yv.bind(y.buffer()))
+            .buf("coef", coef.buffer());
+            if let Some((dy, _)) = dy {
+                // dy is x's size: the same view (its offset depends on the chunk's start alone).
+                let dv = view(gpu, n0 * slab, n1 * slab, dy.buffer().size());
+                l = l.bind("dy", dv.bind(dy.buffer()));
+            }
+            out.push(l);
         }
         Ok(out)
     }

@@ -2,15 +2,18 @@
 //! both layouts, and GroupNorm / InstanceNorm channels-last, whose statistics are per (sample,
 //! group of channels). Two deterministic stages (per-block partials read in memory order, then
 //! a fixed-order merge per statistic) write per-(sample, channel) coefficients for the
-//! elementwise pass in `apply`.
+//! elementwise pass in `apply`. The backward has the same shape: per-block sums of dy and
+//! dy * xhat, a per-slot merge into dx's coefficients, a per-channel merge into dweight and
+//! dbias, and the elementwise dx.
 
 use crate::context::Gpu;
 use crate::error::{NormError, Result};
 use crate::norms::{ChannelsPlan, Plan};
 use crate::ops::affine::Staging;
 use crate::ops::apply::{Apply, ApplyKind};
+use crate::ops::rows_bwd::BwdOut;
 use crate::runtime::constants::{Flag, Overrides};
-use crate::runtime::dispatch::{chunks, record_all, units_per_binding_of, view_of, Launch};
+use crate::runtime::dispatch::{chunks, record_all, units_per_binding_of, view, view_of, Launch};
 use crate::runtime::pipeline::Storage;
 use crate::runtime::pipeline::{Kernel, Shader};
 use crate::runtime::policy::{Policy, MAX_THREAD_ITERS};
@@ -84,6 +87,38 @@ pub(crate) enum Source<'a> {
     },
 }
 
+/// The statistics a backward call goes through, one per slot.
+#[derive(Clone, Copy)]
+pub(crate) enum Saved<'a> {
+    /// The forward's batch statistics: mean and rstd (BatchNorm's invstd).
+    Batch { mean: &'a Tensor, rstd: &'a Tensor },
+    /// BatchNorm inference: the running mean and variance, constants of the backward.
+    Running { mean: &'a Tensor, var: &'a Tensor },
+}
+
+/// Stage 1 of a backward call: what `stage1` reads besides x.
+#[derive(Clone, Copy)]
+struct BwdInputs<'a> {
+    dy: &'a Tensor,
+    mean: &'a Tensor,
+    spread: &'a Tensor,
+    eval: bool,
+}
+
+/// The coefficient table of a call with `plane` entries per plane: four planes, then a vec4 per
+/// entry (see apply.wgsl).
+fn coef_table(gpu: &Gpu, plane: u64) -> Result<Tensor> {
+    Tensor::empty(gpu, &[(8 * plane) as usize])
+}
+
+/// Threads merging `parts` partials per statistic: on CPU adapters one lane while it merges at
+/// most 4096 (llvmpipe stops loops at 65535 iterations; Chan merges lose nothing over a few
+/// thousand), so no shuffles or barriers; on GPUs ~16 partials per lane.
+fn merge_threads(pol: Policy, parts: u64) -> u32 {
+    let per_lane = if pol.cpu { 4 * MAX_THREAD_ITERS } else { 16 };
+    (parts.div_ceil(per_lane).next_power_of_two() as u32).min(pol.wg)
+}
+
 /// One call of the channels family on x viewed as `[n, c, s]` runs (channels-last: s = 1, n =
 /// all rows), `spr` runs per sample (BatchNorm: n), `groups` statistics per sample of `cpg`
 /// channels each (BatchNorm: c and 1).
@@ -146,11 +181,7 @@ impl Channels<'_> {
                 gpu.max_binding_bytes()
             )));
         }
-        // Finalize: on CPU adapters one lane per statistic while it merges at most 4096
-        // partials (llvmpipe stops loops at 65535 iterations; Chan merges lose nothing over a
-        // few thousand), so no shuffles or barriers; on GPUs ~16 partials per lane.
-        let per_lane = if pol.cpu { 4 * MAX_THREAD_ITERS } else { 16 };
-        let fin_tpr = ((self.cpg * b.nbt).div_ceil(per_lane).next_power_of_two() as u32).min(wg);
+        let fin_tpr = merge_threads(pol, self.cpg * b.nbt);
         let cl = self.s == 1;
         let apply = ApplyKind::of(self.c, self.s).in_storage(self.storage);
         let kernels = match (batch, cl) {
@@ -158,15 +189,15 @@ impl Channels<'_> {
                 Kernel::ChannelsPivot,
                 Kernel::ChannelsPartialCf,
                 Kernel::ChannelsFinalize,
-                apply.kernel(),
+                apply.kernel(false),
             ],
             (true, true) => vec![
                 Kernel::ChannelsPivot,
                 Kernel::ChannelsPartialCl,
                 Kernel::ChannelsFinalize,
-                apply.kernel(),
+                apply.kernel(false),
             ],
-            (false, _) => vec![Kernel::ChannelsEvalCoef, apply.kernel()],
+            (false, _) => vec![Kernel::ChannelsEvalCoef, apply.kernel(false)],
         };
         let reason = format!(
             "{} statistics over {} values each, read in memory order: {} blocks each, merged in \
@@ -333,8 +364,7 @@ impl Channels<'_> {
         let (dummy, sink) = (gpu.placeholder()?, gpu.sink()?);
         let gamma = self.weight.unwrap_or(&dummy).buffer();
         let beta = self.bias.unwrap_or(&dummy).buffer();
-        // Three planes, then a vec4 per entry (see apply.wgsl).
-        let coef = Tensor::empty(gpu, &[(7 * plane) as usize])?;
+        let coef = coef_table(gpu, plane)?;
         let partials = Tensor::empty(gpu, &[(2 * samples * c * b.nbt).max(4) as usize])?;
         let update = match &source {
             Source::Batch { update, .. } | Source::Given { update, .. } => *update,
@@ -370,7 +400,7 @@ impl Channels<'_> {
         };
         let mut launches = Vec::new();
         if from_x {
-            self.stage1(gpu, &cp, wg, base, x, &coef, &partials, &mut launches)?;
+            self.stage1(gpu, &cp, wg, base, x, &coef, &partials, None, &mut launches)?;
         }
         // The coefficient writers all bind the table, the affine parameters and the running
         // statistics (BatchNorm's, or the sink).
@@ -443,12 +473,149 @@ impl Channels<'_> {
             wg,
             storage: self.storage,
         };
-        launches.extend(apply.launches(gpu, x, y, &coef)?);
+        launches.extend(apply.launches(gpu, x, None, y, &coef)?);
+        record_all(gpu, encoder, &launches)
+    }
+
+    /// Records the backward: dx (and dweight / dbias when given) from x, dy and the statistics
+    /// the forward normalized with.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        saved: Saved<'_>,
+        out: BwdOut<'_>,
+    ) -> Result<()> {
+        let _turn = gpu.turn();
+        let mut st = Staging::default();
+        let x = st.input(gpu, encoder, x)?;
+        let dy = st.input(gpu, encoder, dy)?;
+        let (mean, spread, eval) = match saved {
+            Saved::Batch { mean, rstd } => (mean, rstd, false),
+            Saved::Running { mean, var } => (mean, var, true),
+        };
+        let mean = st.input(gpu, encoder, mean)?;
+        let spread = st.input(gpu, encoder, spread)?;
+        let w = self.weight.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let dx = st.output(gpu, out.dx)?;
+        let dw = out.dweight.map(|t| st.output(gpu, t)).transpose()?;
+        let db = out.dbias.map(|t| st.output(gpu, t)).transpose()?;
+        let op = Channels {
+            weight: w.as_ref(),
+            ..*self
+        };
+        let inputs = BwdInputs {
+            dy: &dy,
+            mean: &mean,
+            spread: &spread,
+            eval,
+        };
+        let out = BwdOut {
+            dx: &dx,
+            dweight: dw.as_ref(),
+            dbias: db.as_ref(),
+        };
+        op.encode_backward_padded(gpu, encoder, &x, inputs, out)?;
+        st.finish(gpu, encoder)
+    }
+
+    fn encode_backward_padded(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        bwd: BwdInputs<'_>,
+        out: BwdOut<'_>,
+    ) -> Result<()> {
+        // The forward's geometry: the same blocks, chunks and merge widths.
+        let plan = self.plan(gpu, true)?;
+        let cp = plan.channels.expect("a channels plan");
+        let (wg, b) = (plan.workgroup_size, cp.blocks);
+        let (c, samples) = (self.c, self.samples());
+        let plane = samples * c.div_ceil(4) * 4;
+        let (dummy, sink) = (gpu.placeholder()?, gpu.sink()?);
+        let coef = coef_table(gpu, plane)?;
+        let partials = Tensor::empty(gpu, &[(2 * samples * c * b.nbt).max(4) as usize])?;
+        let base = ChannelsParams {
+            n: self.n as u32,
+            c: c as u32,
+            s: self.s as u32,
+            nbr: b.nbr as u32,
+            seg: b.seg as u32,
+            ssegs: b.ssegs as u32,
+            nbt: b.nbt as u32,
+            eps: self.eps,
+            spr: self.spr as u32,
+            groups: self.groups as u32,
+            cpg: self.cpg as u32,
+            plane: plane as u32,
+            ..Default::default()
+        };
+        let params = out.dweight.is_some() || out.dbias.is_some();
+        let mut launches = Vec::new();
+        // Inference's dx needs no sums: stage 1 only for dweight / dbias.
+        if !bwd.eval || params {
+            self.stage1(
+                gpu,
+                &cp,
+                wg,
+                base,
+                x,
+                &coef,
+                &partials,
+                Some(bwd),
+                &mut launches,
+            )?;
+        }
+        let launch = |kernel, o: &Overrides, groups| {
+            Launch::new(gpu, Shader::Channels, kernel, o, groups, |g| {
+                ChannelsParams { grid_x: g, ..base }
+            })
+        };
+        let fin = Overrides::new(wg, cp.finalize_threads)
+            .flag(Flag::HasWeight, self.weight.is_some())
+            .flag(Flag::Eval, bwd.eval);
+        launches.push(
+            launch(Kernel::ChannelsBwdFinalize, &fin, cp.finalize_workgroups)?
+                .buf("partials", partials.buffer())
+                .buf("mean_in", bwd.mean.buffer())
+                .buf("spread_in", bwd.spread.buffer())
+                .buf("gamma", self.weight.unwrap_or(&dummy).buffer())
+                .buf("coef_w", coef.buffer()),
+        );
+        if params {
+            let tpr = merge_threads(Policy::of(gpu), samples * b.nbt);
+            let o = Overrides::new(wg, tpr)
+                .flag(Flag::HasWeight, out.dweight.is_some())
+                .flag(Flag::HasBias, out.dbias.is_some());
+            launches.push(
+                launch(Kernel::ChannelsBwdParams, &o, (c as u32).div_ceil(wg / tpr))?
+                    .buf("partials", partials.buffer())
+                    .buf("dweight", out.dweight.unwrap_or(&sink).buffer())
+                    .buf("dbias", out.dbias.unwrap_or(&sink).buffer()),
+            );
+        }
+        let apply = Apply {
+            n: self.n,
+            c,
+            s: self.s,
+            spr: self.spr,
+            plane,
+            chunk_runs: cp.chunk_runs,
+            wg,
+            storage: self.storage,
+        };
+        let dy = Some((bwd.dy, bwd.eval));
+        launches.extend(apply.launches(gpu, x, dy, out.dx, &coef)?);
         record_all(gpu, encoder, &launches)
     }
 
     /// Stage 1, per chunk of x: the pivots (per sample from each chunk's own samples; per
-    /// channel from the first chunk), then the per-block partials.
+    /// channel from the first chunk), then the per-block partials. With `bwd`, the backward's
+    /// partials (no pivots: the saved mean centres).
     #[allow(clippy::too_many_arguments)]
     fn stage1<'a>(
         &self,
@@ -459,6 +626,7 @@ impl Channels<'_> {
         x: &'a Tensor,
         coef: &'a Tensor,
         partials: &'a Tensor,
+        bwd: Option<BwdInputs<'a>>,
         launches: &mut Vec<Launch<'a>>,
     ) -> Result<()> {
         let (c, s, b) = (self.c, self.s, cp.blocks);
@@ -469,7 +637,9 @@ impl Channels<'_> {
             false => s.is_multiple_of(4),
         };
         let plain = Overrides::new(wg, wg);
-        let o_part = Overrides::new(wg, cp.partial_threads).flag(Flag::Vec, vec);
+        let o_part = Overrides::new(wg, cp.partial_threads)
+            .flag(Flag::Vec, vec)
+            .flag(Flag::Eval, bwd.is_some_and(|b| b.eval));
         for (i, (r0, r1)) in chunks(self.n, cp.chunk_runs).enumerate() {
             let runs = r1 - r0;
             let elem = x.dtype().size() as u64;
@@ -484,7 +654,7 @@ impl Channels<'_> {
                 true => (r0 / self.spr * self.groups, r1 / self.spr * self.groups),
                 false => (0, if i == 0 { self.groups } else { 0 }),
             };
-            if k1 > k0 {
+            if k1 > k0 && bwd.is_none() {
                 let work = (k1 - k0) as u32;
                 let p = |g| ChannelsParams {
                     k0: k0 as u32,
@@ -514,24 +684,38 @@ impl Channels<'_> {
                     false => runs.div_ceil(b.nbr),
                 };
                 let work = (blocks * lanes) as u32;
-                (Kernel::ChannelsPartialCl, work, work.div_ceil(wg))
+                let kernel = match bwd {
+                    Some(_) => Kernel::ChannelsBwdPartialCl,
+                    None => Kernel::ChannelsPartialCl,
+                };
+                (kernel, work, work.div_ceil(wg))
             } else {
                 let groups = c * runs.div_ceil(b.nbr) * b.ssegs;
                 let per_wg = u64::from(wg / cp.partial_threads);
-                (Kernel::ChannelsPartialCf, 0, groups.div_ceil(per_wg) as u32)
+                let kernel = match bwd {
+                    Some(_) => Kernel::ChannelsBwdPartialCf,
+                    None => Kernel::ChannelsPartialCf,
+                };
+                (kernel, 0, groups.div_ceil(per_wg) as u32)
             };
             let p = |g| ChannelsParams {
                 grid_x: g,
                 work,
                 ..chunk
             };
-            launches.push(
-                Launch::new(gpu, Shader::Channels, kernel, &o_part, groups, p)?
-                    .storage(self.storage)
-                    .bind("x", v.bind(x.buffer()))
-                    .buf("partials", partials.buffer())
-                    .buf("coef", coef.buffer()),
-            );
+            let l = Launch::new(gpu, Shader::Channels, kernel, &o_part, groups, p)?
+                .storage(self.storage)
+                .bind("x", v.bind(x.buffer()))
+                .buf("partials", partials.buffer());
+            launches.push(match bwd {
+                Some(bw) => {
+                    let dv = view(gpu, r0 * slab, r1 * slab, bw.dy.buffer().size());
+                    l.bind("dy", dv.bind(bw.dy.buffer()))
+                        .buf("mean_in", bw.mean.buffer())
+                        .buf("spread_in", bw.spread.buffer())
+                }
+                None => l.buf("coef", coef.buffer()),
+            });
         }
         Ok(())
     }

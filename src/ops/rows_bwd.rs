@@ -1,6 +1,8 @@
-//! The rows family's backward (`shaders/rows_bwd.wgsl`): LayerNorm and RMSNorm. dx per row from
-//! the saved statistics in one dispatch; dweight and dbias as column sums in two stages
-//! (per-block partials, then a fixed-order merge), so reruns are bit-identical.
+//! The rows family's backward (`shaders/rows_bwd.wgsl`): LayerNorm, RMSNorm, GroupNorm and
+//! InstanceNorm channels-first. dx alone: one dispatch per row from the saved statistics. With
+//! dweight and dbias: the rows' sums, then a walk down the columns writing dx and per-block
+//! column sums (channels-first GroupNorm: per-run sums, then dx per run), then a fixed-order
+//! merge, so reruns are bit-identical.
 
 use crate::context::Gpu;
 use crate::error::{NormError, Result};
@@ -12,8 +14,13 @@ use crate::runtime::pipeline::{Kernel, Shader};
 use crate::runtime::policy::{Policy, MAX_THREAD_ITERS};
 use crate::tensor::Tensor;
 
-/// Fewest rows per column block: a block's thread loops over at least this many rows.
-const MIN_BLOCK_ROWS: u64 = 64;
+/// Fewest rows per column block: a block's thread loops over at least this many rows, fewer
+/// for wide rows: a workgroup's walk down a block reads x and dy and writes dx in 3 streams per
+/// row, and on CPU adapters 64 rows of 65536 values (192 streams 256 KiB apart) measured 1.5x
+/// slower than blocks of 8 to 16 rows, which were slower at 4096 values and below.
+fn min_block_rows(d: u64) -> u64 {
+    (262_144 / d.max(1)).clamp(8, 64)
+}
 /// Most column blocks: the merge loops over at most this many partials per column (unless the
 /// partials' size limit forces longer blocks).
 const MAX_BLOCKS: u64 = 1024;
@@ -138,7 +145,7 @@ impl RowsBwd<'_> {
                 gpu.max_binding_bytes()
             )));
         }
-        // Column blocks: at least MIN_BLOCK_ROWS rows, at most MAX_BLOCKS blocks, a chunk's
+        // Column blocks: at least min_block_rows rows, at most MAX_BLOCKS blocks, a chunk's
         // partials within MAX_PARTIAL_BYTES and one binding; chunks hold whole blocks.
         let columns = out.dweight.is_some() || out.dbias.is_some();
         if columns && 16 * d > gpu.max_binding_bytes() {
@@ -148,7 +155,7 @@ impl RowsBwd<'_> {
         }
         let part_budget = MAX_PARTIAL_BYTES.min(gpu.max_binding_bytes());
         let max_blocks = (part_budget / (16 * d)).clamp(1, MAX_BLOCKS);
-        let mut block_rows = rows.div_ceil(max_blocks).max(MIN_BLOCK_ROWS.min(rows));
+        let mut block_rows = rows.div_ceil(max_blocks).max(min_block_rows(d).min(rows));
         if per_chunk >= block_rows {
             per_chunk = per_chunk / block_rows * block_rows;
         } else {
@@ -200,8 +207,16 @@ impl RowsBwd<'_> {
             }
         }
         let run_ov = Overrides::new(wg, run_tpr)
+            .flag(Flag::Vec, self.channel.is_some_and(|ch| ch.run % 4 == 0))
+            .flag(Flag::HasWeight, self.weight.is_some())
             .flag(Flag::Center, self.center)
             .flag(Flag::ChannelAffine, true);
+        // dx with the column sums: the rows' sums first (scratch per chunk row), then dx from
+        // the column walk.
+        let rowsums = match (columns, self.channel) {
+            (true, None) => Some(Tensor::empty(gpu, &[(2 * per_chunk.min(rows)) as usize])?),
+            _ => None,
+        };
         let mut launches = Vec::new();
         for (k, (r0, r1)) in chunks(rows, per_chunk).enumerate() {
             let n = r1 - r0;
@@ -234,15 +249,19 @@ impl RowsBwd<'_> {
                         .bind("rstd_in", rv.bind(rstd.buffer()))
                 })
             };
-            let (kernel, dx_name) = match vec {
-                true => (Kernel::RowsBwd, "dx"),
-                false => (Kernel::RowsBwdScalar, "dx1"),
-            };
-            launches.push(
-                launch(kernel, &overrides, n.div_ceil(u64::from(wg / tpr)))?
-                    .buf("gamma", gamma)
-                    .bind(dx_name, dxv.bind(out.dx.buffer())),
-            );
+            let dx_name = if vec { "dx" } else { "dx1" };
+            let row_groups = n.div_ceil(u64::from(wg / tpr));
+            if !columns {
+                let kernel = match vec {
+                    true => Kernel::RowsBwd,
+                    false => Kernel::RowsBwdScalar,
+                };
+                launches.push(
+                    launch(kernel, &overrides, row_groups)?
+                        .buf("gamma", gamma)
+                        .bind(dx_name, dxv.bind(out.dx.buffer())),
+                );
+            }
             let merge = |params: BwdParams| {
                 let groups = u64::from(params.d).div_ceil(u64::from(wg)) as u32;
                 Launch::new(gpu, shader, Kernel::RowsBwdMerge, &ov, groups, |gx| {
@@ -257,9 +276,19 @@ impl RowsBwd<'_> {
                 (Some(part), Some(ch)) => {
                     let runs = n * u64::from(ch.cpg);
                     let groups = runs.div_ceil(u64::from(wg / run_tpr));
+                    let (dx_kernel, dx_name) = match ch.run % 4 == 0 {
+                        true => (Kernel::RowsBwdChanDx, "dx"),
+                        false => (Kernel::RowsBwdChanDxScalar, "dx1"),
+                    };
                     launches.push(
                         launch(Kernel::RowsBwdChan, &run_ov, groups)?
                             .buf("partials", part.buffer()),
+                    );
+                    launches.push(
+                        launch(dx_kernel, &run_ov, groups)?
+                            .buf("partials", part.buffer())
+                            .buf("gamma", gamma)
+                            .bind(dx_name, dxv.bind(out.dx.buffer())),
                     );
                     if r1 == rows {
                         // Channels = groups * cpg; samples = rows / groups.
@@ -277,13 +306,22 @@ impl RowsBwd<'_> {
                     }
                 }
                 (Some(part), None) => {
+                    let sums = rowsums.as_ref().expect("row sums with the column sums");
                     launches.push(
-                        launch(
-                            Kernel::RowsBwdCols,
-                            &overrides,
-                            (nb * d).div_ceil(u64::from(wg)),
-                        )?
-                        .buf("partials", part.buffer()),
+                        launch(Kernel::RowsBwdSums, &overrides, row_groups)?
+                            .buf("gamma", gamma)
+                            .buf("rowsums", sums.buffer()),
+                    );
+                    let cols = match vec {
+                        true => Kernel::RowsBwdCols,
+                        false => Kernel::RowsBwdColsScalar,
+                    };
+                    launches.push(
+                        launch(cols, &overrides, (nb * per).div_ceil(u64::from(wg)))?
+                            .buf("partials", part.buffer())
+                            .buf("gamma", gamma)
+                            .buf("rowsums", sums.buffer())
+                            .bind(dx_name, dxv.bind(out.dx.buffer())),
                     );
                     launches.push(
                         merge(params(0))?
@@ -303,7 +341,10 @@ fn threads_for(d: u64, vec: bool, p: Policy) -> u32 {
     let per = if vec { d / 4 } else { d };
     let need = per.div_ceil(MAX_THREAD_ITERS).max(1).next_power_of_two();
     let gpu = d.div_ceil(16).next_power_of_two();
-    let tpr = if p.cpu { need } else { need.max(gpu) };
+    // CPU adapters: at least a subgroup per row (its reduction needs no barrier), so that few
+    // rows still spread over the cores: 64 rows of 4096 at one thread each are one workgroup.
+    let cpu = need.max(u64::from(p.sg).min(per.next_power_of_two()));
+    let tpr = if p.cpu { cpu } else { need.max(gpu) };
     tpr.min(u64::from(p.wg)) as u32
 }
 

@@ -29,6 +29,8 @@ pub(crate) enum Flag {
     InPlace,
     /// The rows kernels normalize x + residual and store the sum.
     Add,
+    /// Backward through constant statistics (BatchNorm inference).
+    Eval,
 }
 
 impl Flag {
@@ -47,6 +49,7 @@ impl Flag {
             Flag::DstBf16 => "DST_BF16",
             Flag::InPlace => "IN_PLACE",
             Flag::Add => "ADD",
+            Flag::Eval => "EVAL",
         }
     }
 }
