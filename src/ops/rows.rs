@@ -465,14 +465,11 @@ impl Rows<'_> {
                         .bind("mean_out", mean_bind())
                         .bind("rstd_out", rv.bind(rstd.buffer())),
                 );
-                let (apply, per_row) = match (vec, self.pairs()) {
-                    (true, _) => (Kernel::RowsApply, per_row),
-                    (false, true) => (Kernel::RowsApplyPair, d.div_ceil(2)),
-                    (false, false) => (Kernel::RowsApplyScalar, per_row),
-                };
-                let threads = match self.pairs() {
-                    true => (n * d).div_ceil(2),
-                    false => n * per_row,
+                // A vec4 or a value per thread; pairs: one word (two values) per thread.
+                let (apply, threads) = match (vec, self.pairs()) {
+                    (true, _) => (Kernel::RowsApply, n * per_row),
+                    (false, true) => (Kernel::RowsApplyPair, (n * d).div_ceil(2)),
+                    (false, false) => (Kernel::RowsApplyScalar, n * per_row),
                 };
                 launches.push(
                     launch(apply, threads.div_ceil(u64::from(wg)))?
