@@ -748,3 +748,44 @@ fn half_tensors_from_caller_buffers_and_in_chunks() {
         );
     }
 }
+
+/// The sum's rounding at f16's top: 65504 + 8 stays 65504, + 16 (the tie at 65520) and + 32
+/// round to Inf, on every path (native stores round with the device's conversion); that row's
+/// y is NaN, the other row's is finite.
+#[test]
+fn forward_add_sums_that_overflow_f16_round_to_inf_in_their_row() {
+    let d = 8;
+    let x: Vec<f16> = vec![f16::MAX; 2 * d];
+    let r: Vec<f16> = [8.0f32, 16.0, 32.0, -65504.0, 0.0, -1.0, 1.0, -8.0]
+        .iter()
+        .chain(&[
+            -65504.0f32,
+            -65000.0,
+            -60000.0,
+            -65504.0,
+            -65503.0,
+            -65500.0,
+            -65400.0,
+            -65504.0,
+        ])
+        .map(|&v| f16::from_f32(v))
+        .collect();
+    let sum: Vec<f16> = x
+        .iter()
+        .zip(&r)
+        .map(|(a, b)| f16::from_f32(a.to_f32() + b.to_f32()))
+        .collect();
+    assert!(sum[1].is_infinite() && sum[2].is_infinite() && sum[0] == f16::MAX);
+    let sw: Vec<f32> = sum.iter().map(|v| v.to_f32()).collect();
+    let want = reference::layer_norm(&sw, d, None, None, 1e-5);
+    for (path, gpu) in paths() {
+        let xt = Tensor::from_slice(gpu, &x, &[2, d]).unwrap();
+        let rt = Tensor::from_slice(gpu, &r, &[2, d]).unwrap();
+        let out = LayerNorm::new(&[d]).forward_add(gpu, &xt, &rt).unwrap();
+        let got: Vec<f16> = out.sum.read(gpu).unwrap();
+        assert_eq!(bits(&got), bits(&sum), "{path}");
+        let y = out.y.to_vec(gpu).unwrap();
+        assert!(y[..d].iter().all(|v| v.is_nan()), "{path}: {y:?}");
+        assert_ulp::<f16>(&format!("overflow row {path}"), &y[d..], &want.y[d..]);
+    }
+}
