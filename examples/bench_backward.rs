@@ -201,7 +201,7 @@ fn row(
         bs.copy(e, &src, &dst);
         Ok(())
     });
-    let works = &mut [&mut copy, &mut fused, &mut naive];
+    let works: &mut [&mut common::Work] = &mut [&mut copy, &mut fused, &mut naive];
     let t = common::interleaved_medians(timer, samples, iters, works)?;
     let (copy_ms, ms, naive_ms) = (t[0], t[1], t[2]);
     let bytes = 3.0 * numel as f64 * 4.0;

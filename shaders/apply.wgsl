@@ -41,18 +41,45 @@ struct ApplyParams {
 // x, so a NaN or Inf in x stays out of dx (as in PyTorch), and x is not loaded.
 override EVAL: bool = false;
 
+// The shape's divisors, constants of the pipeline where the host fixes them (K_*: CPU
+// adapters, where a division by a runtime value is a scalar division per lane), else from p.
+override K_C: u32 = 0u;
+override K_RUN: u32 = 0u;
+override K_SPR: u32 = 0u;
+
+fn nc() -> u32 {
+    if (K_C != 0u) {
+        return K_C;
+    }
+    return p.c;
+}
+
+fn ns() -> u32 {
+    if (K_RUN != 0u) {
+        return K_RUN;
+    }
+    return p.s;
+}
+
+fn nspr() -> u32 {
+    if (K_SPR != 0u) {
+        return K_SPR;
+    }
+    return p.spr;
+}
+
 fn cp() -> u32 {
-    return (p.c + 3u) & ~3u;
+    return (nc() + 3u) & ~3u;
 }
 
 // The table entry of global element i. spr == 0: one coefficient row shared by every sample
 // (BatchNorm), which saves two integer divisions per element on the hot path.
 fn entry_of(i: u32) -> u32 {
     var base = 0u;
-    if (p.spr != 0u) {
-        base = (i / (p.c * p.s) / p.spr) * cp();
+    if (nspr() != 0u) {
+        base = (i / (nc() * ns()) / nspr()) * cp();
     }
-    return base + (i / p.s) % p.c;
+    return base + (i / ns()) % nc();
 }
 
 fn index(wid: vec3<u32>, lid: u32) -> u32 {
@@ -63,15 +90,15 @@ fn index(wid: vec3<u32>, lid: u32) -> u32 {
 // channels-first through here: one coefficient row for every sample. Its (centre, scale, shift,
 // grad).
 fn cf4_coef(e: u32) -> vec4<f32> {
-    return coef[p.plane + ((p.e0 + 4u * e) / p.s) % p.c];
+    return coef[p.plane + ((p.e0 + 4u * e) / ns()) % nc()];
 }
 
 // Channels-last, c % 4 == 0: vec4 e holds four channels of one row; their entry in the planes,
 // over 4 (entry_of without its divisions by s = 1).
 fn cl4_entry(e: u32) -> u32 {
-    var q = (p.e0 / 4u + e) % (p.c / 4u);
-    if (p.spr != 0u) {
-        q += ((p.e0 + 4u * e) / p.c / p.spr) * (cp() / 4u);
+    var q = (p.e0 / 4u + e) % (nc() / 4u);
+    if (nspr() != 0u) {
+        q += ((p.e0 + 4u * e) / nc() / nspr()) * (cp() / 4u);
     }
     return q;
 }

@@ -422,6 +422,8 @@ fn channels_eval_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
 //                       coefficients (centre, scale, shift, grad) for apply.wgsl's apply_bwd_*.
 //   channels_bwd_params per channel: dweight = sum(dy * xhat), dbias = sum(dy) over every sample's
 //                       partials, in sample then block order.
+//   channels_bwd_given  SyncBatchNorm: dx coefficients per channel from the global sums of every
+//                       rank (sum dy, sum dy * xhat, count), in place of the finalize.
 // No atomics: every sum has one order fixed by the shape, so reruns are bit-identical.
 // EVAL (BatchNorm inference): the statistics are constants, the running mean and variance
 // (rstd = inverseSqrt(var + eps)); dx = w * rstd * dy and only dweight/dbias need stage 1.
@@ -616,4 +618,20 @@ fn channels_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
             dbias[ch] = db;
         }
     }
+}
+
+// One thread per channel: the finalize's coefficients from given global sums (slot_stats:
+// sum dy, sum dy * xhat, count, -; summed in f64 on the host and rounded once).
+@compute @workgroup_size(WG)
+fn channels_bwd_given(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let ch = group_id(wid) * WG + lid;
+    if (ch >= p.c) {
+        return;
+    }
+    let g = slot_stats[ch];
+    let st = saved(ch);
+    let w = weight_of(ch);
+    let scale = -st.y * st.y * (w * g.y) / g.z;
+    let shift = -st.y * (w * g.x) / g.z;
+    set_coef(ch, st.x, scale, shift, w * st.y, true);
 }

@@ -129,10 +129,30 @@ fn param1(i: u32, bias: bool) -> f32 {
     return gamma[i >> 2u][i & 3u];
 }
 
+// A channel's run in a row (CHANNEL_AFFINE), a constant of the pipeline where the host fixes
+// it (CPU adapters: see K_RUN in apply.wgsl), else from p.
+override K_RUN: u32 = 0u;
+// The row length, the same for rows_apply's division per element.
+override K_D: u32 = 0u;
+
+fn row_len() -> u32 {
+    if (K_D != 0u) {
+        return K_D;
+    }
+    return p.d;
+}
+
+fn run_len() -> u32 {
+    if (K_RUN != 0u) {
+        return K_RUN;
+    }
+    return p.run;
+}
+
 // The affine parameter index of element i of chunk row `row`.
 fn affine_index(row: u32, i: u32) -> u32 {
     if (CHANNEL_AFFINE) {
-        return ((p.row0 + row) % p.groups) * p.cpg + i / p.run;
+        return ((p.row0 + row) % p.groups) * p.cpg + i / run_len();
     }
     return i;
 }
@@ -142,7 +162,7 @@ fn affine4(t: vec4<f32>, row: u32, j: u32) -> vec4<f32> {
     var o = t;
     if (CHANNEL_AFFINE) {
         // Channel runs of a multiple of 4 keep a vec4 in one channel; others may straddle two.
-        if (p.run % 4u == 0u) {
+        if (run_len() % 4u == 0u) {
             let c = affine_index(row, 4u * j);
             if (HAS_W) {
                 o = o * param1(c, false);
@@ -396,7 +416,7 @@ fn rows_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 @compute @workgroup_size(WG)
 fn rows_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let e = group_id(wid) * WG + t;
-    let nv = p.d / 4u;
+    let nv = row_len() / 4u;
     if (e >= p.rows * nv) {
         return;
     }
@@ -414,13 +434,14 @@ fn rows_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 @compute @workgroup_size(WG)
 fn rows_apply_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let e = group_id(wid) * WG + t;
-    if (e >= p.rows * p.d) {
+    let d = row_len();
+    if (e >= p.rows * d) {
         return;
     }
-    let row = e / p.d;
+    let row = e / d;
     let st = partials[p.rows * p.segs + row];
     let v = ld(p.x_off + e) - st.z;
-    y1[p.y_off + e] = affine1((v - st.x) * st.y, row, e % p.d);
+    y1[p.y_off + e] = affine1((v - st.x) * st.y, row, e % d);
 }
 
 // The same for half storage and any d: one whole word (two elements) per thread, each element

@@ -127,6 +127,15 @@ fn check_family_in(file: &str, storage: &str, sets: &dyn Fn(&str) -> OverrideSet
 
 /// WG and TPR pairs the policies produce (TPR a power of two up to WG), with the boolean
 /// overrides all off and all on, plus every boolean combination at one size.
+/// `sets`, and each again with the shape's divisors fixed as the CPU tuning fixes them.
+fn with_divisors(sets: OverrideSets, divisors: &[(&'static str, f64)]) -> OverrideSets {
+    let fixed: OverrideSets = sets
+        .iter()
+        .map(|s| s.iter().chain(divisors).copied().collect())
+        .collect();
+    sets.into_iter().chain(fixed).collect()
+}
+
 fn sized_sets(bools: &[&'static str], reduce: bool) -> OverrideSets {
     let mut sets = Vec::new();
     for wg in WGS {
@@ -159,10 +168,11 @@ fn sized_sets(bools: &[&'static str], reduce: bool) -> OverrideSets {
 fn rows_module_compiles_for_every_backend() {
     let n = check_family("rows", &|entry| {
         let reduces = ["rows_norm", "rows_norm_scalar", "rows_partial"].contains(&entry);
-        sized_sets(
+        let sets = sized_sets(
             &["VEC", "HAS_W", "HAS_B", "CENTER", "CHANNEL_AFFINE"],
             reduces,
-        )
+        );
+        with_divisors(sets, &[("K_RUN", 4096.0), ("K_D", 65536.0)])
     });
     assert!(n > 100);
 }
@@ -292,7 +302,10 @@ fn rows_bwd_module_compiles_for_every_backend() {
 
 #[test]
 fn apply_module_compiles_for_every_backend() {
-    let n = check_family("apply", &|_| sized_sets(&["EVAL"], false));
+    let n = check_family("apply", &|_| {
+        let shape = [("K_C", 64.0), ("K_RUN", 49.0), ("K_SPR", 196.0)];
+        with_divisors(sized_sets(&["EVAL"], false), &shape)
+    });
     assert!(n > 10);
 }
 

@@ -259,7 +259,9 @@ pub fn grid() -> Vec<Case> {
         (4096, 1024),
         (2048, 4096),
         (512, 16384),
+        (256, 65536),
         (64, 65536),
+        (8, 65536),
     ];
     for op in [Op::LayerNorm, Op::RmsNorm] {
         for (r, d) in rows {
@@ -273,6 +275,7 @@ pub fn grid() -> Vec<Case> {
     for (shape, layout) in [
         (vec![32, 64, 56, 56], Layout::ChannelsFirst),
         (vec![256, 256, 14, 14], Layout::ChannelsFirst),
+        (vec![256, 14, 14, 256], Layout::ChannelsLast),
         (vec![4096, 1024], Layout::ChannelsFirst),
         (vec![32, 56, 56, 64], Layout::ChannelsLast),
     ] {
@@ -287,6 +290,7 @@ pub fn grid() -> Vec<Case> {
     let images = [
         (Op::GroupNorm(32), [32, 64, 56, 56]),
         (Op::GroupNorm(32), [8, 512, 64, 64]),
+        (Op::GroupNorm(32), [1, 512, 64, 64]),
         (Op::InstanceNorm, [32, 64, 56, 56]),
         (Op::InstanceNorm, [1, 64, 512, 512]),
     ];
@@ -533,12 +537,10 @@ pub fn run_case(
     iters: usize,
 ) -> Result<Row> {
     let mut p = prepare(gpu, base, case, variant)?;
-    let copy_ms = timer.median_ms(samples, iters, &mut p.copy)?;
-    let median_ms = timer.median_ms(samples, iters, &mut p.fused)?;
-    let naive_ms = match &mut p.naive {
-        Some(n) => Some(timer.median_ms(samples, iters, n)?),
-        None => None,
-    };
+    let mut works: Vec<&mut Work> = vec![&mut p.copy, &mut p.fused];
+    works.extend(p.naive.as_mut());
+    let t = interleaved_medians(timer, samples, iters, &mut works)?;
+    let (copy_ms, median_ms, naive_ms) = (t[0], t[1], t.get(2).copied());
     let t = Instant::now();
     (p.cpu)();
     let cpu_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -491,7 +491,7 @@ impl BatchNorm {
     }
 
     /// The backward call on x: through the batch statistics, or (`eval`) the running ones.
-    fn backward_call<'a>(
+    pub(crate) fn backward_call<'a>(
         &'a self,
         gpu: &Gpu,
         x: &'a Tensor,

@@ -18,7 +18,7 @@ pub use rms::{RmsNorm, RmsNormAddOutput, RmsNormOutput};
 use crate::context::Gpu;
 use crate::ops::apply::ApplyKind;
 use crate::ops::channels::Blocks;
-use crate::ops::channels::Saved;
+use crate::ops::channels::{BwdStage, Saved};
 use crate::ops::rows_bwd::{BwdOut, RowsBwd};
 use crate::runtime::pipeline::Kernel;
 use crate::tensor::Tensor;
@@ -499,7 +499,7 @@ pub(crate) struct BwdCall<'a> {
 }
 
 impl BwdCall<'_> {
-    fn check_inputs(
+    pub(crate) fn check_inputs(
         &self,
         gpu: &Gpu,
         x: &Tensor,
@@ -605,7 +605,7 @@ impl BwdCall<'_> {
                     true => Saved::Running { mean, var: rstd },
                     false => Saved::Batch { mean, rstd },
                 };
-                op.encode_backward(gpu, encoder, x, dy, saved, out)
+                op.encode_backward(gpu, encoder, x, dy, saved, BwdStage::Full, out)
             }
         }
     }

@@ -5,9 +5,10 @@
 
 use crate::context::Gpu;
 use crate::error::Result;
-use crate::runtime::constants::{Flag, Overrides};
+use crate::runtime::constants::{Divisor, Flag, Overrides};
 use crate::runtime::dispatch::{chunks, view, view_of, Launch};
 use crate::runtime::pipeline::{Kernel, Shader, Storage};
+use crate::runtime::policy::Policy;
 use crate::tensor::Tensor;
 
 #[repr(C)]
@@ -106,7 +107,14 @@ impl Apply {
         let kind = ApplyKind::of(self.c, self.s).in_storage(self.storage);
         let elem = x.dtype().size() as u64;
         let slab = self.c * self.s;
-        let overrides = Overrides::new(self.wg, self.wg).flag(Flag::Eval, dy.is_some_and(|d| d.1));
+        // spr as the kernels see it: 0 when the coefficients are per channel only.
+        let spr = if self.spr >= self.n { 0 } else { self.spr };
+        let fix = Policy::of(gpu).cpu;
+        let overrides = Overrides::new(self.wg, self.wg)
+            .flag(Flag::Eval, dy.is_some_and(|d| d.1))
+            .divisor(Divisor::Channels, self.c, fix)
+            .divisor(Divisor::Run, self.s, fix)
+            .divisor(Divisor::SampleRows, spr, fix && spr != 0);
         let mut out = Vec::new();
         for (n0, n1) in chunks(self.n, self.chunk_runs) {
             let (xv, yv) = (
@@ -125,11 +133,7 @@ impl Apply {
                 c: self.c as u32,
                 s: self.s as u32,
                 // Coefficients per channel only (one sample spans every run): 0, see apply.wgsl.
-                spr: if self.spr >= self.n {
-                    0
-                } else {
-                    self.spr as u32
-                },
+                spr: spr as u32,
                 plane: self.plane as u32,
                 e0: (n0 * slab) as u32,
                 x_off: xv.elem_off,

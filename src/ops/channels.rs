@@ -96,6 +96,16 @@ pub(crate) enum Saved<'a> {
     Running { mean: &'a Tensor, var: &'a Tensor },
 }
 
+/// What a backward call computes: everything; SyncBatchNorm's first half, this part's
+/// per-channel sums (sum dy into dbias, sum dy * xhat into dweight) and nothing else; or its
+/// second half, dx from the given global sums (per channel: sum dy, sum dy * xhat, count, -).
+#[derive(Clone, Copy)]
+pub(crate) enum BwdStage<'a> {
+    Full,
+    Sums,
+    Given(&'a Tensor),
+}
+
 /// Stage 1 of a backward call: what `stage1` reads besides x.
 #[derive(Clone, Copy)]
 struct BwdInputs<'a> {
@@ -487,6 +497,7 @@ impl Channels<'_> {
         x: &Tensor,
         dy: &Tensor,
         saved: Saved<'_>,
+        stage: BwdStage<'_>,
         out: BwdOut<'_>,
     ) -> Result<()> {
         let _turn = gpu.turn();
@@ -518,7 +529,7 @@ impl Channels<'_> {
             dweight: dw.as_ref(),
             dbias: db.as_ref(),
         };
-        op.encode_backward_padded(gpu, encoder, &x, inputs, out)?;
+        op.encode_backward_padded(gpu, encoder, &x, inputs, stage, out)?;
         st.finish(gpu, encoder)
     }
 
@@ -528,6 +539,7 @@ impl Channels<'_> {
         encoder: &mut wgpu::CommandEncoder,
         x: &Tensor,
         bwd: BwdInputs<'_>,
+        stage: BwdStage<'_>,
         out: BwdOut<'_>,
     ) -> Result<()> {
         // The forward's geometry: the same blocks, chunks and merge widths.
@@ -554,10 +566,16 @@ impl Channels<'_> {
             plane: plane as u32,
             ..Default::default()
         };
-        let params = out.dweight.is_some() || out.dbias.is_some();
+        let want = out.dweight.is_some() || out.dbias.is_some();
+        // (stage 1, dx coefficients from its partials, dweight/dbias, dx)
+        let (partial, finalize, params, dx) = match stage {
+            // Inference's dx needs no sums: stage 1 only for dweight / dbias.
+            BwdStage::Full => (!bwd.eval || want, true, want, true),
+            BwdStage::Sums => (true, false, true, false),
+            BwdStage::Given(_) => (false, false, false, true),
+        };
         let mut launches = Vec::new();
-        // Inference's dx needs no sums: stage 1 only for dweight / dbias.
-        if !bwd.eval || params {
+        if partial {
             self.stage1(
                 gpu,
                 &cp,
@@ -578,14 +596,28 @@ impl Channels<'_> {
         let fin = Overrides::new(wg, cp.finalize_threads)
             .flag(Flag::HasWeight, self.weight.is_some())
             .flag(Flag::Eval, bwd.eval);
-        launches.push(
-            launch(Kernel::ChannelsBwdFinalize, &fin, cp.finalize_workgroups)?
-                .buf("partials", partials.buffer())
-                .buf("mean_in", bwd.mean.buffer())
-                .buf("spread_in", bwd.spread.buffer())
-                .buf("gamma", self.weight.unwrap_or(&dummy).buffer())
-                .buf("coef_w", coef.buffer()),
-        );
+        let gamma = self.weight.unwrap_or(&dummy).buffer();
+        if finalize {
+            launches.push(
+                launch(Kernel::ChannelsBwdFinalize, &fin, cp.finalize_workgroups)?
+                    .buf("partials", partials.buffer())
+                    .buf("mean_in", bwd.mean.buffer())
+                    .buf("spread_in", bwd.spread.buffer())
+                    .buf("gamma", gamma)
+                    .buf("coef_w", coef.buffer()),
+            );
+        }
+        if let BwdStage::Given(sums) = stage {
+            let o = Overrides::new(wg, wg).flag(Flag::HasWeight, self.weight.is_some());
+            launches.push(
+                launch(Kernel::ChannelsBwdGiven, &o, (c as u32).div_ceil(wg))?
+                    .buf("slot_stats", sums.buffer())
+                    .buf("mean_in", bwd.mean.buffer())
+                    .buf("spread_in", bwd.spread.buffer())
+                    .buf("gamma", gamma)
+                    .buf("coef_w", coef.buffer()),
+            );
+        }
         if params {
             let tpr = merge_threads(Policy::of(gpu), samples * b.nbt);
             let o = Overrides::new(wg, tpr)
@@ -608,8 +640,10 @@ impl Channels<'_> {
             wg,
             storage: self.storage,
         };
-        let dy = Some((bwd.dy, bwd.eval));
-        launches.extend(apply.launches(gpu, x, dy, out.dx, &coef)?);
+        if dx {
+            let dy = Some((bwd.dy, bwd.eval));
+            launches.extend(apply.launches(gpu, x, dy, out.dx, &coef)?);
+        }
         record_all(gpu, encoder, &launches)
     }
 

@@ -6,7 +6,7 @@ use crate::context::Gpu;
 use crate::error::{NormError, Result};
 use crate::norms::{LnVariant, Plan, RowsPlan};
 use crate::ops::affine::Staging;
-use crate::runtime::constants::{Flag, Overrides};
+use crate::runtime::constants::{Divisor, Flag, Overrides};
 use crate::runtime::dispatch::{
     record_all, units_per_binding, units_per_binding_of, view, view_of, Launch,
 };
@@ -378,7 +378,17 @@ impl Rows<'_> {
             .flag(Flag::Center, self.center)
             .flag(Flag::ChannelAffine, self.channel.is_some())
             .flag(Flag::Add, add.is_some())
-            .flag(Flag::InPlace, add.is_some_and(|a| a.sum.is_none()));
+            .flag(Flag::InPlace, add.is_some_and(|a| a.sum.is_none()))
+            .divisor(
+                Divisor::Run,
+                self.channel.map_or(0, |ch| u64::from(ch.run)),
+                self.channel.is_some() && Policy::of(gpu).cpu,
+            );
+        // The elementwise pass of the split path divides by the row length per element.
+        let apply_overrides =
+            overrides
+                .clone()
+                .divisor(Divisor::Row, self.d as u64, Policy::of(gpu).cpu);
         // The context's placeholder binds where weight or bias is absent (never read), its sink
         // where the mean is not wanted (never written).
         let (dummy, sink, sum_sink) = (gpu.placeholder()?, gpu.sink()?, gpu.sum_sink()?);
@@ -441,14 +451,15 @@ impl Rows<'_> {
                 (false, true) => "y2",
                 (false, false) => "y1",
             };
-            let launch = |kernel, groups: u64| {
-                Launch::new(gpu, shader, kernel, &overrides, groups as u32, params).map(|l| {
+            let launch_with = |kernel, o: &Overrides, groups: u64| {
+                Launch::new(gpu, shader, kernel, o, groups as u32, params).map(|l| {
                     l.storage(self.storage)
                         .bind("x", xv.bind(x.buffer()))
                         .bind("res", res_bind())
                         .bind("sum_out", sum_bind())
                 })
             };
+            let launch = |kernel, groups: u64| launch_with(kernel, &overrides, groups);
             if let Some(scratch) = &scratch {
                 let s = scratch.buffer();
                 let per_row = if vec { d / 4 } else { d };
@@ -472,7 +483,7 @@ impl Rows<'_> {
                     (false, false) => (Kernel::RowsApplyScalar, n * per_row),
                 };
                 launches.push(
-                    launch(apply, threads.div_ceil(u64::from(wg)))?
+                    launch_with(apply, &apply_overrides, threads.div_ceil(u64::from(wg)))?
                         .buf("partials", s)
                         .bind(y_name, yv.bind(y.buffer()))
                         .buf("gamma", gamma)

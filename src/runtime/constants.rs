@@ -54,12 +54,42 @@ impl Flag {
     }
 }
 
-/// The override constants of one pipeline: workgroup size, threads per reduction, flags.
+/// A shape value a kernel divides by, fixed per pipeline on CPU adapters (its WGSL `override`
+/// of the same name; 0 there means "read it from the uniform block"). A division by a constant
+/// compiles to a multiply and a shift; llvmpipe runs a vector division by a runtime value as
+/// one scalar division per lane, which measured 20 % of BatchNorm inference's apply pass on
+/// lavapipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Divisor {
+    /// Channels (apply.wgsl).
+    Channels,
+    /// Run length: the spatial size (apply.wgsl), or a channel's run in a row (rows.wgsl).
+    Run,
+    /// Rows per sample with their own coefficients (apply.wgsl).
+    SampleRows,
+    /// Row length (rows.wgsl's elementwise pass).
+    Row,
+}
+
+impl Divisor {
+    fn name(self) -> &'static str {
+        match self {
+            Divisor::Channels => "K_C",
+            Divisor::Run => "K_RUN",
+            Divisor::SampleRows => "K_SPR",
+            Divisor::Row => "K_D",
+        }
+    }
+}
+
+/// The override constants of one pipeline: workgroup size, threads per reduction, flags, and
+/// the divisors fixed for its shape.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Overrides {
     wg: u32,
     tpr: u32,
     flags: Vec<(Flag, bool)>,
+    divisors: Vec<(Divisor, u32)>,
 }
 
 impl Overrides {
@@ -69,7 +99,21 @@ impl Overrides {
             wg,
             tpr,
             flags: Vec::new(),
+            divisors: Vec::new(),
         }
+    }
+
+    /// Fixes `d` at `value` in the pipeline when `on` (CPU adapters: see [`Divisor`]); GPUs
+    /// keep one pipeline for every shape.
+    pub(crate) fn divisor(mut self, d: Divisor, value: u64, on: bool) -> Overrides {
+        self.divisors.retain(|(k, _)| *k != d);
+        if on {
+            if let Ok(v) = u32::try_from(value) {
+                self.divisors.push((d, v));
+                self.divisors.sort();
+            }
+        }
+        self
     }
 
     pub(crate) fn flag(mut self, flag: Flag, on: bool) -> Overrides {
@@ -87,6 +131,7 @@ impl Overrides {
                 .iter()
                 .map(|(f, on)| (f.name(), f64::from(u8::from(*on)))),
         );
+        c.extend(self.divisors.iter().map(|(d, v)| (d.name(), f64::from(*v))));
         if let Some(sg) = sg_min {
             c.push(("SG_MIN", f64::from(sg)));
         }

@@ -1,18 +1,18 @@
 //! SyncBatchNorm cases every rank runs, shared by the in-process suite (ThreadReducer, in
 //! tests/sync_batch_norm.rs) and the multi-process one (MpiReducer, in tests/mpi.rs). Each rank
-//! builds the same global batch, takes its part, runs `forward_train_sync`, and checks its part
-//! of y and the statistics against the f64 reference of the whole batch; the ranks then compare
-//! their statistics bit for bit. Checks never panic across a collective: a rank that fails a
+//! builds the same global batch, takes its part, runs `forward_train_sync` and `backward_sync`,
+//! and checks its part of y and dx and the statistics against the f64 reference of the whole
+//! batch; the ranks then compare their statistics bit for bit. Checks never panic across a collective: a rank that fails a
 //! check still takes part in every exchange, so no rank hangs.
 #![allow(dead_code)]
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use fused_norm::{
-    reference, BatchNorm, BatchNormOutput, Gpu, Layout, NormError, StatsReducer, Tensor,
+    reference, BatchNorm, BatchNormOutput, Gpu, Gradients, Layout, NormError, StatsReducer, Tensor,
 };
 
-use crate::common::{assert_bits_eq, assert_close, Rng};
+use crate::common::{assert_bits_eq, assert_close, assert_close_bounded, Rng};
 
 /// One split of a global batch across the ranks.
 #[derive(Clone)]
@@ -156,18 +156,23 @@ pub fn run_split(r: &dyn StatsReducer, gpu: &Gpu, sp: &Split) -> Result<(), Stri
         let last = total - counts[counts.len() - 1];
         x[last * per_sample + s] = f32::NAN; // channel 1 of the last rank's first sample
     }
-    let part = &x[start * per_sample..(start + counts[r.rank()]) * per_sample];
-    let run = || -> Result<(BatchNormOutput, BatchNorm), NormError> {
-        let xt = Tensor::from_slice(gpu, part, &sp.shape(counts[r.rank()]))?;
+    let (lo, hi) = (start * per_sample, (start + counts[r.rank()]) * per_sample);
+    let part = &x[lo..hi];
+    let dy = Rng::new(12).normals(total * per_sample, 0.0, 1.0);
+    let run = || -> Result<(BatchNormOutput, BatchNorm, Gradients), NormError> {
+        let shape = sp.shape(counts[r.rank()]);
+        let xt = Tensor::from_slice(gpu, part, &shape)?;
         let mut bn = module(gpu, sp)?;
         let out = bn.forward_train_sync(gpu, &xt, sp.layout, r)?;
-        Ok((out, bn))
+        let dyt = Tensor::from_slice(gpu, &dy[lo..hi], &shape)?;
+        let g = bn.backward_sync(gpu, &xt, &dyt, &out.mean, &out.invstd, sp.layout, r)?;
+        Ok((out, bn, g))
     };
     let first = run();
     let second = run();
     // Collective, whatever happened locally: every rank's statistics, bit for bit.
     let bits = match &first {
-        Ok((out, bn)) => stat_bits(gpu, out, bn),
+        Ok((out, bn, _)) => stat_bits(gpu, out, bn),
         Err(_) => Vec::new(),
     };
     let want_len = 4 * 4 * c;
@@ -205,9 +210,8 @@ pub fn run_split(r: &dyn StatsReducer, gpu: &Gpu, sp: &Split) -> Result<(), Stri
             b.as_deref(),
             eps,
         );
-        let lo = start * per_sample;
-        let want_y = &want_y[lo..lo + part.len()];
-        let (out, bn) = &first;
+        let want_y = &want_y[lo..hi];
+        let (out, bn, grads) = &first;
         let what = format!("{} rank {}/{}", sp.name, r.rank(), r.size());
         let y = out.y.to_vec(gpu).unwrap();
         assert_close(&format!("{what} y"), &y, want_y);
@@ -242,13 +246,91 @@ pub fn run_split(r: &dyn StatsReducer, gpu: &Gpu, sp: &Split) -> Result<(), Stri
             &rv,
         );
         assert_eq!(bn.num_batches_tracked(), 1);
-        let (out2, bn2) = &second;
+        check_backward(
+            &what,
+            gpu,
+            (&x, &dy),
+            (lo, hi),
+            (c, s),
+            w.as_deref(),
+            out,
+            grads,
+        );
+        let (out2, bn2, grads2) = &second;
         assert_bits_eq(&format!("{what} rerun y"), &y, &out2.y.to_vec(gpu).unwrap());
+        let dx = grads.dx.to_vec(gpu).unwrap();
+        assert_bits_eq(
+            &format!("{what} rerun dx"),
+            &dx,
+            &grads2.dx.to_vec(gpu).unwrap(),
+        );
         assert!(
             stat_bits(gpu, out2, bn2) == bits,
             "{what}: rerun statistics differ"
         );
     })
+}
+
+/// This rank's dx against the f64 backward of the whole batch at the forward's saved (global)
+/// statistics, and its dweight / dbias against the sums over its own part (PyTorch's
+/// SyncBatchNorm leaves those local). Bounds: dx subtracts two sums, so each value's bound is
+/// invstd * (|w dy| + mean|w dy| + |xhat| mean|w dy xhat|) of its channel; the sums', the
+/// sums of their terms' magnitudes.
+#[allow(clippy::too_many_arguments)]
+fn check_backward(
+    what: &str,
+    gpu: &Gpu,
+    (x, dy): (&[f32], &[f32]),
+    (lo, hi): (usize, usize),
+    (c, s): (usize, usize),
+    w: Option<&[f32]>,
+    out: &BatchNormOutput,
+    g: &Gradients,
+) {
+    let f64s = |t: &Tensor| -> Vec<f64> {
+        t.to_vec(gpu)
+            .unwrap()
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect()
+    };
+    let (mean, invstd) = (f64s(&out.mean), f64s(&out.invstd));
+    let whole = reference::batch_norm_backward(x, dy, c, s, w, &mean, &invstd, true);
+    let local =
+        reference::batch_norm_backward(&x[lo..hi], &dy[lo..hi], c, s, w, &mean, &invstd, true);
+    let ch = |i: usize| (i / s) % c;
+    let wt = |i: usize| w.map_or(1.0, |w| f64::from(w[ch(i)]));
+    let xh = |i: usize| (f64::from(x[i]) - mean[ch(i)]) * invstd[ch(i)];
+    let (mut mg, mut mgx, mut n) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+    let (mut bw, mut bb) = (vec![0.0; c], vec![0.0; c]);
+    for i in 0..x.len() {
+        let gi = f64::from(dy[i]) * wt(i);
+        mg[ch(i)] += gi.abs();
+        mgx[ch(i)] += (gi * xh(i)).abs();
+        n[ch(i)] += 1.0;
+        if (lo..hi).contains(&i) {
+            bw[ch(i)] += (f64::from(dy[i]) * xh(i)).abs();
+            bb[ch(i)] += f64::from(dy[i]).abs();
+        }
+    }
+    let bound: Vec<f64> = (lo..hi)
+        .map(|i| {
+            let k = ch(i);
+            let g = (f64::from(dy[i]) * wt(i)).abs();
+            whole.dx[i].abs() + invstd[k] * (g + (mg[k] + xh(i).abs() * mgx[k]) / n[k])
+        })
+        .collect();
+    let dx = g.dx.to_vec(gpu).unwrap();
+    assert_close_bounded(&format!("{what} dx"), &dx, &whole.dx[lo..hi], &bound);
+    assert_eq!(g.dweight.is_some(), w.is_some(), "{what}: dweight");
+    if let Some(dw) = &g.dweight {
+        let dw = dw.to_vec(gpu).unwrap();
+        assert_close_bounded(&format!("{what} dweight"), &dw, &local.dweight, &bw);
+    }
+    if let Some(db) = &g.dbias {
+        let db = db.to_vec(gpu).unwrap();
+        assert_close_bounded(&format!("{what} dbias"), &db, &local.dbias, &bb);
+    }
 }
 
 /// Weight and bias of the affine splits.

@@ -2,12 +2,16 @@
 //! Each rank reduces its part on its GPU ([`BatchNorm::local_stats`]), the ranks exchange the
 //! per-channel (count, mean, m2) through a [`StatsReducer`], every rank merges them in rank
 //! order in f64 ([`ChannelStats::merge`]) and normalizes with the result
-//! ([`BatchNorm::forward_train_with_stats`]): identical bits on every rank.
+//! ([`BatchNorm::forward_train_with_stats`]): identical bits on every rank. The backward
+//! ([`BatchNorm::backward_sync`]) exchanges each rank's per-channel sum(dy) and
+//! sum(dy * xhat) the same way.
 
 use super::{BatchNorm, BatchNormOutput, Layout, TrainCommit};
 use crate::context::Gpu;
 use crate::error::{NormError, Result};
-use crate::ops::channels::Source;
+use crate::norms::{BwdOp, Gradients};
+use crate::ops::channels::{BwdStage, Saved, Source};
+use crate::ops::rows_bwd::BwdOut;
 use crate::stats::{ChannelStats, StatsReducer};
 use crate::tensor::Tensor;
 
@@ -150,5 +154,114 @@ impl BatchNorm {
         let parts = reducer.all_gather_stats(&local?)?;
         let global = ChannelStats::merge(&parts)?;
         self.forward_train_with_stats(gpu, x, layout, &global)
+    }
+
+    /// SyncBatchNorm training backward (PyTorch's `SyncBatchNorm` backward): x and dy are this
+    /// rank's part, `mean` and `invstd` the global statistics [`BatchNorm::forward_train_sync`]
+    /// returned. Each rank sums dy and dy * xhat per channel over its part on the GPU, the ranks
+    /// exchange those sums (f32 each, added in rank order in f64, so every rank gets the same
+    /// bits) and every rank computes dx of its part through the global batch. dweight and dbias
+    /// are this rank's own sums, as in PyTorch (a data-parallel wrapper adds them across ranks).
+    /// Collective, with [`forward_train_sync`](BatchNorm::forward_train_sync)'s failure rules.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0, 2.0, 4.0, 8.0], &[2, 2])?;
+    /// # let dy = x.clone();
+    /// let solo = ThreadReducer::group(1).pop().unwrap(); // or dist::MpiReducer::new(world)
+    /// let mut bn = BatchNorm::new(&gpu, 2)?;
+    /// let t = bn.forward_train_sync(&gpu, &x, Layout::ChannelsLast, &solo)?;
+    /// let g = bn.backward_sync(&gpu, &x, &dy, &t.mean, &t.invstd, Layout::ChannelsLast, &solo)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_sync<R: StatsReducer + ?Sized>(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        invstd: &Tensor,
+        layout: Layout,
+        reducer: &R,
+    ) -> Result<Gradients> {
+        let local = self.backward_sums(gpu, x, dy, mean, invstd, layout);
+        reducer.agree(self.channels, local.as_ref().err())?;
+        let (count, dbias, dweight) = local?;
+        let c = self.channels;
+        let (db, dw) = (dbias.to_vec(gpu)?, dweight.to_vec(gpu)?);
+        // Per rank: count, then sum dy and sum dy * xhat per channel, as f64.
+        let mut bytes = count.to_le_bytes().to_vec();
+        for v in db.iter().chain(&dw) {
+            bytes.extend(f64::from(*v).to_le_bytes());
+        }
+        let all = reducer.all_gather(&bytes)?;
+        let f = |r: &[u8], i: usize| {
+            let b: [u8; 8] = r[8 * i..8 * i + 8].try_into().expect("8 bytes");
+            b
+        };
+        let (mut n, mut sdy, mut sdx) = (0u64, vec![0f64; c], vec![0f64; c]);
+        for r in all.chunks_exact(bytes.len()) {
+            n += u64::from_le_bytes(f(r, 0));
+            for k in 0..c {
+                sdy[k] += f64::from_le_bytes(f(r, 1 + k));
+                sdx[k] += f64::from_le_bytes(f(r, 1 + c + k));
+            }
+        }
+        let given: Vec<f32> = (0..c)
+            .flat_map(|k| [sdy[k] as f32, sdx[k] as f32, n as f32, 0.0])
+            .collect();
+        let given = Tensor::from_slice(gpu, &given, &[c, 4])?;
+        let call = self.backward_call(gpu, x, layout, false)?;
+        let BwdOp::Channels { op, .. } = &call.op else {
+            unreachable!("BatchNorm is a channels call")
+        };
+        let dx = Tensor::empty(gpu, x.shape())?;
+        let out = BwdOut {
+            dx: &dx,
+            dweight: None,
+            dbias: None,
+        };
+        let saved = Saved::Batch { mean, rstd: invstd };
+        let mut enc = gpu.encoder();
+        op.encode_backward(gpu, &mut enc, x, dy, saved, BwdStage::Given(&given), out)?;
+        gpu.submit_wait(enc)?;
+        Ok(Gradients {
+            dx,
+            dweight: self.weight.is_some().then_some(dweight),
+            dbias: self.bias.is_some().then_some(dbias),
+        })
+    }
+
+    /// This part's values per channel and its sums of dy and dy * xhat per channel (dbias- and
+    /// dweight-like), on the GPU. Checks the inputs like [`BatchNorm::backward`].
+    fn backward_sums(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        invstd: &Tensor,
+        layout: Layout,
+    ) -> Result<(u64, Tensor, Tensor)> {
+        let call = self.backward_call(gpu, x, layout, false)?;
+        call.check_inputs(gpu, x, dy, Some(mean), invstd)?;
+        let BwdOp::Channels { op, .. } = &call.op else {
+            unreachable!("BatchNorm is a channels call")
+        };
+        let c = self.channels;
+        let (db, dw) = (Tensor::empty(gpu, &[c])?, Tensor::empty(gpu, &[c])?);
+        // Sums only: dx is not written.
+        let out = BwdOut {
+            dx: &dw,
+            dweight: Some(&dw),
+            dbias: Some(&db),
+        };
+        let saved = Saved::Batch { mean, rstd: invstd };
+        let mut enc = gpu.encoder();
+        op.encode_backward(gpu, &mut enc, x, dy, saved, BwdStage::Sums, out)?;
+        gpu.submit_wait(enc)?;
+        Ok((op.n * op.s, db, dw))
     }
 }
