@@ -26,11 +26,14 @@ struct ApplyParams {
 }
 
 @group(0) @binding(0) var<uniform> p: ApplyParams;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
+// x and y in their element storage (dtype_*.wgsl): widened on load, rounded once on store.
+@group(0) @binding(1) var<storage, read> x: array<XV>;
+@group(0) @binding(2) var<storage, read_write> y: array<XV>;
 @group(0) @binding(4) var<storage, read> coef: array<vec4<f32>>;
 // y as scalars, for apply_scalar (the same buffer as y).
 @group(0) @binding(12) var<storage, read_write> y1: array<f32>;
+// y as pairs (whole u32 words of halves), for apply_pair (the same buffer as y).
+@group(0) @binding(14) var<storage, read_write> y2: array<XW>;
 // The backward's incoming gradient, laid out like x.
 @group(0) @binding(13) var<storage, read> dy: array<vec4<f32>>;
 
@@ -102,7 +105,7 @@ fn cl4_entry(e: u32) -> u32 {
 
 // Element i of the x binding, for the scalar kernels.
 fn ld(i: u32) -> f32 {
-    return x[i >> 2u][i & 3u];
+    return widen4(x[i >> 2u])[i & 3u];
 }
 
 @compute @workgroup_size(WG)
@@ -112,8 +115,8 @@ fn apply_cf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         return;
     }
     let k = cf4_coef(e);
-    let v = x[p.x_off / 4u + e];
-    y[p.y_off / 4u + e] = fma(v - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z));
+    let v = widen4(x[p.x_off / 4u + e]);
+    y[p.y_off / 4u + e] = narrow4(fma(v - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z)));
 }
 
 @compute @workgroup_size(WG)
@@ -124,8 +127,8 @@ fn apply_cl4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     }
     let q = cl4_entry(e);
     let pv = p.plane / 4u;
-    let v = x[p.x_off / 4u + e];
-    y[p.y_off / 4u + e] = fma(v - coef[q], coef[pv + q], coef[2u * pv + q]);
+    let v = widen4(x[p.x_off / 4u + e]);
+    y[p.y_off / 4u + e] = narrow4(fma(v - coef[q], coef[pv + q], coef[2u * pv + q]));
 }
 
 // One value per thread, for shapes whose runs do not fill whole vec4s.
@@ -139,6 +142,25 @@ fn apply_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     y1[p.y_off + e] = fma(ld(p.x_off + e) - k.x, k.y, k.z);
 }
 
+// Half storage, runs that do not fill whole vec4s: one whole word (two elements, each with its
+// own coefficients) per thread, so no two threads write one word. `work` counts elements; the
+// chunk starts on a whole word, and an odd count's last word gets a copy of the last element in
+// its padding half.
+@compute @workgroup_size(WG)
+fn apply_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let w = index(wid, lid);
+    if (2u * w >= p.work) {
+        return;
+    }
+    var o = vec2<f32>(0.0);
+    for (var k = 0u; k < 2u; k++) {
+        let e = min(2u * w + k, p.work - 1u);
+        let c = coef[p.plane + entry_of(p.e0 + e)];
+        o[k] = fma(ld(p.x_off + e) - c.x, c.y, c.z);
+    }
+    y2[p.y_off / 2u + w] = narrow2(o);
+}
+
 @compute @workgroup_size(WG)
 fn apply_bwd_cf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let e = index(wid, lid);
@@ -149,9 +171,9 @@ fn apply_bwd_cf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let i = p.x_off / 4u + e;
     var t = vec4<f32>(0.0);
     if (!EVAL) {
-        t = fma(x[i] - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z));
+        t = fma(widen4(x[i]) - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z));
     }
-    y[p.y_off / 4u + e] = fma(dy[i], vec4<f32>(k.w), t);
+    y[p.y_off / 4u + e] = narrow4(fma(dy[i], vec4<f32>(k.w), t));
 }
 
 @compute @workgroup_size(WG)
@@ -165,9 +187,9 @@ fn apply_bwd_cl4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let i = p.x_off / 4u + e;
     var t = vec4<f32>(0.0);
     if (!EVAL) {
-        t = fma(x[i] - coef[q], coef[pv + q], coef[2u * pv + q]);
+        t = fma(widen4(x[i]) - coef[q], coef[pv + q], coef[2u * pv + q]);
     }
-    y[p.y_off / 4u + e] = fma(dy[i], coef[3u * pv + q], t);
+    y[p.y_off / 4u + e] = narrow4(fma(dy[i], coef[3u * pv + q], t));
 }
 
 @compute @workgroup_size(WG)

@@ -59,7 +59,8 @@ override UPDATE: bool = false;    // update running statistics (BatchNorm traini
 override UNBIASED: bool = true;   // running_var from the unbiased batch variance (PyTorch)
 
 @group(0) @binding(0) var<uniform> p: ChannelsParams;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+// x in its element storage (dtype_*.wgsl): four elements per XV, widened to f32 on load.
+@group(0) @binding(1) var<storage, read> x: array<XV>;
 // Per (sample, channel, block): (mean, m2) of x - pivot. Counts follow from the block's index.
 @group(0) @binding(3) var<storage, read_write> partials: array<vec2<f32>>;
 // The coefficient table (layout in apply.wgsl), read as vec4s; plane 0 first holds the pivots.
@@ -74,7 +75,7 @@ override UNBIASED: bool = true;   // running_var from the unbiased batch varianc
 @group(0) @binding(11) var<storage, read_write> coef_w: array<f32>;
 
 fn ld(i: u32) -> f32 {
-    return x[i >> 2u][i & 3u];
+    return widen4(x[i >> 2u])[i & 3u];
 }
 
 fn cp() -> u32 {
@@ -185,7 +186,7 @@ fn channels_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         let e0 = base + (k / per) * stride;
         let j = k % per;
         if (VEC) {
-            s4 += x[e0 / 4u + j] - pv;
+            s4 += widen4(x[e0 / 4u + j]) - pv;
         } else {
             s4.x += ld(e0 + j) - pivot;
         }
@@ -198,7 +199,7 @@ fn channels_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         let e0 = base + (k / per) * stride;
         let j = k % per;
         if (VEC) {
-            let e = x[e0 / 4u + j] - pv - mv;
+            let e = widen4(x[e0 / 4u + j]) - pv - mv;
             q4 += e * e;
         } else {
             let e = ld(e0 + j) - pivot - m;
@@ -244,12 +245,12 @@ fn channels_partial_cl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
         );
         var s = vec4<f32>(0.0);
         for (var r = r0; r < r1; r++) {
-            s += x[(p.x_off + r * p.c) / 4u + cv] - pivot;
+            s += widen4(x[(p.x_off + r * p.c) / 4u + cv]) - pivot;
         }
         let mean = s * inv_n;
         var q = vec4<f32>(0.0);
         for (var r = r0; r < r1; r++) {
-            let e = x[(p.x_off + r * p.c) / 4u + cv] - pivot - mean;
+            let e = widen4(x[(p.x_off + r * p.c) / 4u + cv]) - pivot - mean;
             q += e * e;
         }
         for (var k = 0u; k < 4u; k++) {
@@ -485,7 +486,7 @@ fn channels_bwd_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
             let i = e0 / 4u + j;
             let d = dy[i];
             a4 += d;
-            b4 += d * ((x[i] - mv) * st.y);
+            b4 += d * ((widen4(x[i]) - mv) * st.y);
         } else {
             let d = ld_dy(e0 + j);
             a4.x += d;
@@ -533,7 +534,7 @@ fn channels_bwd_partial_cl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
             let i = (p.x_off + row * p.c) / 4u + cv;
             let d = dy[i];
             a += d;
-            q += d * ((x[i] - m) * r);
+            q += d * ((widen4(x[i]) - m) * r);
         }
         for (var k = 0u; k < 4u; k++) {
             partials[((sample * p.c) + c0 + k) * p.nbt + b] = vec2<f32>(a[k], q[k]);

@@ -24,6 +24,16 @@
 // vec4s with their neighbours, so their kernels write y through `y1` (array<f32>): a store to
 // one component of a vec4 may rewrite the whole vector (Metal does), losing a neighbour's
 // value.
+//
+// Element storage (f32, f16, bf16; see dtype_*.wgsl): x and y are arrays of XV (four elements),
+// loaded through widen4 and stored through narrow4, so statistics and normalization are f32 and
+// a half output is rounded once, at the store. Half rows with d % 4 != 0 start mid-word: they
+// take the split path, whose last pass (rows_apply_pair) writes whole words, each element with
+// its own row's statistics, so no two threads write one word.
+//
+// ADD (forward_add): the kernels normalize x + res, rounded to the storage type as an unfused
+// add would store it, and write that sum to sum_out (or, IN_PLACE, back into res). Rows of whole
+// vec4s only (the host adds first otherwise).
 
 struct RowsParams {
     rows: u32,
@@ -63,8 +73,8 @@ override CHANNEL_AFFINE: bool = false;
 // the row length, so short rows do not hold registers (and occupancy) they never use.
 
 @group(0) @binding(0) var<uniform> p: RowsParams;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> y: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x: array<XV>;
+@group(0) @binding(2) var<storage, read_write> y: array<XV>;
 @group(0) @binding(3) var<storage, read> gamma: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> beta: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;
@@ -73,9 +83,43 @@ override CHANNEL_AFFINE: bool = false;
 @group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>;
 // y as scalars, for the kernels whose rows do not fill whole vec4s (the same buffer as y).
 @group(0) @binding(8) var<storage, read_write> y1: array<f32>;
+// y as pairs of elements (whole u32 words of halves), for rows_apply_pair.
+@group(0) @binding(9) var<storage, read_write> y2: array<XW>;
+// ADD: the residual and the sum written for the caller (x's shape and offsets). IN_PLACE, the
+// residual's buffer is bound once, as sum_out, and read there (a buffer bound twice in one
+// dispatch, once writable, is a validation error).
+@group(0) @binding(10) var<storage, read> res: array<XV>;
+@group(0) @binding(11) var<storage, read_write> sum_out: array<XV>;
+
+// Normalize x + residual and store the sum (rows of whole vec4s).
+override ADD: bool = false;
+// ADD: the residual is read from sum_out and the sum written over it.
+override IN_PLACE: bool = false;
+
+// The four values at vec4 index k of the input, widened: x, or with ADD the sum x + residual
+// rounded to the storage type (what an unfused add would have stored).
+fn load_in(k: u32) -> vec4<f32> {
+    let v = widen4(x[k]);
+    if (ADD) {
+        var r: XV;
+        if (IN_PLACE) {
+            r = sum_out[k];
+        } else {
+            r = res[k];
+        }
+        return widen4(narrow4(v + widen4(r)));
+    }
+    return v;
+}
+
+// ADD: stores the sum at vec4 index k (the input's offsets). Each index is stored by the thread
+// that loaded it, after its last load.
+fn put_sum(k: u32, v: vec4<f32>) {
+    sum_out[k] = narrow4(v);
+}
 
 fn ld(i: u32) -> f32 {
-    return x[i >> 2u][i & 3u];
+    return load_in(i >> 2u)[i & 3u];
 }
 
 fn param1(i: u32, bias: bool) -> f32 {
@@ -181,13 +225,14 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let yb = (p.y_off + row * p.d) / 4u;
     var pivot = 0.0;
     if (valid && CENTER) {
-        pivot = x[xb].x;
+        pivot = load_in(xb).x;
     }
     let nv = p.d / 4u;
     let pv = vec4<f32>(pivot);
     // Exact two-pass over the row: the sum of x - pivot gives the mean, then the sum of squared
-    // deviations from it. The first ROW_CACHE vec4s of each thread stay in registers; the rest
-    // are read again (from cache: the row was just read).
+    // deviations from it. The first ROW_CACHE vec4s of each thread stay in registers (as
+    // loaded: with ADD, the sum to store); the rest are read again (from cache: the row was
+    // just read).
     var cache: array<vec4<f32>, ROW_CACHE>;
     var s4 = vec4<f32>(0.0);
     for (var c = 0u; c < ROW_CACHE; c++) {
@@ -196,15 +241,15 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         let j = lane + c * TPR;
         var v = vec4<f32>(0.0);
         if (valid && j < nv) {
-            v = x[xb + j] - pv;
+            v = load_in(xb + j);
+            s4 += v - pv;
         }
         cache[c] = v;
-        s4 += v;
     }
     var m = 0.0;
     if (CENTER) {
         for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
-            s4 += x[xb + j] - pv;
+            s4 += load_in(xb + j) - pv;
         }
         m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / f32(p.d);
     }
@@ -213,12 +258,12 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     for (var c = 0u; c < ROW_CACHE; c++) {
         let j = lane + c * TPR;
         if (valid && j < nv) {
-            let e = cache[c] - mv;
+            let e = cache[c] - pv - mv;
             q4 += e * e;
         }
     }
     for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
-        let e = x[xb + j] - pv - mv;
+        let e = load_in(xb + j) - pv - mv;
         q4 += e * e;
     }
     let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
@@ -232,12 +277,18 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     for (var c = 0u; c < ROW_CACHE; c++) {
         let j = lane + c * TPR;
         if (j < nv) {
-            y[yb + j] = affine4((cache[c] - mv) * rstd, row, j);
+            y[yb + j] = narrow4(affine4((cache[c] - pv - mv) * rstd, row, j));
+            if (ADD) {
+                put_sum(xb + j, cache[c]);
+            }
         }
     }
     for (var j = lane + ROW_CACHE * TPR; j < nv; j += TPR) {
-        let v = x[xb + j] - pv;
-        y[yb + j] = affine4((v - mv) * rstd, row, j);
+        let a = load_in(xb + j);
+        y[yb + j] = narrow4(affine4((a - pv - mv) * rstd, row, j));
+        if (ADD) {
+            put_sum(xb + j, a);
+        }
     }
 }
 
@@ -309,7 +360,7 @@ fn rows_partial(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         var s4 = vec4<f32>(0.0);
         if (VEC) {
             for (var j = i0 / 4u + lane; j < i1 / 4u; j += TPR) {
-                s4 += x[xb / 4u + j] - pv;
+                s4 += load_in(xb / 4u + j) - pv;
             }
         } else {
             for (var i = i0 + lane; i < i1; i += TPR) {
@@ -322,7 +373,7 @@ fn rows_partial(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     var q4 = vec4<f32>(0.0);
     if (VEC) {
         for (var j = i0 / 4u + lane; j < i1 / 4u; j += TPR) {
-            let e = x[xb / 4u + j] - pv - mv;
+            let e = load_in(xb / 4u + j) - pv - mv;
             q4 += e * e;
         }
     } else {
@@ -371,8 +422,12 @@ fn rows_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
     let row = e / nv;
     let st = partials[p.rows * p.segs + row];
-    let v = x[p.x_off / 4u + e] - vec4<f32>(st.z);
-    y[p.y_off / 4u + e] = affine4((v - vec4<f32>(st.x)) * st.y, row, e % nv);
+    let a = load_in(p.x_off / 4u + e);
+    let v = a - vec4<f32>(st.z);
+    y[p.y_off / 4u + e] = narrow4(affine4((v - vec4<f32>(st.x)) * st.y, row, e % nv));
+    if (ADD) {
+        put_sum(p.x_off / 4u + e, a);
+    }
 }
 
 // The same, one value per thread, for any d.
@@ -387,4 +442,26 @@ fn rows_apply_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     let st = partials[p.rows * p.segs + row];
     let v = ld(p.x_off + e) - st.z;
     y1[p.y_off + e] = affine1((v - st.x) * st.y, row, e % d);
+}
+
+// The same for half storage and any d: one whole word (two elements) per thread, each element
+// normalized with its own row's statistics, so rows that start mid-word never share a word
+// between threads. The chunk starts on a whole word (an even element); when its count is odd,
+// the last word's high half is the buffer's padding and gets a copy of the last element.
+@compute @workgroup_size(WG)
+fn rows_apply_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let w = group_id(wid) * WG + t;
+    let n = p.rows * p.d;
+    if (2u * w >= n) {
+        return;
+    }
+    var o = vec2<f32>(0.0);
+    for (var k = 0u; k < 2u; k++) {
+        let e = min(2u * w + k, n - 1u);
+        let row = e / p.d;
+        let st = partials[p.rows * p.segs + row];
+        let v = ld(p.x_off + e) - st.z;
+        o[k] = affine1((v - st.x) * st.y, row, e % p.d);
+    }
+    y2[p.y_off / 2u + w] = narrow2(o);
 }

@@ -40,6 +40,10 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 pub struct GpuOptions {
     /// Do not request the SUBGROUP feature even where the adapter has it.
     pub disable_subgroups: bool,
+    /// Do not request SHADER_F16 even where the adapter has it: f16 tensors then take the
+    /// packed path (two halves per `u32` word, as on GL and WebGPU without `shader-f16`), so
+    /// tests and benchmarks can run both storage paths on one adapter.
+    pub disable_shader_f16: bool,
     /// Treat storage bindings as at most this many bytes (below the device's own limit and
     /// below 2^31 bytes, which every context keeps to), so large-tensor chunking can be tested
     /// on small tensors.
@@ -96,6 +100,7 @@ struct Inner {
     cache: PipelineCache,
     placeholder: Mutex<Option<crate::tensor::Tensor>>,
     sink: Mutex<Option<crate::tensor::Tensor>>,
+    sum_sink: Mutex<Option<crate::tensor::Tensor>>,
     // Why subgroups are off although the device has them (the probe failed), or how they
     // were checked.
     subgroup_note: String,
@@ -216,6 +221,9 @@ impl Gpu {
         let mut features = adapter.features() & wanted;
         if opts.disable_subgroups {
             features.remove(wgpu::Features::SUBGROUP);
+        }
+        if opts.disable_shader_f16 {
+            features.remove(wgpu::Features::SHADER_F16);
         }
         // Limits::default() would cap workgroups at 256 invocations and 16 KiB of shared
         // memory, and bindings at 128 MiB, on adapters that offer more.
@@ -345,6 +353,7 @@ impl Gpu {
                 cache: PipelineCache::default(),
                 placeholder: Mutex::new(None),
                 sink: Mutex::new(None),
+                sum_sink: Mutex::new(None),
                 subgroup_note,
                 serial,
             }),
@@ -483,6 +492,12 @@ impl Gpu {
     /// placeholder, since one dispatch may bind both and a buffer cannot be bound both ways.
     pub(crate) fn sink(&self) -> Result<crate::tensor::Tensor> {
         self.small(&self.inner.sink)
+    }
+
+    /// A second sink, for the rows kernels' sum (forward_add) when it is not wanted: those
+    /// kernels may bind the first sink as their unwanted mean in the same dispatch.
+    pub(crate) fn sum_sink(&self) -> Result<crate::tensor::Tensor> {
+        self.small(&self.inner.sum_sink)
     }
 
     fn small(&self, slot: &Mutex<Option<crate::tensor::Tensor>>) -> Result<crate::tensor::Tensor> {

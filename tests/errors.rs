@@ -18,11 +18,11 @@ fn t(g: &Gpu, shape: &[usize]) -> Tensor {
 fn empty_and_mismatched_tensors() {
     let g = gpu();
     assert!(matches!(
-        Tensor::from_slice(g, &[], &[0, 3]),
+        Tensor::from_slice::<f32>(g, &[], &[0, 3]),
         Err(NormError::Shape(_))
     ));
     assert!(matches!(
-        Tensor::from_slice(g, &[], &[]),
+        Tensor::from_slice::<f32>(g, &[], &[]),
         Err(NormError::Shape(_))
     ));
     assert!(matches!(

@@ -61,12 +61,15 @@ fn compile(what: &str, module: &Module, info: &ModuleInfo, entry: &str, consts: 
         .unwrap_or_else(|e| panic!("{what} HLSL {consts:?}: {e:?}"));
 }
 
-/// A library family's module as the crate builds it, or the benchmarks' standalone baseline
-/// (the same text with either lane flag).
-fn source(file: &str, subgroups: bool) -> String {
+/// The element storages a module is built with (its dtype prelude).
+const STORAGES: [&str; 4] = ["f32", "f16", "f16-packed", "bf16-packed"];
+
+/// A library family's module as the crate builds it with an element storage, or the
+/// benchmarks' standalone baseline.
+fn source_in(file: &str, subgroups: bool, storage: &str) -> String {
     match file {
         "baseline" => include_str!("../benches/common/baseline.wgsl").to_string(),
-        _ => fused_norm::module_source(file, subgroups).expect("a known family"),
+        _ => fused_norm::module_source_storage(file, subgroups, storage).expect("a known family"),
     }
 }
 
@@ -75,6 +78,11 @@ fn source(file: &str, subgroups: bool) -> String {
 type OverrideSets = Vec<Vec<(&'static str, f64)>>;
 
 fn check_family(file: &str, sets: &dyn Fn(&str) -> OverrideSets) -> usize {
+    check_family_in(file, "f32", sets)
+}
+
+/// [`check_family`] with an element storage.
+fn check_family_in(file: &str, storage: &str, sets: &dyn Fn(&str) -> OverrideSets) -> usize {
     let mut n = 0;
     // The baseline is standalone: no lane prelude, no SG_MIN.
     let preludes: &[bool] = if file == "baseline" {
@@ -83,7 +91,7 @@ fn check_family(file: &str, sets: &dyn Fn(&str) -> OverrideSets) -> usize {
         &[false, true]
     };
     for &subgroups in preludes {
-        let src = source(file, subgroups);
+        let src = source_in(file, subgroups, storage);
         let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
             panic!("{file} (subgroups {subgroups}): {}", e.emit_to_string(&src))
         });
@@ -103,7 +111,7 @@ fn check_family(file: &str, sets: &dyn Fn(&str) -> OverrideSets) -> usize {
                         c.push(("SG_MIN", f64::from(sg)));
                     }
                     compile(
-                        &format!("{file}::{entry} sg={subgroups}"),
+                        &format!("{file}::{entry} {storage} sg={subgroups}"),
                         &module,
                         &info,
                         entry,
@@ -165,6 +173,70 @@ fn rows_module_compiles_for_every_backend() {
             reduces,
         );
         with_divisors(sets, &[("K_RUN", 4096.0), ("K_D", 65536.0)])
+    });
+    assert!(n > 100);
+}
+
+/// The rows family in every element storage (native f16, packed f16, packed bf16, and f32 with
+/// the residual add): each workgroup size with everything off and on, then every combination of
+/// the add's switches and centring with the affine on.
+#[test]
+fn rows_module_compiles_in_every_storage_with_the_residual_add() {
+    let sets = |_: &str| {
+        let mut sets = sized_sets(
+            &[
+                "VEC",
+                "HAS_W",
+                "HAS_B",
+                "CENTER",
+                "CHANNEL_AFFINE",
+                "ADD",
+                "IN_PLACE",
+            ],
+            false,
+        );
+        sets.truncate(WGS.len() * 2);
+        for mask in 0..8u32 {
+            let mut s = vec![
+                ("WG", 64.0),
+                ("TPR", 8.0),
+                ("HAS_W", 1.0),
+                ("HAS_B", 1.0),
+                ("VEC", 1.0),
+            ];
+            for (i, k) in ["ADD", "IN_PLACE", "CENTER"].iter().enumerate() {
+                s.push((*k, f64::from((mask >> i) & 1)));
+            }
+            sets.push(s);
+        }
+        sets
+    };
+    for storage in STORAGES {
+        assert!(check_family_in("rows", storage, &sets) > 100, "{storage}");
+    }
+}
+
+/// The channels family and its apply pass read x (and write y) in every element storage.
+#[test]
+fn channels_and_apply_compile_in_every_storage() {
+    for storage in STORAGES {
+        let n = check_family_in("channels", storage, &|_| {
+            let mut sets = sized_sets(&["VEC", "HAS_W", "HAS_B", "UPDATE", "UNBIASED"], false);
+            sets.truncate(WGS.len() * 2);
+            sets
+        });
+        assert!(n > 50, "{storage}");
+        assert!(check_family_in("apply", storage, &|_| sized_sets(&[], false)) > 10);
+    }
+}
+
+#[test]
+fn elementwise_module_compiles_for_every_backend() {
+    let n = check_family("elementwise", &|_| {
+        sized_sets(
+            &["SRC_F16", "SRC_BF16", "DST_F16", "DST_BF16", "IN_PLACE"],
+            false,
+        )
     });
     assert!(n > 100);
 }
@@ -259,7 +331,11 @@ use naga::{
 };
 
 fn parsed(file: &str, subgroups: bool) -> (Module, ModuleInfo) {
-    let src = source(file, subgroups);
+    parsed_in(file, subgroups, "f32")
+}
+
+fn parsed_in(file: &str, subgroups: bool, storage: &str) -> (Module, ModuleInfo) {
+    let src = source_in(file, subgroups, storage);
     let module = naga::front::wgsl::parse_str(&src).expect("parses");
     let info = Validator::new(ValidationFlags::all(), Capabilities::all())
         .validate(&module)
@@ -267,7 +343,14 @@ fn parsed(file: &str, subgroups: bool) -> (Module, ModuleInfo) {
     (module, info)
 }
 
-const FAMILIES: [&str; 5] = ["rows", "channels", "apply", "rows_bwd", "baseline"];
+const FAMILIES: [&str; 6] = [
+    "rows",
+    "channels",
+    "apply",
+    "rows_bwd",
+    "baseline",
+    "elementwise",
+];
 
 /// The global variable a pointer expression points into, if any.
 fn root_global(f: &Function, mut e: Handle<Expression>) -> Option<Handle<GlobalVariable>> {
@@ -355,14 +438,21 @@ fn component_stores(module: &Module, info: &ModuleInfo) -> Vec<String> {
 #[test]
 fn no_kernel_stores_one_component_of_a_vector_in_storage() {
     for file in FAMILIES {
-        for subgroups in [false, true] {
-            let (module, info) = parsed(file, subgroups);
-            let found = component_stores(&module, &info);
-            assert!(
-                found.is_empty(),
-                "{file} (subgroups {subgroups}):\n{}",
-                found.join("\n")
-            );
+        // Half storage changes the rows family's element types (vec2<u32> words, vec4<f16>).
+        let storages: &[&str] = match file {
+            "rows" | "channels" | "apply" => &STORAGES,
+            _ => &["f32"],
+        };
+        for &storage in storages {
+            for subgroups in [false, true] {
+                let (module, info) = parsed_in(file, subgroups, storage);
+                let found = component_stores(&module, &info);
+                assert!(
+                    found.is_empty(),
+                    "{file} {storage} (subgroups {subgroups}):\n{}",
+                    found.join("\n")
+                );
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::error::{NormError, Result};
 use crate::norms::{BatchNormPlan, BwdCall, BwdOp, Gradients, Layout};
 use crate::ops::affine::{check_affine, check_eps, check_outputs, check_u32_elems, ncs};
 use crate::ops::channels::{Channels, Running, Source};
+use crate::runtime::pipeline::Storage;
 use crate::tensor::Tensor;
 
 mod sync;
@@ -221,6 +222,19 @@ impl BatchNorm {
     }
 
     /// The channels-family call on `shape` in `layout`, checked like every BatchNorm call.
+    /// Dtypes: x f32, f16 or bf16, y like x; weight and bias f32 or x's dtype; the running
+    /// statistics and the batch mean / invstd (`stats`) f32.
+    fn check_dtypes(&self, x: &Tensor, y: &Tensor, stats: &[&Tensor]) -> Result<()> {
+        let (w, b) = (self.weight.as_ref(), self.bias.as_ref());
+        crate::ops::affine::check_dtypes(x, w, b, true, "BatchNorm")?;
+        y.check_dtype("output y", x.dtype())?;
+        let f32s = [Some(&self.running_mean), Some(&self.running_var)];
+        for t in f32s.into_iter().flatten().chain(stats.iter().copied()) {
+            t.check_dtype("a BatchNorm statistic", crate::DType::F32)?;
+        }
+        Ok(())
+    }
+
     fn op(&self, gpu: &Gpu, shape: &[usize], layout: Layout) -> Result<Channels<'_>> {
         check_eps(self.eps)?;
         if let Some(m) = self.momentum {
@@ -267,6 +281,7 @@ impl BatchNorm {
             eps: self.eps,
             weight: self.weight.as_ref(),
             bias: self.bias.as_ref(),
+            storage: Storage::F32,
         })
     }
 
@@ -289,7 +304,7 @@ impl BatchNorm {
     ) -> Result<BatchNormOutput> {
         let c = self.channels;
         let out = BatchNormOutput {
-            y: Tensor::empty(gpu, x.shape())?,
+            y: Tensor::empty_dtype(gpu, x.shape(), x.dtype())?,
             mean: Tensor::empty(gpu, &[c])?,
             invstd: Tensor::empty(gpu, &[c])?,
         };
@@ -312,7 +327,7 @@ impl BatchNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn forward_eval(&self, gpu: &Gpu, x: &Tensor, layout: Layout) -> Result<Tensor> {
-        let y = Tensor::empty(gpu, x.shape())?;
+        let y = Tensor::empty_dtype(gpu, x.shape(), x.dtype())?;
         let mut enc = gpu.encoder();
         self.encode_eval(gpu, &mut enc, x, layout, &y)?;
         gpu.submit_wait(enc)?;
@@ -348,7 +363,9 @@ impl BatchNorm {
         out: &BatchNormOutput,
     ) -> Result<TrainCommit> {
         x.check_device(gpu, "x")?;
-        let op = self.op(gpu, x.shape(), layout)?;
+        self.check_dtypes(x, &out.y, &[&out.mean, &out.invstd])?;
+        let mut op = self.op(gpu, x.shape(), layout)?;
+        op.storage = Storage::of(gpu, x.dtype());
         Self::check_batch(&op, x)?;
         let c = self.channels;
         let outputs = [
@@ -449,7 +466,9 @@ impl BatchNorm {
         y: &Tensor,
     ) -> Result<()> {
         x.check_device(gpu, "x")?;
-        let op = self.op(gpu, x.shape(), layout)?;
+        self.check_dtypes(x, y, &[])?;
+        let mut op = self.op(gpu, x.shape(), layout)?;
+        op.storage = Storage::of(gpu, x.dtype());
         check_outputs(gpu, &self.reads(x), &[("y", y, x.numel())])?;
         let _turn = gpu.turn();
         if self.track_running_stats {
@@ -479,6 +498,8 @@ impl BatchNorm {
         layout: Layout,
         eval: bool,
     ) -> Result<BwdCall<'a>> {
+        // The backward kernels are f32 (half precision is forward-only for now).
+        x.check_dtype("x (backward)", crate::DType::F32)?;
         x.check_device(gpu, "x")?;
         let op = self.op(gpu, x.shape(), layout)?;
         Ok(BwdCall {
@@ -651,7 +672,29 @@ impl BatchNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn plan(&self, gpu: &Gpu, shape: &[usize], layout: Layout) -> Result<BatchNormPlan> {
-        self.op(gpu, shape, layout)?.plan(gpu, true)
+        self.plan_dtype(gpu, shape, layout, crate::DType::F32)
+    }
+
+    /// [`BatchNorm::plan`] for x of `dtype` (`plan.storage`: native f16 or packed words).
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// let bn = BatchNorm::new(&gpu, 3)?;
+    /// let plan = bn.plan_dtype(&gpu, &[8, 3, 5, 5], Layout::ChannelsFirst, DType::F16)?;
+    /// assert_eq!(plan.channels.unwrap().apply_name(), "pair"); // 25-value runs: whole words
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn plan_dtype(
+        &self,
+        gpu: &Gpu,
+        shape: &[usize],
+        layout: Layout,
+        dtype: crate::DType,
+    ) -> Result<BatchNormPlan> {
+        let mut op = self.op(gpu, shape, layout)?;
+        op.storage = Storage::of(gpu, dtype);
+        op.plan(gpu, true)
     }
 }
 

@@ -7,10 +7,11 @@ use crate::error::{NormError, Result};
 use crate::norms::{
     setters, BwdCall, BwdOp, Call, Gradients, GroupNormOutput, GroupNormPlan, Layout, LnVariant, Op,
 };
-use crate::ops::affine::{check_affine, check_eps, check_u32_elems, ncs};
+use crate::ops::affine::{check_affine, check_dtypes, check_eps, check_u32_elems, ncs};
 use crate::ops::channels::Channels;
 use crate::ops::rows::{ChannelAffine, Rows};
 use crate::ops::rows_bwd::RowsBwd;
+use crate::runtime::pipeline::Storage;
 use crate::tensor::Tensor;
 
 /// GroupNorm, like PyTorch's `nn.GroupNorm(groups, channels)` and ONNX `GroupNormalization`
@@ -110,6 +111,7 @@ impl GroupNorm {
         }
         let (w, b) = (self.weight.as_ref(), self.bias.as_ref());
         check_affine(gpu, w, b, c, "channel")?;
+        check_dtypes(x, w, b, true, what)?;
         check_u32_elems(n * c * s)?;
         let (g, cpg) = (self.groups, c / self.groups);
         let op = match layout {
@@ -126,6 +128,7 @@ impl GroupNorm {
                 weight: w,
                 bias: b,
                 variant: LnVariant::Auto,
+                storage: Storage::of(gpu, x.dtype()),
             }),
             Layout::ChannelsLast => Op::Channels(Channels {
                 n: (n * s) as u64,
@@ -137,6 +140,7 @@ impl GroupNorm {
                 eps: self.eps,
                 weight: w,
                 bias: b,
+                storage: Storage::of(gpu, x.dtype()),
             }),
         };
         Ok(Call {

@@ -5,10 +5,13 @@ use crate::error::Result;
 use crate::norms::{
     setters, BwdCall, Call, Gradients, LayerNormOutput, LayerNormPlan, LnVariant, Op,
 };
-use crate::ops::affine::{check_affine, check_eps, check_u32_elems, stat_shape, Normalized};
+use crate::ops::affine::{
+    check_affine, check_dtypes, check_eps, check_u32_elems, stat_shape, Normalized,
+};
 use crate::ops::rows::Rows;
 use crate::ops::rows_bwd::RowsBwd;
-use crate::tensor::Tensor;
+use crate::runtime::pipeline::Storage;
+use crate::tensor::{DType, Tensor};
 
 /// LayerNorm over the trailing dims, like `torch.nn.LayerNorm(normalized_shape)` and ONNX
 /// `LayerNormalization(axis)`: `y = (x - mean) / sqrt(var + eps) * weight + bias`, with the
@@ -50,6 +53,27 @@ pub fn gpu_layer_norm(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     Ok(LayerNorm::from_axis(-1).forward(gpu, x)?.y)
 }
 
+/// [`LayerNorm::forward_add`]'s outputs.
+///
+/// ```no_run
+/// # use fused_norm::*;
+/// # let gpu = Gpu::new()?;
+/// # let x = Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+/// let out: LayerNormAddOutput = LayerNorm::new(&[4]).forward_add(&gpu, &x, &x.cast(&gpu, DType::F32)?)?;
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LayerNormAddOutput {
+    /// `x + residual`, rounded to x's dtype: the next block's residual stream.
+    pub sum: Tensor,
+    /// LayerNorm of `sum`.
+    pub y: Tensor,
+    /// Mean of each row of `sum` (f32).
+    pub mean: Tensor,
+    /// `1 / sqrt(var + eps)` of each row of `sum` (f32).
+    pub rstd: Tensor,
+}
+
 /// What LayerNorm and RMSNorm share: the normalized dims, eps, the affine parameters (RMSNorm
 /// has no bias) and the kernel variant.
 #[derive(Clone, Debug)]
@@ -82,6 +106,7 @@ impl Trailing {
         let rows: usize = shape[..axis].iter().product();
         let (weight, bias) = (self.weight.as_ref(), self.bias.as_ref());
         check_affine(gpu, weight, bias, d, "element of a normalized row")?;
+        check_dtypes(x, weight, bias, true, "")?;
         check_u32_elems(d * rows)?;
         let op = Rows {
             rows,
@@ -92,6 +117,7 @@ impl Trailing {
             weight,
             bias,
             variant: self.variant,
+            storage: Storage::of(gpu, x.dtype()),
         };
         Ok(Call {
             op: Op::Rows(op),
@@ -102,6 +128,39 @@ impl Trailing {
 }
 
 impl Trailing {
+    /// The kernels a call on `shape` of `dtype` runs (LayerNorm when `center`).
+    pub(crate) fn plan_dtype(
+        &self,
+        gpu: &Gpu,
+        shape: &[usize],
+        dtype: DType,
+        center: bool,
+    ) -> Result<crate::Plan> {
+        let x = Tensor::shape_only_dtype(gpu, shape, dtype)?;
+        self.call(gpu, &x, center)?.plan(gpu)
+    }
+
+    /// forward_add: allocates sum and y (x's dtype) and the statistics, records, waits.
+    pub(crate) fn forward_add(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        residual: &Tensor,
+        center: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>, Tensor)> {
+        let call = self.call(gpu, x, center)?;
+        let sum = Tensor::empty_dtype(gpu, x.shape(), x.dtype())?;
+        let y = Tensor::empty_dtype(gpu, x.shape(), x.dtype())?;
+        let mean = center
+            .then(|| Tensor::empty(gpu, &call.stats))
+            .transpose()?;
+        let rstd = Tensor::empty(gpu, &call.stats)?;
+        let mut enc = gpu.encoder();
+        call.encode_add(gpu, &mut enc, x, residual, &sum, &y, mean.as_ref(), &rstd)?;
+        gpu.submit_wait(enc)?;
+        Ok((sum, y, mean, rstd))
+    }
+
     /// The backward call on x: centred (LayerNorm) or not (RMSNorm).
     fn backward_call<'a>(&'a self, gpu: &Gpu, x: &'a Tensor, center: bool) -> Result<BwdCall<'a>> {
         let Op::Rows(r) = self.call(gpu, x, center)?.op else {
@@ -202,8 +261,80 @@ impl LayerNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn plan(&self, gpu: &Gpu, x_shape: &[usize]) -> Result<LayerNormPlan> {
-        self.call(gpu, &Tensor::shape_only(gpu, x_shape)?)?
-            .plan(gpu)
+        self.plan_dtype(gpu, x_shape, DType::F32)
+    }
+
+    /// [`LayerNorm::plan`] for x of `dtype`: `plan.storage` says how the kernels store it
+    /// (native f16, or packed in `u32` words).
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let plan = fused_norm::LayerNorm::new(&[768]).plan_dtype(&gpu, &[8, 768], fused_norm::DType::BF16)?;
+    /// assert_eq!(plan.storage, fused_norm::Storage::Bf16Packed);
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn plan_dtype(&self, gpu: &Gpu, x_shape: &[usize], dtype: DType) -> Result<LayerNormPlan> {
+        self.t.plan_dtype(gpu, x_shape, dtype, true)
+    }
+
+    /// The residual add of a pre-norm transformer block, fused: `sum = x + residual`, then
+    /// LayerNorm of `sum`, in one pass that reads x and the residual once and writes the sum and
+    /// y (rows whose length is a multiple of 4; others run an add pass, then the norm). The sum
+    /// is rounded to the storage type before it is normalized, exactly as an unfused add would
+    /// store it, so `y` equals `forward(sum)` bit for bit. x and the residual have one shape and
+    /// dtype; sum and y have x's dtype, mean and rstd are f32.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::from_slice(&gpu, &[half::f16::ONE; 8], &[2, 4])?;
+    /// let h = Tensor::from_slice(&gpu, &[half::f16::ZERO; 8], &[2, 4])?;
+    /// let out = LayerNorm::new(&[4]).forward_add(&gpu, &x, &h)?;
+    /// let (sum, y, mean, rstd) = (out.sum, out.y, out.mean, out.rstd);
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn forward_add(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> Result<LayerNormAddOutput> {
+        let (sum, y, mean, rstd) = self.t.forward_add(gpu, x, residual, true)?;
+        let mean = mean.ok_or_else(|| crate::NormError::Wgpu("internal: no mean".into()))?;
+        Ok(LayerNormAddOutput { sum, y, mean, rstd })
+    }
+
+    /// [`LayerNorm::forward_add`] recorded into the caller's encoder with caller-provided
+    /// outputs. `out.sum` may be the residual itself: the sum then overwrites it in place (as
+    /// vLLM's `fused_add_rms_norm` does); no other output may share a buffer with an input.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+    /// let residual = Tensor::from_slice(&gpu, &[0.5; 8], &[2, 4])?;
+    /// let out = LayerNormAddOutput {
+    ///     sum: residual.clone(), // in place: the residual stream becomes x + residual
+    ///     y: Tensor::empty(&gpu, &[2, 4])?,
+    ///     mean: Tensor::empty(&gpu, &[2, 1])?,
+    ///     rstd: Tensor::empty(&gpu, &[2, 1])?,
+    /// };
+    /// let mut enc = gpu.encoder();
+    /// LayerNorm::new(&[4]).encode_add(&gpu, &mut enc, &x, &residual, &out)?;
+    /// gpu.submit_wait(enc)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn encode_add(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        residual: &Tensor,
+        out: &LayerNormAddOutput,
+    ) -> Result<()> {
+        let (s, y, m, r) = (&out.sum, &out.y, Some(&out.mean), &out.rstd);
+        self.call(gpu, x)?
+            .encode_add(gpu, encoder, x, residual, s, y, m, r)
     }
 
     /// Runs LayerNorm on `x`, allocating the outputs. Blocks until the device is done.

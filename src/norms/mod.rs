@@ -12,8 +12,8 @@ mod rms;
 pub use batch::{BatchNorm, BatchNormOutput, TrainCommit};
 pub use group::GroupNorm;
 pub use instance::InstanceNorm;
-pub use layer::{gpu_layer_norm, LayerNorm};
-pub use rms::{RmsNorm, RmsNormOutput};
+pub use layer::{gpu_layer_norm, LayerNorm, LayerNormAddOutput};
+pub use rms::{RmsNorm, RmsNormAddOutput, RmsNormOutput};
 
 use crate::context::Gpu;
 use crate::ops::apply::ApplyKind;
@@ -176,6 +176,10 @@ pub struct Plan {
     pub rows: Option<RowsPlan>,
     /// Channels-family details, when that family runs.
     pub channels: Option<ChannelsPlan>,
+    /// How x and y are stored: f32, native f16 (SHADER_F16), or half precision packed two to a
+    /// `u32` word (bf16 always; f16 without SHADER_F16 or with
+    /// [`GpuOptions::disable_shader_f16`](crate::GpuOptions::disable_shader_f16)).
+    pub storage: crate::Storage,
 }
 
 /// [`LayerNorm::plan`]'s result.
@@ -213,6 +217,7 @@ impl Plan {
             reason,
             rows,
             channels,
+            storage: crate::Storage::F32,
         }
     }
 }
@@ -248,6 +253,9 @@ impl std::fmt::Display for Plan {
             )?;
         }
         let lanes = if self.subgroups { "subgroup" } else { "shared" };
+        if self.storage != crate::Storage::F32 {
+            write!(f, " {}", self.storage)?;
+        }
         write!(
             f,
             " wg={} {lanes} [{}]: {}",
@@ -328,6 +336,7 @@ impl Call<'_> {
         let mut outputs = vec![("y", y, x.numel()), ("rstd", rstd, k)];
         outputs.extend(mean.map(|m| ("mean", m, k)));
         crate::ops::affine::check_outputs(gpu, &self.reads, &outputs)?;
+        Self::check_output_dtypes(x, y, mean, rstd)?;
         match &self.op {
             Op::Rows(r) => r.encode(gpu, encoder, x, y, mean, rstd),
             Op::Channels(c) => {
@@ -341,6 +350,81 @@ impl Call<'_> {
         }
     }
 
+    /// y has x's dtype; statistics are f32.
+    fn check_output_dtypes(
+        x: &Tensor,
+        y: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+    ) -> crate::Result<()> {
+        use crate::DType;
+        crate::ops::affine::check_each_dtype(&[
+            ("output y", Some(y), x.dtype()),
+            ("output mean", mean, DType::F32),
+            ("output rstd", Some(rstd), DType::F32),
+        ])
+    }
+
+    /// Records x + residual normalized (LayerNorm, RMSNorm): checks the residual (x's shape and
+    /// dtype, not x's buffer) and the outputs, of which `sum` may be the residual itself (in
+    /// place) and nothing else may share a buffer.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_add(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        residual: &Tensor,
+        sum: &Tensor,
+        y: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+    ) -> crate::Result<()> {
+        residual.check_device(gpu, "residual")?;
+        if residual.shape() != x.shape() || residual.dtype() != x.dtype() {
+            return Err(crate::NormError::Shape(format!(
+                "residual is {} {:?}, x {} {:?}: they must match",
+                residual.dtype(),
+                residual.shape(),
+                x.dtype(),
+                x.shape()
+            )));
+        }
+        residual.check_no_alias("residual", "the input", x)?;
+        let in_place = sum.same_buffer(residual);
+        let k = self.stats.iter().product();
+        let mut outputs = vec![("y", y, x.numel()), ("rstd", rstd, k)];
+        outputs.extend(mean.map(|m| ("mean", m, k)));
+        let mut reads = self.reads.clone();
+        if !in_place {
+            reads.push(("residual", Some(residual)));
+            outputs.push(("sum", sum, x.numel()));
+        } else {
+            for (name, t, _) in &outputs {
+                t.check_no_alias(name, "residual", residual)?;
+            }
+        }
+        crate::ops::affine::check_outputs(gpu, &reads, &outputs)?;
+        // In place, sum is the residual: checked above against every other output and read.
+        for &(other, r) in &self.reads {
+            if let (true, Some(r)) = (in_place, r) {
+                sum.check_no_alias("sum", other, r)?;
+            }
+        }
+        Self::check_output_dtypes(x, y, mean, rstd)?;
+        sum.check_dtype("output sum", x.dtype())?;
+        let Op::Rows(r) = &self.op else {
+            return Err(crate::NormError::InvalidArgument(
+                "forward_add is a LayerNorm / RMSNorm call".into(),
+            ));
+        };
+        let add = crate::ops::rows::Residual {
+            res: residual,
+            sum: (!in_place).then_some(sum),
+        };
+        r.encode_add(gpu, encoder, x, Some(add), y, mean, rstd)
+    }
+
     /// Allocates the outputs (the mean when `with_mean`), records, submits and waits.
     pub(crate) fn forward(
         &self,
@@ -348,7 +432,7 @@ impl Call<'_> {
         x: &Tensor,
         with_mean: bool,
     ) -> crate::Result<(Tensor, Option<Tensor>, Tensor)> {
-        let y = Tensor::empty(gpu, x.shape())?;
+        let y = Tensor::empty_dtype(gpu, x.shape(), x.dtype())?;
         let mean = match with_mean {
             true => Some(Tensor::empty(gpu, &self.stats)?),
             false => None,
@@ -424,6 +508,22 @@ impl BwdCall<'_> {
         rstd: &Tensor,
     ) -> crate::Result<()> {
         dy.check_device(gpu, "dy")?;
+        // The backward kernels are f32 (issue 10 owns them): half inputs are refused.
+        for (name, t) in [
+            ("x", Some(x)),
+            ("dy", Some(dy)),
+            ("mean", mean),
+            ("rstd", Some(rstd)),
+        ] {
+            if let Some(t) = t {
+                if t.dtype() != crate::DType::F32 {
+                    return Err(crate::NormError::InvalidArgument(format!(
+                        "backward takes f32 tensors only for now; {name} is {}",
+                        t.dtype()
+                    )));
+                }
+            }
+        }
         if dy.shape() != x.shape() {
             return Err(crate::NormError::Shape(format!(
                 "dy has shape {:?}, x {:?}: they must match",
@@ -484,6 +584,14 @@ impl BwdCall<'_> {
             ("weight", self.op.weight()),
         ];
         crate::ops::affine::check_outputs(gpu, &reads, &outputs)?;
+        for (name, t, _) in &outputs {
+            t.check_dtype(name, crate::DType::F32)?;
+        }
+        for (name, t) in [("weight", self.op.weight()), ("bias", self.bias)] {
+            if let Some(t) = t {
+                t.check_dtype(name, crate::DType::F32)?;
+            }
+        }
         let out = BwdOut {
             dx: &g.dx,
             dweight: g.dweight.as_ref(),

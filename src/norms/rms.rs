@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::norms::layer::Trailing;
 use crate::norms::{setters, Call, Gradients, LnVariant, RmsNormPlan};
 use crate::ops::affine::Normalized;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// RMSNorm over the trailing dims, like PyTorch's `nn.RMSNorm(normalized_shape)` and ONNX
 /// `RMSNormalization(axis)` (opset 23): `y = x / sqrt(mean(x^2) + eps) * weight`, no mean
@@ -31,6 +31,25 @@ setters!(
     "fused_norm::RmsNorm::new(&[8])",
     "element of a normalized row"
 );
+
+/// Outputs of [`RmsNorm::forward_add`].
+///
+/// ```no_run
+/// # use fused_norm::*;
+/// # let gpu = Gpu::new()?;
+/// # let x = Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+/// let out: RmsNormAddOutput = RmsNorm::new(&[4]).forward_add(&gpu, &x, &x.cast(&gpu, DType::F32)?)?;
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct RmsNormAddOutput {
+    /// `x + residual`, rounded to x's dtype.
+    pub sum: Tensor,
+    /// RMSNorm of `sum`.
+    pub y: Tensor,
+    /// `1 / sqrt(mean(sum^2) + eps)` of each row (f32).
+    pub rstd: Tensor,
+}
 
 /// Outputs of [`RmsNorm::forward`].
 #[derive(Clone, Debug)]
@@ -91,8 +110,74 @@ impl RmsNorm {
     /// # Ok::<(), fused_norm::NormError>(())
     /// ```
     pub fn plan(&self, gpu: &Gpu, x_shape: &[usize]) -> Result<RmsNormPlan> {
-        self.call(gpu, &Tensor::shape_only(gpu, x_shape)?)?
-            .plan(gpu)
+        self.plan_dtype(gpu, x_shape, DType::F32)
+    }
+
+    /// [`RmsNorm::plan`] for x of `dtype` (`plan.storage`: native f16 or packed words).
+    ///
+    /// ```no_run
+    /// # let gpu = fused_norm::Gpu::new()?;
+    /// let plan = fused_norm::RmsNorm::new(&[7]).plan_dtype(&gpu, &[8, 7], fused_norm::DType::F16)?;
+    /// assert!(plan.kernels.contains(&"rows_apply_pair")); // odd rows: one word per thread
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn plan_dtype(&self, gpu: &Gpu, x_shape: &[usize], dtype: DType) -> Result<RmsNormPlan> {
+        self.t.plan_dtype(gpu, x_shape, dtype, false)
+    }
+
+    /// The fused residual add of a pre-norm block (vLLM's `fused_add_rms_norm`): `sum = x +
+    /// residual`, rounded to the storage type (as an unfused add would store it), then RMSNorm
+    /// of `sum`; one pass reads x and the residual once and writes sum and y (rows whose length
+    /// is a multiple of 4; others add first, then normalize). sum and y have x's dtype.
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// let x = Tensor::from_slice(&gpu, &[half::bf16::ONE; 8], &[2, 4])?;
+    /// let h = Tensor::from_slice(&gpu, &[half::bf16::ONE; 8], &[2, 4])?;
+    /// let out = RmsNorm::new(&[4]).forward_add(&gpu, &x, &h)?;
+    /// assert_eq!(out.sum.to_vec(&gpu)?, vec![2.0; 8]);
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn forward_add(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        residual: &Tensor,
+    ) -> Result<RmsNormAddOutput> {
+        let (sum, y, _, rstd) = self.t.forward_add(gpu, x, residual, false)?;
+        Ok(RmsNormAddOutput { sum, y, rstd })
+    }
+
+    /// [`RmsNorm::forward_add`] into the caller's encoder and outputs; `out.sum` may be the
+    /// residual itself (updated in place).
+    ///
+    /// ```no_run
+    /// # use fused_norm::*;
+    /// # let gpu = Gpu::new()?;
+    /// # let x = Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+    /// # let residual = Tensor::from_slice(&gpu, &[1.0; 8], &[2, 4])?;
+    /// let out = RmsNormAddOutput {
+    ///     sum: residual.clone(),
+    ///     y: Tensor::empty(&gpu, &[2, 4])?,
+    ///     rstd: Tensor::empty(&gpu, &[2, 1])?,
+    /// };
+    /// let mut enc = gpu.encoder();
+    /// RmsNorm::new(&[4]).encode_add(&gpu, &mut enc, &x, &residual, &out)?;
+    /// gpu.submit_wait(enc)?;
+    /// # Ok::<(), fused_norm::NormError>(())
+    /// ```
+    pub fn encode_add(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        residual: &Tensor,
+        out: &RmsNormAddOutput,
+    ) -> Result<()> {
+        let (s, y, r) = (&out.sum, &out.y, &out.rstd);
+        self.call(gpu, x)?
+            .encode_add(gpu, encoder, x, residual, s, y, None, r)
     }
 
     /// Runs RMSNorm on `x`, allocating the outputs. Blocks until the device is done.

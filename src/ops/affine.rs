@@ -4,7 +4,7 @@
 use crate::context::Gpu;
 use crate::error::{NormError, Result};
 use crate::norms::Layout;
-use crate::tensor::Tensor;
+use crate::tensor::{word_bytes, DType, Tensor};
 
 /// eps must be a finite number >= 0.
 pub(crate) fn check_eps(eps: f32) -> Result<()> {
@@ -35,6 +35,45 @@ pub(crate) fn check_affine(
                     t.shape()
                 )));
             }
+        }
+    }
+    Ok(())
+}
+
+/// The dtypes a call accepts: x f32, or half (f16, bf16) where the call has half kernels
+/// (`half_ok`, else `why_not` says what lacks them); weight and bias f32 or x's dtype.
+pub(crate) fn check_dtypes(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    half_ok: bool,
+    why_not: &str,
+) -> Result<()> {
+    if x.dtype().is_half() && !half_ok {
+        return Err(NormError::InvalidArgument(format!(
+            "x is {}: {why_not} takes f32 only for now (cast with x.cast(&gpu, DType::F32))",
+            x.dtype()
+        )));
+    }
+    for (name, t) in [("weight", weight), ("bias", bias)] {
+        if let Some(t) = t {
+            if t.dtype() != DType::F32 && t.dtype() != x.dtype() {
+                return Err(NormError::InvalidArgument(format!(
+                    "{name} is {} but x is {}: parameters are f32 or x's dtype",
+                    t.dtype(),
+                    x.dtype()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each tensor holds the named dtype (outputs of a call, statistics).
+pub(crate) fn check_each_dtype(tensors: &[(&str, Option<&Tensor>, DType)]) -> Result<()> {
+    for &(name, t, dtype) in tensors {
+        if let Some(t) = t {
+            t.check_dtype(name, dtype)?;
         }
     }
     Ok(())
@@ -158,10 +197,43 @@ impl Staging {
             return Ok(t.clone());
         }
         Self::copyable(t, wgpu::BufferUsages::COPY_SRC, "read")?;
-        let padded = Tensor::empty(gpu, t.shape())?;
-        let bytes = t.numel() as u64 * 4;
+        let padded = Tensor::empty_dtype(gpu, t.shape(), t.dtype())?;
+        let bytes = word_bytes(t.numel(), t.dtype());
         gpu.scoped(|_| encoder.copy_buffer_to_buffer(t.buffer(), 0, padded.buffer(), 0, bytes))?;
         Ok(padded)
+    }
+
+    /// A tensor the kernels read and write (the residual of an in-place add): itself, or a
+    /// padded copy that [`Staging::finish`] copies back.
+    pub(crate) fn in_out(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        t: &Tensor,
+    ) -> Result<Tensor> {
+        if t.is_padded() {
+            return Ok(t.clone());
+        }
+        Self::copyable(t, wgpu::BufferUsages::COPY_DST, "written")?;
+        let padded = self.input(gpu, encoder, t)?;
+        self.back.push((t.clone(), padded.clone()));
+        Ok(padded)
+    }
+
+    /// What the kernels read for a weight or bias: f32 values (a half one is widened into a
+    /// temporary, exactly: the kernels' parameters are f32).
+    pub(crate) fn input_f32(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        t: &Tensor,
+    ) -> Result<Tensor> {
+        if t.dtype() == DType::F32 {
+            return self.input(gpu, encoder, t);
+        }
+        let wide = Tensor::empty(gpu, t.shape())?;
+        crate::ops::elementwise::cast(gpu, encoder, t, &wide)?;
+        Ok(wide)
     }
 
     /// Where the kernels write `t`: itself, or a padded temporary that [`Staging::finish`]
@@ -171,7 +243,7 @@ impl Staging {
             return Ok(t.clone());
         }
         Self::copyable(t, wgpu::BufferUsages::COPY_DST, "written")?;
-        let padded = Tensor::empty(gpu, t.shape())?;
+        let padded = Tensor::empty_dtype(gpu, t.shape(), t.dtype())?;
         self.back.push((t.clone(), padded.clone()));
         Ok(padded)
     }
@@ -180,7 +252,7 @@ impl Staging {
     pub(crate) fn finish(self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         gpu.scoped(|_| {
             for (t, padded) in &self.back {
-                let bytes = t.numel() as u64 * 4;
+                let bytes = word_bytes(t.numel(), t.dtype());
                 encoder.copy_buffer_to_buffer(padded.buffer(), 0, t.buffer(), 0, bytes);
             }
         })

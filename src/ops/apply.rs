@@ -6,8 +6,8 @@
 use crate::context::Gpu;
 use crate::error::Result;
 use crate::runtime::constants::{Divisor, Flag, Overrides};
-use crate::runtime::dispatch::{chunks, view, Launch};
-use crate::runtime::pipeline::{Kernel, Shader};
+use crate::runtime::dispatch::{chunks, view, view_of, Launch};
+use crate::runtime::pipeline::{Kernel, Shader, Storage};
 use crate::runtime::policy::Policy;
 use crate::tensor::Tensor;
 
@@ -33,6 +33,8 @@ pub(crate) enum ApplyKind {
     RunVec4,
     ChannelVec4,
     Scalar,
+    /// Half storage where a vec4 would straddle runs: one whole word (two values) per thread.
+    Pair,
 }
 
 impl ApplyKind {
@@ -46,15 +48,25 @@ impl ApplyKind {
         }
     }
 
-    /// The forward's kernel, or (`backward`) dx's.
+    /// Scalar stores of half values would share words between threads: pairs instead.
+    pub(crate) fn in_storage(self, storage: Storage) -> ApplyKind {
+        match self {
+            ApplyKind::Scalar if storage.is_half() => ApplyKind::Pair,
+            k => k,
+        }
+    }
+
+    /// The forward's kernel, or (`backward`) dx's. The backward is f32 only (half inputs are
+    /// refused before it), so it never runs pairs.
     pub(crate) fn kernel(self, backward: bool) -> Kernel {
         match (self, backward) {
             (ApplyKind::RunVec4, false) => Kernel::ApplyCf4,
             (ApplyKind::ChannelVec4, false) => Kernel::ApplyCl4,
             (ApplyKind::Scalar, false) => Kernel::ApplyScalar,
+            (ApplyKind::Pair, false) => Kernel::ApplyPair,
             (ApplyKind::RunVec4, true) => Kernel::ApplyBwdCf4,
             (ApplyKind::ChannelVec4, true) => Kernel::ApplyBwdCl4,
-            (ApplyKind::Scalar, true) => Kernel::ApplyBwdScalar,
+            (ApplyKind::Scalar | ApplyKind::Pair, true) => Kernel::ApplyBwdScalar,
         }
     }
 
@@ -63,6 +75,7 @@ impl ApplyKind {
             ApplyKind::RunVec4 => "vec4-cf",
             ApplyKind::ChannelVec4 => "vec4-cl",
             ApplyKind::Scalar => "scalar",
+            ApplyKind::Pair => "pair",
         }
     }
 }
@@ -77,6 +90,7 @@ pub(crate) struct Apply {
     pub plane: u64,
     pub chunk_runs: u64,
     pub wg: u32,
+    pub storage: Storage,
 }
 
 impl Apply {
@@ -90,7 +104,8 @@ impl Apply {
         y: &'a Tensor,
         coef: &'a Tensor,
     ) -> Result<Vec<Launch<'a>>> {
-        let kind = ApplyKind::of(self.c, self.s);
+        let kind = ApplyKind::of(self.c, self.s).in_storage(self.storage);
+        let elem = x.dtype().size() as u64;
         let slab = self.c * self.s;
         // spr as the kernels see it: 0 when the coefficients are per channel only.
         let spr = if self.spr >= self.n { 0 } else { self.spr };
@@ -103,15 +118,17 @@ impl Apply {
         let mut out = Vec::new();
         for (n0, n1) in chunks(self.n, self.chunk_runs) {
             let (xv, yv) = (
-                view(gpu, n0 * slab, n1 * slab, x.buffer().size()),
-                view(gpu, n0 * slab, n1 * slab, y.buffer().size()),
+                view_of(gpu, n0 * slab, n1 * slab, x.buffer().size(), elem),
+                view_of(gpu, n0 * slab, n1 * slab, y.buffer().size(), elem),
             );
             let elems = (n1 - n0) * slab;
-            let work = if kind == ApplyKind::Scalar {
-                elems
-            } else {
-                elems / 4
-            } as u32;
+            // Pair: `work` counts elements, a thread takes two.
+            let (work, threads) = match kind {
+                ApplyKind::Scalar => (elems, elems),
+                ApplyKind::Pair => (elems, elems.div_ceil(2)),
+                _ => (elems / 4, elems / 4),
+            };
+            let (work, threads) = (work as u32, threads as u32);
             let params = |grid_x| ApplyParams {
                 c: self.c as u32,
                 s: self.s as u32,
@@ -125,8 +142,12 @@ impl Apply {
                 grid_x,
                 pad: [0; 3],
             };
-            let groups = work.div_ceil(self.wg);
-            let y_name = if kind == ApplyKind::Scalar { "y1" } else { "y" };
+            let groups = threads.div_ceil(self.wg);
+            let y_name = match kind {
+                ApplyKind::Scalar => "y1",
+                ApplyKind::Pair => "y2",
+                _ => "y",
+            };
             let mut l = Launch::new(
                 gpu,
                 Shader::Apply,
@@ -135,6 +156,7 @@ impl Apply {
                 groups,
                 params,
             )?
+            .storage(self.storage)
             .bind("x", xv.bind(x.buffer()))
             .bind(y_name, yv.bind(y.buffer()))
             .buf("coef", coef.buffer());

@@ -13,7 +13,8 @@ use crate::ops::affine::Staging;
 use crate::ops::apply::{Apply, ApplyKind};
 use crate::ops::rows_bwd::BwdOut;
 use crate::runtime::constants::{Flag, Overrides};
-use crate::runtime::dispatch::{chunks, record_all, units_per_binding, view, Launch};
+use crate::runtime::dispatch::{chunks, record_all, units_per_binding_of, view, view_of, Launch};
+use crate::runtime::pipeline::Storage;
 use crate::runtime::pipeline::{Kernel, Shader};
 use crate::runtime::policy::{Policy, MAX_THREAD_ITERS};
 use crate::tensor::Tensor;
@@ -142,6 +143,8 @@ pub(crate) struct Channels<'a> {
     pub eps: f32,
     pub weight: Option<&'a Tensor>,
     pub bias: Option<&'a Tensor>,
+    /// How x and y are stored (x's dtype on this device).
+    pub storage: Storage,
 }
 
 impl Channels<'_> {
@@ -162,25 +165,35 @@ impl Channels<'_> {
         // workgroup there); GPUs reduce a block with the whole workgroup.
         let part_tpr = if pol.cpu { pol.sg } else { wg };
         let slab = self.c * self.s;
-        let runs_per_binding = units_per_binding(gpu, slab);
+        let elem = if self.storage.is_half() { 2 } else { 4 };
+        let runs_per_binding = units_per_binding_of(gpu, slab, elem);
         // Chunks hold whole samples when statistics are per sample, else whole blocks.
         let unit = if self.spr < self.n { self.spr } else { 1 };
         if runs_per_binding < unit {
             return Err(NormError::TooLarge(format!(
-                "one sample of {} f32 values exceeds a storage binding of {} bytes",
+                "one sample of {} {} values exceeds a storage binding of {} bytes",
                 unit * slab,
+                self.storage,
                 gpu.max_binding_bytes()
             )));
         }
         let b = self.blocks(pol, u64::from(part_tpr), runs_per_binding);
-        let chunk_runs = if unit > 1 {
-            runs_per_binding / unit * unit
-        } else {
-            runs_per_binding / b.nbr * b.nbr
-        };
+        let mut step = if unit > 1 { unit } else { b.nbr };
+        // Half chunks start on a whole word: an even number of odd runs.
+        if elem == 2 && slab % 2 == 1 && step % 2 == 1 {
+            step *= 2;
+        }
+        let chunk_runs = runs_per_binding / step * step;
+        if chunk_runs == 0 {
+            return Err(NormError::TooLarge(format!(
+                "{step} runs of {slab} {} values exceed a storage binding of {} bytes",
+                self.storage,
+                gpu.max_binding_bytes()
+            )));
+        }
         let fin_tpr = merge_threads(pol, self.cpg * b.nbt);
         let cl = self.s == 1;
-        let apply = ApplyKind::of(self.c, self.s);
+        let apply = ApplyKind::of(self.c, self.s).in_storage(self.storage);
         let kernels = match (batch, cl) {
             (true, false) => vec![
                 Kernel::ChannelsPivot,
@@ -203,7 +216,7 @@ impl Channels<'_> {
             self.cpg * self.spr * self.s,
             self.cpg * b.nbt
         );
-        Ok(Plan::new(
+        let mut plan = Plan::new(
             gpu,
             &kernels,
             wg,
@@ -218,7 +231,9 @@ impl Channels<'_> {
                 blocks: b,
                 chunk_runs,
             }),
-        ))
+        );
+        plan.storage = self.storage;
+        Ok(plan)
     }
 
     /// Stage-1 blocking. Blocks are read twice (two-pass), so on CPU adapters they are sized to
@@ -289,8 +304,14 @@ impl Channels<'_> {
         let _turn = gpu.turn();
         let mut st = Staging::default();
         let x = st.input(gpu, encoder, x)?;
-        let w = self.weight.map(|t| st.input(gpu, encoder, t)).transpose()?;
-        let b = self.bias.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let w = self
+            .weight
+            .map(|t| st.input_f32(gpu, encoder, t))
+            .transpose()?;
+        let b = self
+            .bias
+            .map(|t| st.input_f32(gpu, encoder, t))
+            .transpose()?;
         let y = match source {
             Source::Local(_) => x.clone(),
             _ => st.output(gpu, y)?,
@@ -460,6 +481,7 @@ impl Channels<'_> {
             plane,
             chunk_runs: cp.chunk_runs,
             wg,
+            storage: self.storage,
         };
         launches.extend(apply.launches(gpu, x, None, y, &coef)?);
         record_all(gpu, encoder, &launches)
@@ -616,6 +638,7 @@ impl Channels<'_> {
             plane,
             chunk_runs: cp.chunk_runs,
             wg,
+            storage: self.storage,
         };
         if dx {
             let dy = Some((bwd.dy, bwd.eval));
@@ -653,7 +676,8 @@ impl Channels<'_> {
             .flag(Flag::Eval, bwd.is_some_and(|b| b.eval));
         for (i, (r0, r1)) in chunks(self.n, cp.chunk_runs).enumerate() {
             let runs = r1 - r0;
-            let v = view(gpu, r0 * slab, r1 * slab, x.buffer().size());
+            let elem = x.dtype().size() as u64;
+            let v = view_of(gpu, r0 * slab, r1 * slab, x.buffer().size(), elem);
             let chunk = ChannelsParams {
                 runs: runs as u32,
                 run0: r0 as u32,
@@ -682,6 +706,7 @@ impl Channels<'_> {
                         groups,
                         p,
                     )?
+                    .storage(self.storage)
                     .bind("x", v.bind(x.buffer()))
                     .buf("coef_w", coef.buffer()),
                 );
@@ -713,6 +738,7 @@ impl Channels<'_> {
                 ..chunk
             };
             let l = Launch::new(gpu, Shader::Channels, kernel, &o_part, groups, p)?
+                .storage(self.storage)
                 .bind("x", v.bind(x.buffer()))
                 .buf("partials", partials.buffer());
             launches.push(match bwd {

@@ -5,5 +5,6 @@
 pub(crate) mod affine;
 pub(crate) mod apply;
 pub(crate) mod channels;
+pub(crate) mod elementwise;
 pub(crate) mod rows;
 pub(crate) mod rows_bwd;

@@ -7,8 +7,10 @@ use crate::error::{NormError, Result};
 use crate::norms::{LnVariant, Plan, RowsPlan};
 use crate::ops::affine::Staging;
 use crate::runtime::constants::{Divisor, Flag, Overrides};
-use crate::runtime::dispatch::{record_all, units_per_binding, view, Launch};
-use crate::runtime::pipeline::{Kernel, Shader};
+use crate::runtime::dispatch::{
+    record_all, units_per_binding, units_per_binding_of, view, view_of, Launch,
+};
+use crate::runtime::pipeline::{Kernel, Shader, Storage};
 use crate::runtime::policy::{Policy, MAX_THREAD_ITERS};
 use crate::tensor::Tensor;
 
@@ -72,6 +74,15 @@ pub(crate) struct Rows<'a> {
     pub weight: Option<&'a Tensor>,
     pub bias: Option<&'a Tensor>,
     pub variant: LnVariant,
+    /// How x and y are stored (x's dtype on this device).
+    pub storage: Storage,
+}
+
+/// forward_add's extra tensors: the residual, and where the sum goes (None: into the residual).
+#[derive(Clone, Copy)]
+pub(crate) struct Residual<'a> {
+    pub res: &'a Tensor,
+    pub sum: Option<&'a Tensor>,
 }
 
 impl Rows<'_> {
@@ -80,6 +91,12 @@ impl Rows<'_> {
     /// depends on the row alone: a GroupNorm of one group sums as the LayerNorm of its rows.
     fn vec4(&self) -> bool {
         self.d.is_multiple_of(4)
+    }
+
+    /// Half rows that do not fill whole vec4s start mid-word: only the split path's pair pass
+    /// writes them without two threads sharing a word.
+    fn pairs(&self) -> bool {
+        self.storage.is_half() && !self.vec4()
     }
 
     /// Which kernel runs, and why.
@@ -192,6 +209,17 @@ impl Rows<'_> {
             }
             LnVariant::SplitRow => (LnVariant::SplitRow, "forced".to_string()),
         };
+        let (variant, reason) = match variant {
+            LnVariant::Rows { .. } if self.pairs() => (
+                LnVariant::SplitRow,
+                format!(
+                    "{} {} values per row start mid-word: statistics per row, then one word \
+                     per thread",
+                    self.d, self.storage
+                ),
+            ),
+            _ => (variant, reason),
+        };
         let (group_threads, segments, row_cache) = match variant {
             LnVariant::Rows { threads_per_row } => {
                 let cache = d4.div_ceil(threads_per_row).next_power_of_two();
@@ -222,10 +250,13 @@ impl Rows<'_> {
             (_, false) => vec![
                 Kernel::RowsPartial,
                 Kernel::RowsMerge,
-                Kernel::RowsApplyScalar,
+                match self.pairs() {
+                    true => Kernel::RowsApplyPair,
+                    false => Kernel::RowsApplyScalar,
+                },
             ],
         };
-        Plan::new(
+        let mut plan = Plan::new(
             gpu,
             &kernels,
             wg,
@@ -237,7 +268,9 @@ impl Rows<'_> {
                 row_cache,
             }),
             None,
-        )
+        );
+        plan.storage = self.storage;
+        plan
     }
 
     /// Records the call: y shaped like x, one mean (when centred) and rstd per row.
@@ -250,13 +283,42 @@ impl Rows<'_> {
         mean: Option<&Tensor>,
         rstd: &Tensor,
     ) -> Result<()> {
+        self.encode_add(gpu, encoder, x, None, y, mean, rstd)
+    }
+
+    /// [`Rows::encode`] of x + residual (forward_add), storing the sum too. Rows of whole vec4s
+    /// run fused (one pass reads x and the residual, writes the sum and y); others add first,
+    /// then normalize the stored sum, which is the same arithmetic.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_add(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        add: Option<Residual<'_>>,
+        y: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+    ) -> Result<()> {
         // Held until the call's temporaries (uniforms, scratch) are freed (see `Gpu::turn`).
         let _turn = gpu.turn();
+        if let Some(a) = add.filter(|_| !self.vec4()) {
+            crate::ops::elementwise::add(gpu, encoder, x, a.res, a.sum)?;
+            let sum = a.sum.unwrap_or(a.res);
+            return self.encode_add(gpu, encoder, sum, None, y, mean, rstd);
+        }
         let mut st = Staging::default();
         let x = st.input(gpu, encoder, x)?;
         let (w, b) = (self.weight, self.bias);
-        let w = w.map(|t| st.input(gpu, encoder, t)).transpose()?;
-        let b = b.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let w = w.map(|t| st.input_f32(gpu, encoder, t)).transpose()?;
+        let b = b.map(|t| st.input_f32(gpu, encoder, t)).transpose()?;
+        let add = match add {
+            Some(a) => Some(match a.sum {
+                Some(s) => (st.input(gpu, encoder, a.res)?, Some(st.output(gpu, s)?)),
+                None => (st.in_out(gpu, encoder, a.res)?, None),
+            }),
+            None => None,
+        };
         let y = st.output(gpu, y)?;
         let mean = mean.map(|t| st.output(gpu, t)).transpose()?;
         let rstd = st.output(gpu, rstd)?;
@@ -265,15 +327,21 @@ impl Rows<'_> {
             bias: b.as_ref(),
             ..*self
         };
-        op.encode_padded(gpu, encoder, &x, &y, mean.as_ref(), &rstd)?;
+        let add = add.as_ref().map(|(r, s)| Residual {
+            res: r,
+            sum: s.as_ref(),
+        });
+        op.encode_padded(gpu, encoder, &x, add, &y, mean.as_ref(), &rstd)?;
         st.finish(gpu, encoder)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn encode_padded(
         &self,
         gpu: &Gpu,
         encoder: &mut wgpu::CommandEncoder,
         x: &Tensor,
+        add: Option<Residual<'_>>,
         y: &Tensor,
         mean: Option<&Tensor>,
         rstd: &Tensor,
@@ -284,13 +352,19 @@ impl Rows<'_> {
         let wg = plan.workgroup_size;
         let split = rp.variant == LnVariant::SplitRow;
         let (segs, seg_v4) = (u64::from(rp.segments.0), u64::from(rp.segments.1));
-        let mut per_chunk = units_per_binding(gpu, d);
+        let elem = x.dtype().size() as u64;
+        let mut per_chunk = units_per_binding_of(gpu, d, elem);
         if split {
             per_chunk = per_chunk.min(units_per_binding(gpu, 4 * (segs + 1)));
         }
+        // Half chunks start on a whole word: an even number of odd rows.
+        if elem == 2 && d % 2 == 1 {
+            per_chunk = per_chunk / 2 * 2;
+        }
         if per_chunk == 0 {
             return Err(NormError::TooLarge(format!(
-                "one row of {d} f32 values exceeds a storage binding of {} bytes",
+                "one row of {d} {} values exceeds a storage binding of {} bytes",
+                x.dtype(),
                 gpu.max_binding_bytes()
             )));
         }
@@ -303,6 +377,8 @@ impl Rows<'_> {
             .flag(Flag::HasBias, self.bias.is_some())
             .flag(Flag::Center, self.center)
             .flag(Flag::ChannelAffine, self.channel.is_some())
+            .flag(Flag::Add, add.is_some())
+            .flag(Flag::InPlace, add.is_some_and(|a| a.sum.is_none()))
             .divisor(
                 Divisor::Run,
                 self.channel.map_or(0, |ch| u64::from(ch.run)),
@@ -315,7 +391,7 @@ impl Rows<'_> {
                 .divisor(Divisor::Row, self.d as u64, Policy::of(gpu).cpu);
         // The context's placeholder binds where weight or bias is absent (never read), its sink
         // where the mean is not wanted (never written).
-        let (dummy, sink) = (gpu.placeholder()?, gpu.sink()?);
+        let (dummy, sink, sum_sink) = (gpu.placeholder()?, gpu.sink()?, gpu.sum_sink()?);
         let gamma = self.weight.unwrap_or(&dummy).buffer();
         let beta = self.bias.unwrap_or(&dummy).buffer();
         let scratch = match split {
@@ -334,10 +410,20 @@ impl Rows<'_> {
         let mut launches = Vec::new();
         for (r0, r1) in crate::runtime::dispatch::chunks(rows, per_chunk) {
             let n = r1 - r0;
-            let (xv, yv) = (
-                view(gpu, r0 * d, r1 * d, x.buffer().size()),
-                view(gpu, r0 * d, r1 * d, y.buffer().size()),
-            );
+            let ev = |t: &Tensor| view_of(gpu, r0 * d, r1 * d, t.buffer().size(), elem);
+            let (xv, yv) = (ev(x), ev(y));
+            // ADD: the residual and the sum share x's element offsets (same dtype and start).
+            // In place, the residual is bound once, as the sum. Unused, the placeholder and a
+            // second sink stand in (never read, never written; the first may be mean_out's).
+            let res_bind = || match add {
+                Some(Residual { res, sum: Some(_) }) => ev(res).bind(res.buffer()),
+                _ => dummy.buffer().as_entire_binding(),
+            };
+            let sum_bind = || match add {
+                Some(Residual { sum: Some(s), .. }) => ev(s).bind(s.buffer()),
+                Some(Residual { res, sum: None }) => ev(res).bind(res.buffer()),
+                None => sum_sink.buffer().as_entire_binding(),
+            };
             // mean and rstd views start at the same element offset (it depends on r0 alone).
             let rv = view(gpu, r0, r1, rstd.buffer().size());
             let mean_bind = || match mean {
@@ -360,10 +446,18 @@ impl Rows<'_> {
                 row0: r0 as u32,
                 pad: [0; 3],
             };
-            let y_name = if vec { "y" } else { "y1" };
+            let y_name = match (vec, self.pairs()) {
+                (true, _) => "y",
+                (false, true) => "y2",
+                (false, false) => "y1",
+            };
             let launch_with = |kernel, o: &Overrides, groups: u64| {
-                Launch::new(gpu, shader, kernel, o, groups as u32, params)
-                    .map(|l| l.bind("x", xv.bind(x.buffer())))
+                Launch::new(gpu, shader, kernel, o, groups as u32, params).map(|l| {
+                    l.storage(self.storage)
+                        .bind("x", xv.bind(x.buffer()))
+                        .bind("res", res_bind())
+                        .bind("sum_out", sum_bind())
+                })
             };
             let launch = |kernel, groups: u64| launch_with(kernel, &overrides, groups);
             if let Some(scratch) = &scratch {
@@ -382,21 +476,18 @@ impl Rows<'_> {
                         .bind("mean_out", mean_bind())
                         .bind("rstd_out", rv.bind(rstd.buffer())),
                 );
-                let apply = if vec {
-                    Kernel::RowsApply
-                } else {
-                    Kernel::RowsApplyScalar
+                // A vec4 or a value per thread; pairs: one word (two values) per thread.
+                let (apply, threads) = match (vec, self.pairs()) {
+                    (true, _) => (Kernel::RowsApply, n * per_row),
+                    (false, true) => (Kernel::RowsApplyPair, (n * d).div_ceil(2)),
+                    (false, false) => (Kernel::RowsApplyScalar, n * per_row),
                 };
                 launches.push(
-                    launch_with(
-                        apply,
-                        &apply_overrides,
-                        (n * per_row).div_ceil(u64::from(wg)),
-                    )?
-                    .buf("partials", s)
-                    .bind(y_name, yv.bind(y.buffer()))
-                    .buf("gamma", gamma)
-                    .buf("beta", beta),
+                    launch_with(apply, &apply_overrides, threads.div_ceil(u64::from(wg)))?
+                        .buf("partials", s)
+                        .bind(y_name, yv.bind(y.buffer()))
+                        .buf("gamma", gamma)
+                        .buf("beta", beta),
                 );
             } else {
                 let kernel = if vec {

@@ -17,6 +17,18 @@ pub(crate) enum Flag {
     Update,
     /// Running variance from the unbiased batch variance.
     Unbiased,
+    /// Elementwise input is f16 (else f32 unless `SrcBf16`).
+    SrcF16,
+    /// Elementwise input is bf16.
+    SrcBf16,
+    /// Elementwise output is f16.
+    DstF16,
+    /// Elementwise output is bf16.
+    DstBf16,
+    /// The residual add writes the sum into the residual's buffer.
+    InPlace,
+    /// The rows kernels normalize x + residual and store the sum.
+    Add,
     /// Backward through constant statistics (BatchNorm inference).
     Eval,
 }
@@ -31,6 +43,12 @@ impl Flag {
             Flag::ChannelAffine => "CHANNEL_AFFINE",
             Flag::Update => "UPDATE",
             Flag::Unbiased => "UNBIASED",
+            Flag::SrcF16 => "SRC_F16",
+            Flag::SrcBf16 => "SRC_BF16",
+            Flag::DstF16 => "DST_F16",
+            Flag::DstBf16 => "DST_BF16",
+            Flag::InPlace => "IN_PLACE",
+            Flag::Add => "ADD",
             Flag::Eval => "EVAL",
         }
     }

@@ -5,11 +5,12 @@
 use crate::context::{Gpu, MAX_GROUPS_PER_DIM};
 use crate::error::{NormError, Result};
 use crate::runtime::constants::Overrides;
-use crate::runtime::pipeline::{binding_number, Kernel, Shader};
+use crate::runtime::pipeline::{binding_number, Kernel, Shader, Storage};
 
 /// One kernel launch, before its bind group exists.
 pub(crate) struct Launch<'a> {
     shader: Shader,
+    storage: Storage,
     kernel: Kernel,
     overrides: Overrides,
     grid: (u32, u32),
@@ -31,12 +32,19 @@ impl<'a> Launch<'a> {
         let grid = gpu.grid(groups)?;
         Ok(Launch {
             shader,
+            storage: Storage::F32,
             kernel,
             overrides: overrides.clone(),
             grid,
             uniform: gpu.uniform(&params(grid.0)),
             binds: Vec::new(),
         })
+    }
+
+    /// Builds the kernel's module with this element storage (f32 unless set).
+    pub(crate) fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
     }
 
     /// Binds `resource` to the shader variable `name`.
@@ -71,7 +79,7 @@ pub(crate) fn record_all(
                 l.binds.len()
             )));
         }
-        let (pipeline, table) = gpu.pipeline(l.shader, l.kernel, &l.overrides)?;
+        let (pipeline, table) = gpu.pipeline(l.shader, l.storage, l.kernel, &l.overrides)?;
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: l.uniform.as_entire_binding(),
@@ -118,14 +126,20 @@ pub(crate) struct View {
 
 /// The binding covering f32 elements [start, end) of a buffer of `buf_size` bytes.
 pub(crate) fn view(gpu: &Gpu, start: u64, end: u64, buf_size: u64) -> View {
+    view_of(gpu, start, end, buf_size, 4)
+}
+
+/// The binding covering elements [start, end) of `elem` bytes each. For 2-byte elements the
+/// element offset has the parity of `start` (bindings start at aligned bytes).
+pub(crate) fn view_of(gpu: &Gpu, start: u64, end: u64, buf_size: u64, elem: u64) -> View {
     let align = gpu.offset_alignment();
-    let offset = (start * 4) / align * align;
-    let end_b = (end * 4).div_ceil(16) * 16;
+    let offset = (start * elem) / align * align;
+    let end_b = (end * elem).div_ceil(16) * 16;
     let end_b = end_b.min(buf_size / 16 * 16).max(offset + 16);
     View {
         offset,
         size: end_b - offset,
-        elem_off: ((start * 4 - offset) / 4) as u32,
+        elem_off: ((start * elem - offset) / elem) as u32,
     }
 }
 
@@ -142,10 +156,15 @@ impl View {
 
 /// How many units of `unit_elems` f32 fit one binding, allowing for offset alignment slack.
 pub(crate) fn units_per_binding(gpu: &Gpu, unit_elems: u64) -> u64 {
+    units_per_binding_of(gpu, unit_elems, 4)
+}
+
+/// [`units_per_binding`] for elements of `elem` bytes.
+pub(crate) fn units_per_binding_of(gpu: &Gpu, unit_elems: u64, elem: u64) -> u64 {
     let budget = gpu
         .max_binding_bytes()
         .saturating_sub(gpu.offset_alignment() + 16);
-    budget / (unit_elems * 4).max(1)
+    budget / (unit_elems * elem).max(1)
 }
 
 /// Splits `total` units into consecutive ranges of at most `per` (at least one unit each).

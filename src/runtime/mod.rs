@@ -39,5 +39,6 @@ pub fn uniform_layouts() -> Vec<UniformLayout> {
         crate::ops::channels::layout(),
         crate::ops::apply::layout(),
         crate::ops::rows_bwd::layout(),
+        crate::ops::elementwise::layout(),
     ]
 }

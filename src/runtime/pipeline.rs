@@ -20,6 +20,75 @@ pub(crate) enum Shader {
     Apply,
     /// `rows_bwd.wgsl`: the rows family's backward (dx per row, dweight/dbias per column).
     RowsBwd,
+    /// `elementwise.wgsl`: dtype casts and the residual add, one output word per thread.
+    Elementwise,
+}
+
+/// How a module stores tensor elements: the dtype prelude (`shaders/dtype_*.wgsl`) it is built
+/// with. Kernels load through `widen4`/`widen2` and store through `narrow4`/`narrow2`, so each
+/// family's code is the same for every storage; f32 math throughout.
+///
+/// ```no_run
+/// # use fused_norm::*;
+/// # let gpu = Gpu::new()?;
+/// let plan = LayerNorm::new(&[768]).plan_dtype(&gpu, &[8, 768], DType::F16)?;
+/// assert!(matches!(plan.storage, Storage::F16Native | Storage::F16Packed));
+/// # Ok::<(), fused_norm::NormError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Storage {
+    /// f32 values.
+    #[default]
+    F32,
+    /// f16 values as WGSL `f16` (the device has SHADER_F16).
+    F16Native,
+    /// f16 values packed two to a `u32` word (no SHADER_F16, or
+    /// [`GpuOptions::disable_shader_f16`](crate::GpuOptions::disable_shader_f16)).
+    F16Packed,
+    /// bf16 values packed two to a `u32` word (WGSL has no bf16 type, on any device).
+    Bf16Packed,
+}
+
+impl Storage {
+    /// The storage a tensor of `dtype` takes on `gpu`.
+    pub(crate) fn of(gpu: &Gpu, dtype: crate::tensor::DType) -> Storage {
+        use crate::tensor::DType;
+        match dtype {
+            DType::F32 => Storage::F32,
+            DType::F16 if gpu.capabilities().shader_f16 => Storage::F16Native,
+            DType::F16 => Storage::F16Packed,
+            DType::BF16 => Storage::Bf16Packed,
+        }
+    }
+
+    /// Whether elements are 16-bit.
+    pub(crate) fn is_half(self) -> bool {
+        self != Storage::F32
+    }
+
+    fn prelude(self) -> &'static str {
+        match self {
+            Storage::F32 => include_str!("../../shaders/dtype_f32.wgsl"),
+            Storage::F16Native => include_str!("../../shaders/dtype_f16.wgsl"),
+            Storage::F16Packed => include_str!("../../shaders/dtype_f16_packed.wgsl"),
+            Storage::Bf16Packed => include_str!("../../shaders/dtype_bf16.wgsl"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Storage::F32 => "f32",
+            Storage::F16Native => "f16",
+            Storage::F16Packed => "f16-packed",
+            Storage::Bf16Packed => "bf16-packed",
+        }
+    }
+}
+
+impl std::fmt::Display for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A kernel: its family and entry point.
@@ -31,6 +100,7 @@ pub(crate) enum Kernel {
     RowsMerge,
     RowsApply,
     RowsApplyScalar,
+    RowsApplyPair,
     ChannelsPivot,
     ChannelsPartialCf,
     ChannelsPartialCl,
@@ -46,6 +116,7 @@ pub(crate) enum Kernel {
     ApplyCf4,
     ApplyCl4,
     ApplyScalar,
+    ApplyPair,
     ApplyBwdCf4,
     ApplyBwdCl4,
     ApplyBwdScalar,
@@ -58,6 +129,8 @@ pub(crate) enum Kernel {
     RowsBwdChanDx,
     RowsBwdChanDxScalar,
     RowsBwdMerge,
+    CastWords,
+    AddWords,
 }
 
 impl Kernel {
@@ -69,6 +142,7 @@ impl Kernel {
             Kernel::RowsMerge => "rows_merge",
             Kernel::RowsApply => "rows_apply",
             Kernel::RowsApplyScalar => "rows_apply_scalar",
+            Kernel::RowsApplyPair => "rows_apply_pair",
             Kernel::ChannelsPivot => "channels_pivot",
             Kernel::ChannelsPartialCf => "channels_partial_cf",
             Kernel::ChannelsPartialCl => "channels_partial_cl",
@@ -84,6 +158,7 @@ impl Kernel {
             Kernel::ApplyCf4 => "apply_cf4",
             Kernel::ApplyCl4 => "apply_cl4",
             Kernel::ApplyScalar => "apply_scalar",
+            Kernel::ApplyPair => "apply_pair",
             Kernel::ApplyBwdCf4 => "apply_bwd_cf4",
             Kernel::ApplyBwdCl4 => "apply_bwd_cl4",
             Kernel::ApplyBwdScalar => "apply_bwd_scalar",
@@ -96,6 +171,8 @@ impl Kernel {
             Kernel::RowsBwdChanDx => "rows_bwd_chan_dx",
             Kernel::RowsBwdChanDxScalar => "rows_bwd_chan_dx_scalar",
             Kernel::RowsBwdMerge => "rows_bwd_merge",
+            Kernel::CastWords => "cast_words",
+            Kernel::AddWords => "add_words",
         }
     }
 }
@@ -107,6 +184,7 @@ impl Shader {
             Shader::Channels => "channels",
             Shader::Apply => "apply",
             Shader::RowsBwd => "rows_bwd",
+            Shader::Elementwise => "elementwise",
         }
     }
 
@@ -119,19 +197,33 @@ impl Shader {
             Shader::Channels => include_str!("../../shaders/channels.wgsl").into(),
             Shader::Apply => include_str!("../../shaders/apply.wgsl").into(),
             Shader::RowsBwd => include_str!("../../shaders/rows_bwd.wgsl").into(),
+            Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl").into(),
         }
     }
 
-    /// The module's WGSL: the lane prelude (subgroup or workgroup-memory reductions), the shared
-    /// Welford code, then the family's kernels.
+    /// The module's WGSL with f32 storage.
+    #[cfg(test)]
     pub(crate) fn text(self, subgroups: bool) -> String {
+        self.text_for(subgroups, Storage::F32)
+    }
+
+    /// The module's WGSL: the lane prelude (subgroup or workgroup-memory reductions), the
+    /// half-precision bit conversions and the element storage prelude, the shared Welford code,
+    /// then the family's kernels. Native f16 needs `enable f16;` first.
+    pub(crate) fn text_for(self, subgroups: bool, storage: Storage) -> String {
         let lanes = if subgroups {
             include_str!("../../shaders/lanes_subgroup.wgsl")
         } else {
             include_str!("../../shaders/lanes_shared.wgsl")
         };
+        let enable = match storage {
+            Storage::F16Native => "enable f16;\n",
+            _ => "",
+        };
         format!(
-            "{lanes}\n{}\n{}",
+            "{enable}{lanes}\n{}\n{}\n{}\n{}",
+            include_str!("../../shaders/halfbits.wgsl"),
+            storage.prelude(),
             include_str!("../../shaders/common.wgsl"),
             self.body()
         )
@@ -141,15 +233,31 @@ impl Shader {
 /// The WGSL of a kernel family (`"rows"`, `"channels"`, `"apply"`, `"rows_bwd"`) as the crate builds it, for the shader tests (naga validation on every back end). Not part of the API.
 #[doc(hidden)]
 pub fn module_source(family: &str, subgroups: bool) -> Option<String> {
+    module_source_storage(family, subgroups, "f32")
+}
+
+/// [`module_source`] with an element storage (`"f32"`, `"f16"`, `"f16-packed"`,
+/// `"bf16-packed"`). Not part of the API.
+#[doc(hidden)]
+pub fn module_source_storage(family: &str, subgroups: bool, storage: &str) -> Option<String> {
+    let storage = [
+        Storage::F32,
+        Storage::F16Native,
+        Storage::F16Packed,
+        Storage::Bf16Packed,
+    ]
+    .into_iter()
+    .find(|s| s.name() == storage)?;
     [
         Shader::Rows { row_cache: 16 },
         Shader::Channels,
         Shader::Apply,
         Shader::RowsBwd,
+        Shader::Elementwise,
     ]
     .into_iter()
     .find(|s| s.file() == family)
-    .map(|s| s.text(subgroups))
+    .map(|s| s.text_for(subgroups, storage))
 }
 
 /// Binding numbers by variable name, read from the module's `@binding(N) var<..> name:`
@@ -182,6 +290,7 @@ fn binding_table(text: &str) -> HashMap<String, u32> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PipelineKey {
     shader: Shader,
+    storage: Storage,
     entry: &'static str,
     subgroups: bool,
     overrides: Overrides,
@@ -192,7 +301,7 @@ type Module = (wgpu::ShaderModule, Arc<HashMap<String, u32>>);
 /// Modules and pipelines of one device.
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<(Shader, bool), Module>>,
+    modules: Mutex<HashMap<(Shader, bool, Storage), Module>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
@@ -208,13 +317,15 @@ impl Gpu {
     pub(crate) fn pipeline(
         &self,
         shader: Shader,
+        storage: Storage,
         kernel: Kernel,
         overrides: &Overrides,
     ) -> Result<(wgpu::ComputePipeline, Arc<HashMap<String, u32>>)> {
         let subgroups = self.capabilities().subgroups;
-        let (module, table) = self.module(shader, subgroups)?;
+        let (module, table) = self.module(shader, subgroups, storage)?;
         let key = PipelineKey {
             shader,
+            storage,
             entry: kernel.entry(),
             subgroups,
             overrides: overrides.clone(),
@@ -248,12 +359,13 @@ impl Gpu {
         Ok((pipeline, table))
     }
 
-    fn module(&self, shader: Shader, subgroups: bool) -> Result<Module> {
+    fn module(&self, shader: Shader, subgroups: bool, storage: Storage) -> Result<Module> {
         let cache = self.cache();
-        if let Some(m) = cache.modules.lock().unwrap().get(&(shader, subgroups)) {
+        let key = (shader, subgroups, storage);
+        if let Some(m) = cache.modules.lock().unwrap().get(&key) {
             return Ok(m.clone());
         }
-        let src = shader.text(subgroups);
+        let src = shader.text_for(subgroups, storage);
         let table = Arc::new(binding_table(&src));
         // Browsers require the extension to be enabled; naga (every other target) rejects it.
         #[cfg(target_arch = "wasm32")]
@@ -269,11 +381,7 @@ impl Gpu {
             })
         })?;
         let module = (m, table);
-        cache
-            .modules
-            .lock()
-            .unwrap()
-            .insert((shader, subgroups), module.clone());
+        cache.modules.lock().unwrap().insert(key, module.clone());
         Ok(module)
     }
 }

@@ -31,6 +31,8 @@ impl BatchNorm {
     /// ```
     pub fn local_stats(&self, gpu: &Gpu, x: &Tensor, layout: Layout) -> Result<ChannelStats> {
         x.check_device(gpu, "x")?;
+        // SyncBatchNorm is f32 only (half precision: single-process BatchNorm).
+        x.check_dtype("x (SyncBatchNorm)", crate::DType::F32)?;
         let op = self.op(gpu, x.shape(), layout)?;
         let c = self.channels;
         let out = Tensor::empty(gpu, &[c, 4])?;
@@ -75,6 +77,8 @@ impl BatchNorm {
         stats: &ChannelStats,
     ) -> Result<BatchNormOutput> {
         x.check_device(gpu, "x")?;
+        // SyncBatchNorm is f32 only (half precision: single-process BatchNorm).
+        x.check_dtype("x (SyncBatchNorm)", crate::DType::F32)?;
         let op = self.op(gpu, x.shape(), layout)?;
         let c = self.channels;
         if stats.channels() != c || stats.mean.len() != c || stats.m2.len() != c {
