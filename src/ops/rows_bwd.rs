@@ -16,10 +16,11 @@ use crate::tensor::Tensor;
 
 /// Fewest rows per column block: a block's thread loops over at least this many rows, fewer
 /// for wide rows: a workgroup's walk down a block reads x and dy and writes dx in 3 streams per
-/// row, and on CPU adapters 64 rows of 65536 values (192 streams 256 KiB apart) measured 1.5x
-/// slower than blocks of 8 to 16 rows, which were slower at 4096 values and below.
+/// row, and on lavapipe (64 rows of 65536 values, one sitting) blocks of 16 rows (1 Mi values)
+/// measured 2.3x a copy, of 8 rows 2.5x, 4 rows 2.9x, 32 rows 3.7x and 64 rows 3.2x; rows of
+/// 4096 values and fewer were fastest with 64-row blocks.
 fn min_block_rows(d: u64) -> u64 {
-    (262_144 / d.max(1)).clamp(8, 64)
+    ((1 << 20) / d.max(1)).clamp(8, 64)
 }
 /// Most column blocks: the merge loops over at most this many partials per column (unless the
 /// partials' size limit forces longer blocks).
@@ -72,9 +73,10 @@ impl RowsBwd<'_> {
     }
 
     /// Threads per row, from d alone (never the row count), so a row's dx is the same bits in
-    /// any batch. CPU adapters: the fewest threads that keep a thread's loop within
-    /// MAX_THREAD_ITERS (barrier-free while that fits a subgroup). GPUs: about four vec4s per
-    /// thread, as the forward.
+    /// any batch. CPU adapters: the fewest threads, at least a subgroup, that keep a thread's
+    /// loop within 4 * MAX_THREAD_ITERS (rows of 65536 values: one subgroup of 8, whose
+    /// reduction needs no barrier, rather than 16 threads: with the column sums 2.3x a copy
+    /// instead of 2.5x on lavapipe). GPUs: about four vec4s per thread, as the forward.
     fn threads_per_row(&self, p: Policy) -> u32 {
         threads_for(self.d as u64, self.vec4(), p)
     }
@@ -339,7 +341,10 @@ impl RowsBwd<'_> {
 /// Threads reducing `d` values (vec4s when `vec`): see [`RowsBwd::threads_per_row`].
 fn threads_for(d: u64, vec: bool, p: Policy) -> u32 {
     let per = if vec { d / 4 } else { d };
-    let need = per.div_ceil(MAX_THREAD_ITERS).max(1).next_power_of_two();
+    let need = per
+        .div_ceil(4 * MAX_THREAD_ITERS)
+        .max(1)
+        .next_power_of_two();
     let gpu = d.div_ceil(16).next_power_of_two();
     // CPU adapters: at least a subgroup per row (its reduction needs no barrier), so that few
     // rows still spread over the cores: 64 rows of 4096 at one thread each are one workgroup.
