@@ -149,38 +149,62 @@ fn channels_pivot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 
 // Channels-first (BatchNorm): a group of TPR threads per (channel, block); a block is nbr runs
 // times one seg of each run, read along the contiguous run.
-@compute @workgroup_size(WG)
-fn channels_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+// The (channel, block) of a group of TPR threads in the channels-first stage 1, forward and
+// backward. Groups run in memory order (n-block, channel, seg): neighbours read neighbouring
+// memory. The block is walked by one flat index k < total over its runs (element
+// base + (k / per) * stride + k % per, in vec4s when VEC), so short runs (7 x 7, 14 x 14) still
+// give every lane work: with a loop per run, 256 threads over a 49-value run leave 207 idle.
+struct CfBlock {
+    lane: u32,
+    valid: bool,
+    ch: u32,
+    // This block's index among the channel's nbt blocks (partials[ch * nbt + gb]).
+    gb: u32,
+    base: u32,
+    stride: u32,
+    per: u32,
+    total: u32,
+}
+
+fn cf_block(wid: vec3<u32>, l: Lane) -> CfBlock {
     let t = thread_index(l);
-    let lane = t % TPR;
     let g = group_id(wid) * (WG / TPR) + t / TPR;
     let blocks = ((p.runs + p.nbr - 1u) / p.nbr) * p.ssegs;
     let valid = g < p.c * blocks;
-    // Groups run in memory order (n-block, channel, seg): neighbours read neighbouring memory.
     let ss = g % p.ssegs;
     let ch = (g / p.ssegs) % p.c;
     let nb = g / (p.ssegs * p.c);
-    let lb = nb * p.ssegs + ss;
     let s0 = ss * p.seg;
-    var pivot = 0.0;
     var nruns = 0u;
     var len = 0u;
     if (valid) {
-        pivot = pivot_of(0u, ch);
         nruns = min(p.nbr, p.runs - nb * p.nbr);
         len = min(p.seg, p.s - s0);
     }
-    let pv = vec4<f32>(pivot);
-    // Element offset of run r of this block.
-    let base = p.x_off + ((nb * p.nbr) * p.c + ch) * p.s + s0;
-    let stride = p.c * p.s;
-    // One flat index over the block's runs, so short runs (7 x 7, 14 x 14) still give every
-    // lane work: with a loop per run, 256 threads over a 49-value run leave 207 idle.
     var per = len;
     if (VEC) {
         per = len / 4u;
     }
-    let total = nruns * per;
+    let gb = (p.run0 / p.nbr) * p.ssegs + nb * p.ssegs + ss;
+    let base = p.x_off + ((nb * p.nbr) * p.c + ch) * p.s + s0;
+    return CfBlock(t % TPR, valid, ch, gb, base, p.c * p.s, per, nruns * per);
+}
+
+@compute @workgroup_size(WG)
+fn channels_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    let bk = cf_block(wid, l);
+    let lane = bk.lane;
+    let valid = bk.valid;
+    let ch = bk.ch;
+    let base = bk.base;
+    let stride = bk.stride;
+    let per = bk.per;
+    let total = bk.total;
+    var pivot = 0.0;
+    if (valid) {
+        pivot = pivot_of(0u, ch);
+    }
+    let pv = vec4<f32>(pivot);
     var s4 = vec4<f32>(0.0);
     for (var k = lane; k < total; k += TPR) {
         let e0 = base + (k / per) * stride;
@@ -191,7 +215,10 @@ fn channels_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
             s4.x += ld(e0 + j) - pivot;
         }
     }
-    let n = f32(nruns) * f32(len);
+    var n = f32(total);
+    if (VEC) {
+        n = 4.0 * n;
+    }
     let m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / max(n, 1.0);
     let mv = vec4<f32>(m);
     var q4 = vec4<f32>(0.0);
@@ -208,32 +235,50 @@ fn channels_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     }
     let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
     if (valid && lane == 0u) {
-        let gb = (p.run0 / p.nbr) * p.ssegs + lb;
-        partials[ch * p.nbt + gb] = vec2<f32>(m, q);
+        partials[ch * p.nbt + bk.gb] = vec2<f32>(m, q);
     }
 }
 
 // Channels-last: one thread per (block of nbr rows of one sample, 4 channels), walking down its
 // rows twice (sum, then squared deviations); the threads of a workgroup read consecutive vec4s
 // of a row. Blocks never cross samples: each sample's rows split into nbt blocks.
-@compute @workgroup_size(WG)
-fn channels_partial_cl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let item = group_id(wid) * WG + lid;
-    if (item >= p.work) {
-        return;
-    }
+// The block of work item `item` in the channels-last stage 1, forward and backward: its
+// channel (or vec4 of channels, VEC) cv, sample, block b among the sample's nbt, and chunk rows
+// [r0, r1). The chunk starts on a block boundary of the sample holding its first row.
+struct ClBlock {
+    cv: u32,
+    sample: u32,
+    b: u32,
+    r0: u32,
+    r1: u32,
+}
+
+fn cl_block(item: u32) -> ClBlock {
     var lanes = p.c;
     if (VEC) {
         lanes = p.c / 4u;
     }
-    let cv = item % lanes;
-    // The chunk starts on a block boundary of the sample holding its first row.
     let glb = (p.run0 % p.spr) / p.nbr + item / lanes;
     let sample = p.run0 / p.spr + glb / p.nbt;
     let b = glb % p.nbt;
     let first = sample * p.spr + b * p.nbr;
     let r0 = first - p.run0;
     let r1 = min(first + p.nbr, (sample + 1u) * p.spr) - p.run0;
+    return ClBlock(item % lanes, sample, b, r0, r1);
+}
+
+@compute @workgroup_size(WG)
+fn channels_partial_cl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let item = group_id(wid) * WG + lid;
+    if (item >= p.work) {
+        return;
+    }
+    let bk = cl_block(item);
+    let cv = bk.cv;
+    let sample = bk.sample;
+    let b = bk.b;
+    let r0 = bk.r0;
+    let r1 = bk.r1;
     let inv_n = 1.0 / f32(r1 - r0);
     if (VEC) {
         let c0 = cv * 4u;
@@ -452,31 +497,17 @@ fn saved(k: u32) -> vec2<f32> {
 // Channels-first (BatchNorm): the forward's channels_partial_cf blocks, one pass.
 @compute @workgroup_size(WG)
 fn channels_bwd_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
-    let t = thread_index(l);
-    let lane = t % TPR;
-    let g = group_id(wid) * (WG / TPR) + t / TPR;
-    let blocks = ((p.runs + p.nbr - 1u) / p.nbr) * p.ssegs;
-    let valid = g < p.c * blocks;
-    let ss = g % p.ssegs;
-    let ch = (g / p.ssegs) % p.c;
-    let nb = g / (p.ssegs * p.c);
-    let s0 = ss * p.seg;
+    let bk = cf_block(wid, l);
+    let lane = bk.lane;
+    let base = bk.base;
+    let stride = bk.stride;
+    let per = bk.per;
+    let total = bk.total;
     var st = vec2<f32>(0.0);
-    var nruns = 0u;
-    var len = 0u;
-    if (valid) {
-        st = saved(ch);
-        nruns = min(p.nbr, p.runs - nb * p.nbr);
-        len = min(p.seg, p.s - s0);
+    if (bk.valid) {
+        st = saved(bk.ch);
     }
     let mv = vec4<f32>(st.x);
-    let base = p.x_off + ((nb * p.nbr) * p.c + ch) * p.s + s0;
-    let stride = p.c * p.s;
-    var per = len;
-    if (VEC) {
-        per = len / 4u;
-    }
-    let total = nruns * per;
     var a4 = vec4<f32>(0.0);
     var b4 = vec4<f32>(0.0);
     for (var k = lane; k < total; k += TPR) {
@@ -495,9 +526,8 @@ fn channels_bwd_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     }
     let a = reduce_sum(a4.x + a4.y + a4.z + a4.w, l);
     let b = reduce_sum(b4.x + b4.y + b4.z + b4.w, l);
-    if (valid && lane == 0u) {
-        let gb = (p.run0 / p.nbr) * p.ssegs + nb * p.ssegs + ss;
-        partials[ch * p.nbt + gb] = vec2<f32>(a, b);
+    if (bk.valid && lane == 0u) {
+        partials[bk.ch * p.nbt + bk.gb] = vec2<f32>(a, b);
     }
 }
 
@@ -508,17 +538,12 @@ fn channels_bwd_partial_cl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
     if (item >= p.work) {
         return;
     }
-    var lanes = p.c;
-    if (VEC) {
-        lanes = p.c / 4u;
-    }
-    let cv = item % lanes;
-    let glb = (p.run0 % p.spr) / p.nbr + item / lanes;
-    let sample = p.run0 / p.spr + glb / p.nbt;
-    let b = glb % p.nbt;
-    let first = sample * p.spr + b * p.nbr;
-    let r0 = first - p.run0;
-    let r1 = min(first + p.nbr, (sample + 1u) * p.spr) - p.run0;
+    let bk = cl_block(item);
+    let cv = bk.cv;
+    let sample = bk.sample;
+    let b = bk.b;
+    let r0 = bk.r0;
+    let r1 = bk.r1;
     let k0 = sample * p.groups;
     if (VEC) {
         let c0 = cv * 4u;
