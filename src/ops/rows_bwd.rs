@@ -194,9 +194,9 @@ impl RowsBwd<'_> {
             .clone()
             .flag(Flag::HasWeight, out.dweight.is_some())
             .flag(Flag::HasBias, out.dbias.is_some());
-        let run_tpr = self
-            .channel
-            .map_or(1, |ch| threads_for(u64::from(ch.run), false, policy));
+        let run_tpr = self.channel.map_or(1, |ch| {
+            threads_for(u64::from(ch.run), ch.run % 4 == 0, policy)
+        });
         if let Some(ch) = self.channel {
             let samples = rows / u64::from(ch.groups);
             let run_iters = u64::from(ch.run).div_ceil(u64::from(run_tpr));
