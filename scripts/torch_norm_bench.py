@@ -14,10 +14,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-LN = [(65536, 64), (16384, 256), (16384, 768), (4096, 1024), (2048, 4096), (512, 16384), (64, 65536)]
-BN = [((32, 64, 56, 56), "NCHW"), ((256, 256, 14, 14), "NCHW"), ((4096, 1024), "NCHW"), ((32, 56, 56, 64), "NHWC")]
+LN = [(65536, 64), (16384, 256), (16384, 768), (4096, 1024), (2048, 4096), (512, 16384), (256, 65536),
+      (64, 65536), (8, 65536)]
+BN = [((32, 64, 56, 56), "NCHW"), ((256, 256, 14, 14), "NCHW"), ((256, 14, 14, 256), "NHWC"), ((4096, 1024), "NCHW"),
+      ((32, 56, 56, 64), "NHWC")]
 # (op, groups or None for InstanceNorm, NCHW shape); each also channels-last.
-IMAGES = [("group_norm", 32, (32, 64, 56, 56)), ("group_norm", 32, (8, 512, 64, 64)),
+IMAGES = [("group_norm", 32, (32, 64, 56, 56)), ("group_norm", 32, (8, 512, 64, 64)), ("group_norm", 32, (1, 512, 64, 64)),
           ("instance_norm", None, (32, 64, 56, 56)), ("instance_norm", None, (1, 64, 512, 512))]
 
 
@@ -44,19 +46,25 @@ def main():
         out = sys.argv[sys.argv.index("--json") + 1]
     dev = torch.device("cuda")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}")
-    print("| op | shape | layout | MB moved | ms | GB/s | x copy |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| op | shape | layout | dtype | MB moved | ms | GB/s | x copy |")
+    print("|---|---|---|---|---:|---:|---:|---:|")
     rows = []
 
-    def report(op, shape, layout, x, fn):
-        y = torch.empty_like(x)
-        copy = median_ms(lambda: y.copy_(x))
+    def report(op, shape, layout, x, fn, copies=1):
+        # `copies` x-sized copies are the bytes the op must move at least (a forward: x in, y
+        # out = 1 copy; a backward: x and dy in, dx out = 1.5 copies), timed as one copy of
+        # that many bytes so the ratio compares like with like.
+        n = int(x.numel() * copies)
+        src = torch.empty(n, dtype=x.dtype, device=x.device).normal_()
+        dst = torch.empty_like(src)
+        copy = median_ms(lambda: dst.copy_(src))
         ms = median_ms(fn)
-        nbytes = 2 * x.numel() * 4
-        r = dict(op=op, shape=list(shape), layout=layout, dtype="f32", bytes=nbytes, median_ms=ms,
+        nbytes = 2 * n * x.element_size()
+        dtype = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[x.dtype]
+        r = dict(op=op, shape=list(shape), layout=layout, dtype=dtype, bytes=nbytes, median_ms=ms,
                  gbps=nbytes / ms / 1e6, copy_ms=copy, ratio_to_copy=ms / copy, impl="torch")
         rows.append(r)
-        print(f"| {op} | {list(shape)} | {layout} | {nbytes / 1e6:.1f} | {ms:.4f} | {r['gbps']:.1f} | {r['ratio_to_copy']:.2f} |")
+        print(f"| {op} | {list(shape)} | {layout} | {dtype} | {nbytes / 1e6:.1f} | {ms:.4f} | {r['gbps']:.1f} | {r['ratio_to_copy']:.2f} |")
 
     for rows_, d in LN:
         x = torch.randn(rows_, d, device=dev)
@@ -94,6 +102,53 @@ def main():
                lambda: F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5))
         report("batch_norm_eval", shape, layout, x,
                lambda: F.batch_norm(x, rm, rv, w, b, training=False, eps=1e-5))
+    # Backward (examples/bench_backward.rs's shapes): autograd.grad on a graph built once, so
+    # only the backward kernels run; bytes = x and dy read, dx written.
+    def backward(op, shape, layout, x, forward, params):
+        x = x.detach().requires_grad_(True)
+        y = forward(x)
+        dy = torch.randn_like(y)
+        report(op + " backward", shape, layout, x,
+               lambda: torch.autograd.grad(y, [x] + params, dy, retain_graph=True), copies=1.5)
+
+    for d in (768, 1024, 4096, 65536):
+        x = torch.randn(64, d, device=dev)
+        w = torch.randn(d, device=dev, requires_grad=True)
+        b = torch.randn(d, device=dev, requires_grad=True)
+        backward("layer_norm", (64, d), "rows", x, lambda t: F.layer_norm(t, (d,), w, b, 1e-5), [w, b])
+        if hasattr(F, "rms_norm"):
+            backward("rms_norm", (64, d), "rows", x, lambda t: F.rms_norm(t, (d,), w, 1e-6), [w])
+    for layout in ("NCHW", "NHWC"):
+        x = torch.randn(32, 64, 56, 56, device=dev)
+        shape = (32, 64, 56, 56)
+        if layout == "NHWC":
+            x = x.to(memory_format=torch.channels_last)
+            shape = (32, 56, 56, 64)
+        w = torch.randn(64, device=dev, requires_grad=True)
+        b = torch.randn(64, device=dev, requires_grad=True)
+        rm, rv = torch.zeros(64, device=dev), torch.ones(64, device=dev)
+        backward("batch_norm train", shape, layout, x,
+                 lambda t: F.batch_norm(t, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5), [w, b])
+        backward("batch_norm eval", shape, layout, x,
+                 lambda t: F.batch_norm(t, rm, rv, w, b, training=False, eps=1e-5), [w, b])
+        backward("group_norm(32)", shape, layout, x, lambda t: F.group_norm(t, 32, w, b, 1e-5), [w, b])
+        backward("instance_norm", shape, layout, x,
+                 lambda t: F.instance_norm(t, weight=w, bias=b, eps=1e-5), [w, b])
+
+    # Half precision (examples/bench_half.rs's shapes), f32 weights as in mixed precision, and
+    # the unfused residual add + LayerNorm that `forward_add` replaces.
+    for rows_, d in ((16384, 768), (2048, 4096)):
+        for dt in (torch.float16, torch.bfloat16):
+            x = torch.randn(rows_, d, device=dev).to(dt)
+            res = torch.randn(rows_, d, device=dev).to(dt)
+            w = torch.randn(d, device=dev, dtype=dt)
+            b = torch.randn(d, device=dev, dtype=dt)
+            report("layer_norm", (rows_, d), "rows", x, lambda: F.layer_norm(x, (d,), w, b, 1e-5))
+            if hasattr(F, "rms_norm"):
+                report("rms_norm", (rows_, d), "rows", x, lambda: F.rms_norm(x, (d,), w, 1e-6))
+            report("add + layer_norm", (rows_, d), "rows", x,
+                   lambda: F.layer_norm(x + res, (d,), w, b, 1e-5), copies=2)
+
     if out:
         with open(out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}, f, indent=1)

@@ -18,3 +18,9 @@ fn widen4(v: XV) -> vec4<f32> {
 fn narrow4(v: vec4<f32>) -> XV {
     return vec2<u32>(narrow2(v.xy), narrow2(v.zw));
 }
+
+// v rounded to the storage type and widened back (narrowing is integer bit work here, which no
+// compiler folds away).
+fn rounded4(v: vec4<f32>) -> vec4<f32> {
+    return widen4(narrow4(v));
+}

@@ -18,3 +18,8 @@ fn widen2(v: XW) -> vec2<f32> {
 fn narrow2(v: vec2<f32>) -> XW {
     return v;
 }
+
+// v rounded to the storage type: f32 already is.
+fn rounded4(v: vec4<f32>) -> vec4<f32> {
+    return v;
+}

@@ -107,7 +107,7 @@ fn load_in(k: u32) -> vec4<f32> {
         } else {
             r = res[k];
         }
-        return widen4(narrow4(v + widen4(r)));
+        return rounded4(v + widen4(r));
     }
     return v;
 }
