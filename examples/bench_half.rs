@@ -154,22 +154,28 @@ fn input(gpu: &Gpu, shape: &[usize], dtype: DType, seed: u64) -> Result<Tensor> 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let (samples, iters) = if quick { (3, 1) } else { (7, 3) };
-    let native = common::gpu()?;
-    let packed = Gpu::with_options(GpuOptions {
-        timestamps: true,
-        disable_shader_f16: true,
-        ..Default::default()
-    })?;
+    // One device at a time: on an H100 a second live VkDevice ran even the f32 copy 1.9x slower
+    // than the first, which made the packed path's rows incomparable.
+    let open = |packed: bool| {
+        Gpu::with_options(GpuOptions {
+            timestamps: true,
+            disable_shader_f16: packed,
+            ..Default::default()
+        })
+    };
+    let native = open(false)?;
     println!("adapter: {}", native.describe());
-    let mut contexts = vec![("packed", packed)];
+    let mut paths = vec![("packed", true)];
     if native.capabilities().shader_f16 {
-        contexts.insert(0, ("native", native));
+        paths.insert(0, ("native", false));
     }
+    drop(native);
     let shapes = [[16384usize, 768], [2048, 4096]];
     println!();
     println!("| path | op | shape | dtype | storage | ms | copy ms | x copy | ratio / f32's |");
     println!("|---|---|---|---|---|---:|---:|---:|---:|");
-    for (path, gpu) in &contexts {
+    for (path, packed) in paths {
+        let gpu = &open(packed)?;
         let timer = GpuTimer::new(gpu);
         for shape in shapes {
             let numel = shape[0] * shape[1];

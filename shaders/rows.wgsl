@@ -263,7 +263,14 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         }
     }
     for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
-        let e = load_in(xb + j) - pv - mv;
+        // ADD: the sum is stored here, so the last pass reads one tensor instead of two. Not
+        // earlier with CENTER: in place, the other lanes may still be reading the row's first
+        // value (the pivot) from the residual, which every lane has passed at the reduction.
+        let a = load_in(xb + j);
+        if (ADD) {
+            put_sum(xb + j, a);
+        }
+        let e = a - pv - mv;
         q4 += e * e;
     }
     let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
@@ -284,11 +291,14 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         }
     }
     for (var j = lane + ROW_CACHE * TPR; j < nv; j += TPR) {
-        let a = load_in(xb + j);
-        y[yb + j] = narrow4(affine4((a - pv - mv) * rstd, row, j));
+        // ADD: this thread's own store above, read back exactly (rounded to storage already).
+        var a: vec4<f32>;
         if (ADD) {
-            put_sum(xb + j, a);
+            a = widen4(sum_out[xb + j]);
+        } else {
+            a = load_in(xb + j);
         }
+        y[yb + j] = narrow4(affine4((a - pv - mv) * rstd, row, j));
     }
 }
 
