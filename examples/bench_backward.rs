@@ -6,7 +6,7 @@
 //! and dy) runs the same shape, on the same adapter, in the same run. The naive dx is checked
 //! against the fused one before timing.
 //!
-//! cargo run --release --example bench_backward
+//! cargo run --release --example bench_backward -- [--filter TEXT]
 
 #[path = "../benches/common/mod.rs"]
 mod common;
@@ -65,7 +65,17 @@ fn main() -> Result<(), NormError> {
             });
         }
     }
+    // `-- --filter TEXT`: only the rows whose backward name or D contains TEXT.
+    let args: Vec<String> = std::env::args().collect();
+    let filter = args
+        .iter()
+        .position(|a| a == "--filter")
+        .and_then(|i| args.get(i + 1));
     for case in cases {
+        let key = format!("{} {:?}", case.name, case.shape);
+        if filter.is_some_and(|f| !key.contains(f.as_str())) {
+            continue;
+        }
         row(&gpu, &base, &timer, &case, (samples, iters))?;
     }
     Ok(())
