@@ -35,7 +35,7 @@ struct ApplyParams {
 // y as pairs (whole u32 words of halves), for apply_pair (the same buffer as y).
 @group(0) @binding(14) var<storage, read_write> y2: array<XW>;
 // The backward's incoming gradient, laid out like x.
-@group(0) @binding(13) var<storage, read> dy: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read> dy: array<XV>;
 
 // The backward through constant statistics (BatchNorm inference): dx = grad * dy does not read
 // x, so a NaN or Inf in x stays out of dx (as in PyTorch), and x is not loaded.
@@ -108,6 +108,11 @@ fn ld(i: u32) -> f32 {
     return widen4(x[i >> 2u])[i & 3u];
 }
 
+// Element i of the dy binding (x's storage and offsets).
+fn ld_dy(i: u32) -> f32 {
+    return widen4(dy[i >> 2u])[i & 3u];
+}
+
 @compute @workgroup_size(WG)
 fn apply_cf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let e = index(wid, lid);
@@ -173,7 +178,7 @@ fn apply_bwd_cf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (!EVAL) {
         t = fma(widen4(x[i]) - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z));
     }
-    y[p.y_off / 4u + e] = narrow4(fma(dy[i], vec4<f32>(k.w), t));
+    y[p.y_off / 4u + e] = narrow4(fma(widen4(dy[i]), vec4<f32>(k.w), t));
 }
 
 @compute @workgroup_size(WG)
@@ -189,7 +194,7 @@ fn apply_bwd_cl4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (!EVAL) {
         t = fma(widen4(x[i]) - coef[q], coef[pv + q], coef[2u * pv + q]);
     }
-    y[p.y_off / 4u + e] = narrow4(fma(dy[i], coef[3u * pv + q], t));
+    y[p.y_off / 4u + e] = narrow4(fma(widen4(dy[i]), coef[3u * pv + q], t));
 }
 
 @compute @workgroup_size(WG)
@@ -204,5 +209,26 @@ fn apply_bwd_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     if (!EVAL) {
         t = fma(ld(i) - k.x, k.y, k.z);
     }
-    y1[p.y_off + e] = fma(dy[i >> 2u][i & 3u], k.w, t);
+    y1[p.y_off + e] = fma(ld_dy(i), k.w, t);
+}
+
+// Half storage, runs that do not fill whole vec4s: dx one whole word per thread, as apply_pair.
+@compute @workgroup_size(WG)
+fn apply_bwd_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let w = index(wid, lid);
+    if (2u * w >= p.work) {
+        return;
+    }
+    var o = vec2<f32>(0.0);
+    for (var k = 0u; k < 2u; k++) {
+        let e = min(2u * w + k, p.work - 1u);
+        let c = coef[p.plane + entry_of(p.e0 + e)];
+        let i = p.x_off + e;
+        var t = 0.0;
+        if (!EVAL) {
+            t = fma(ld(i) - c.x, c.y, c.z);
+        }
+        o[k] = fma(ld_dy(i), c.w, t);
+    }
+    y2[p.y_off / 2u + w] = narrow2(o);
 }

@@ -474,7 +474,8 @@ fn channels_eval_coef(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
 // (rstd = inverseSqrt(var + eps)); dx = w * rstd * dy and only dweight/dbias need stage 1.
 override EVAL: bool = false;
 
-@group(0) @binding(14) var<storage, read> dy: array<vec4<f32>>;
+// dy in x's element storage and offsets.
+@group(0) @binding(14) var<storage, read> dy: array<XV>;
 // The saved statistics per slot: the mean, and rstd (EVAL: the running variance).
 @group(0) @binding(15) var<storage, read> mean_in: array<f32>;
 @group(0) @binding(16) var<storage, read> spread_in: array<f32>;
@@ -482,7 +483,7 @@ override EVAL: bool = false;
 @group(0) @binding(18) var<storage, read_write> dbias: array<f32>;
 
 fn ld_dy(i: u32) -> f32 {
-    return dy[i >> 2u][i & 3u];
+    return widen4(dy[i >> 2u])[i & 3u];
 }
 
 // (mean, rstd) of slot k.
@@ -515,7 +516,7 @@ fn channels_bwd_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         let j = k % per;
         if (VEC) {
             let i = e0 / 4u + j;
-            let d = dy[i];
+            let d = widen4(dy[i]);
             a4 += d;
             b4 += d * ((widen4(x[i]) - mv) * st.y);
         } else {
@@ -557,7 +558,7 @@ fn channels_bwd_partial_cl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
         var q = vec4<f32>(0.0);
         for (var row = r0; row < r1; row++) {
             let i = (p.x_off + row * p.c) / 4u + cv;
-            let d = dy[i];
+            let d = widen4(dy[i]);
             a += d;
             q += d * ((widen4(x[i]) - m) * r);
         }

@@ -21,13 +21,17 @@
 //                    twin any run); the row's sums follow from its channels' partials
 //                    (a = sum_c w_c sum(dy), b = sum_c w_c sum(dy xhat), in channel order), the
 //                    run's weight is one value.
+// - rows_bwd_dx_pair, rows_bwd_chan_dx_pair, rows_bwd_colsums_scalar: half rows (or runs)
+//                    that do not fill whole vec4s start mid-word: dx one whole word per thread
+//                    from the sums above, the column sums by the scalar walk without dx.
 // - rows_bwd_merge:  stage 2: one thread per column sums the blocks' partials in block order.
 //                    Tensors larger than a binding run both stages per chunk of rows: each
 //                    chunk's merge adds its blocks to the totals of the chunks before it.
 // No atomics: every sum has one order fixed by the shape, so reruns are bit-identical, and dx of
 // a row does not depend on the other rows (its sums depend on d alone).
 //
-// Stores: whole elements of the array stored to; rows with d % 4 != 0 write dx through `dx1`.
+// Stores: whole elements of the array stored to; f32 rows with d % 4 != 0 write dx through
+// `dx1`, half ones through `dx2` (whole words).
 
 struct BwdParams {
     rows: u32,
@@ -60,14 +64,18 @@ override CENTER: bool = true;
 override CHANNEL_AFFINE: bool = false;
 
 @group(0) @binding(0) var<uniform> p: BwdParams;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;
+// x, dy and dx in x's element storage (dtype_*.wgsl): widened on load, rounded once on store.
+@group(0) @binding(1) var<storage, read> x: array<XV>;
+@group(0) @binding(2) var<storage, read> dy: array<XV>;
 @group(0) @binding(3) var<storage, read> gamma: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> mean_in: array<f32>;
 @group(0) @binding(5) var<storage, read> rstd_in: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dx: array<vec4<f32>>;
-// dx as scalars (the same buffer), for rows that do not fill whole vec4s.
+@group(0) @binding(6) var<storage, read_write> dx: array<XV>;
+// dx as scalars (the same buffer), for f32 rows that do not fill whole vec4s.
 @group(0) @binding(7) var<storage, read_write> dx1: array<f32>;
+// dx as whole words of two halves (the same buffer), for half rows that do not fill whole
+// vec4s: one word per thread, so no two threads write one word.
+@group(0) @binding(12) var<storage, read_write> dx2: array<XW>;
 // Column (or run) sums: (sum dy * xhat, sum dy).
 @group(0) @binding(8) var<storage, read_write> partials: array<vec2<f32>>;
 @group(0) @binding(9) var<storage, read_write> dweight: array<f32>;
@@ -80,11 +88,19 @@ fn group_id(wid: vec3<u32>) -> u32 {
 }
 
 fn ld_x(i: u32) -> f32 {
-    return x[i >> 2u][i & 3u];
+    return widen4(x[i >> 2u])[i & 3u];
 }
 
 fn ld_dy(i: u32) -> f32 {
-    return dy[i >> 2u][i & 3u];
+    return widen4(dy[i >> 2u])[i & 3u];
+}
+
+fn ld_x4(j: u32) -> vec4<f32> {
+    return widen4(x[j]);
+}
+
+fn ld_dy4(j: u32) -> vec4<f32> {
+    return widen4(dy[j]);
 }
 
 // The weight of element i of chunk row `row`.
@@ -174,9 +190,9 @@ fn rows_bwd(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     var a4 = vec4<f32>(0.0);
     var b4 = vec4<f32>(0.0);
     for (var j = lane; valid && j < nv; j += TPR) {
-        let g = dy[base + j] * weight4(row, j);
+        let g = ld_dy4(base + j) * weight4(row, j);
         a4 += g;
-        b4 += g * ((x[base + j] - mv) * st.y);
+        b4 += g * ((ld_x4(base + j) - mv) * st.y);
     }
     let a = reduce_sum(a4.x + a4.y + a4.z + a4.w, l);
     let b = reduce_sum(b4.x + b4.y + b4.z + b4.w, l);
@@ -184,8 +200,8 @@ fn rows_bwd(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         return;
     }
     for (var j = lane; j < nv; j += TPR) {
-        let g = dy[base + j] * weight4(row, j);
-        dx[base + j] = dx_of(g, (x[base + j] - mv) * st.y, st.y, a, b);
+        let g = ld_dy4(base + j) * weight4(row, j);
+        dx[base + j] = narrow4(dx_of(g, (ld_x4(base + j) - mv) * st.y, st.y, a, b));
     }
 }
 
@@ -228,9 +244,9 @@ fn rows_bwd_sums(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         var a4 = vec4<f32>(0.0);
         var b4 = vec4<f32>(0.0);
         for (var j = c.lane; c.valid && j < p.d / 4u; j += TPR) {
-            let g = dy[base + j] * weight4(c.row, j);
+            let g = ld_dy4(base + j) * weight4(c.row, j);
             a4 += g;
-            b4 += g * ((x[base + j] - mv) * st.y);
+            b4 += g * ((ld_x4(base + j) - mv) * st.y);
         }
         a = a4.x + a4.y + a4.z + a4.w;
         b = b4.x + b4.y + b4.z + b4.w;
@@ -271,9 +287,9 @@ fn rows_bwd_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let st = stats(r);
         let rs = rowsums[r];
         let i = (p.off + r * p.d) / 4u + col;
-        let v = dy[i];
-        let xh = (x[i] - vec4<f32>(st.x)) * st.y;
-        dx[i] = dx_of(v * w, xh, st.y, rs.x, rs.y);
+        let v = ld_dy4(i);
+        let xh = (ld_x4(i) - vec4<f32>(st.x)) * st.y;
+        dx[i] = narrow4(dx_of(v * w, xh, st.y, rs.x, rs.y));
         dw += v * xh;
         db += v;
     }
@@ -339,8 +355,8 @@ fn rows_bwd_chan(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         var dw4 = vec4<f32>(0.0);
         var db4 = vec4<f32>(0.0);
         for (var j = c.lane; c.valid && j < p.run / 4u; j += TPR) {
-            let v = dy[base + j];
-            dw4 += v * ((x[base + j] - mv) * st.y);
+            let v = ld_dy4(base + j);
+            dw4 += v * ((ld_x4(base + j) - mv) * st.y);
             db4 += v;
         }
         dw = dw4.x + dw4.y + dw4.z + dw4.w;
@@ -387,8 +403,8 @@ fn rows_bwd_chan_dx(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let base = (p.off + c.cr * p.run) / 4u;
     let mv = vec4<f32>(st.x);
     for (var j = c.lane; j < p.run / 4u; j += TPR) {
-        let xh = (x[base + j] - mv) * st.y;
-        dx[base + j] = dx_of(dy[base + j] * s.z, xh, st.y, s.x, s.y);
+        let xh = (ld_x4(base + j) - mv) * st.y;
+        dx[base + j] = narrow4(dx_of(ld_dy4(base + j) * s.z, xh, st.y, s.x, s.y));
     }
 }
 
@@ -405,6 +421,72 @@ fn rows_bwd_chan_dx_scalar(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
         let xh = (ld_x(base + i) - st.x) * st.y;
         dx1[base + i] = dx_of(vec4<f32>(ld_dy(base + i) * s.z), vec4<f32>(xh), st.y, s.x, s.y).x;
     }
+}
+
+// Half rows that do not fill whole vec4s (after rows_bwd_sums, or rows_bwd_chan for
+// CHANNEL_AFFINE): dx one whole word (two elements, each with its own row's sums) per thread.
+// The chunk starts on a whole word (an even element); an odd count's last word gets a copy of
+// the last element in its padding half.
+@compute @workgroup_size(WG)
+fn rows_bwd_dx_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let w = group_id(wid) * WG + t;
+    let n = p.rows * p.d;
+    if (2u * w >= n) {
+        return;
+    }
+    var o = vec2<f32>(0.0);
+    for (var k = 0u; k < 2u; k++) {
+        let e = min(2u * w + k, n - 1u);
+        let row = e / p.d;
+        let st = stats(row);
+        let rs = rowsums[row];
+        let g = ld_dy(p.off + e) * weight1(row, e % p.d);
+        let xh = (ld_x(p.off + e) - st.x) * st.y;
+        o[k] = dx_of(vec4<f32>(g), vec4<f32>(xh), st.y, rs.x, rs.y).x;
+    }
+    dx2[p.off / 2u + w] = narrow2(o);
+}
+
+// CHANNEL_AFFINE's twin of rows_bwd_dx_pair: each element's sums from its run's channels.
+@compute @workgroup_size(WG)
+fn rows_bwd_chan_dx_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let w = group_id(wid) * WG + t;
+    let n = p.rows * p.cpg * p.run;
+    if (2u * w >= n) {
+        return;
+    }
+    var o = vec2<f32>(0.0);
+    for (var k = 0u; k < 2u; k++) {
+        let e = min(2u * w + k, n - 1u);
+        let cr = e / p.run;
+        let st = stats(cr / p.cpg);
+        let s = run_sums(cr);
+        let xh = (ld_x(p.off + e) - st.x) * st.y;
+        o[k] = dx_of(vec4<f32>(ld_dy(p.off + e) * s.z), vec4<f32>(xh), st.y, s.x, s.y).x;
+    }
+    dx2[p.off / 2u + w] = narrow2(o);
+}
+
+// The column sums of rows_bwd_cols_scalar without dx (half rows that do not fill whole vec4s,
+// whose dx rows_bwd_dx_pair writes): the same walk, so the same sums.
+@compute @workgroup_size(WG)
+fn rows_bwd_colsums_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let e = group_id(wid) * WG + t;
+    let col = e % p.d;
+    let b = col_block(e, p.d);
+    if (b.x >= p.blocks) {
+        return;
+    }
+    var dw = 0.0;
+    var db = 0.0;
+    for (var r = b.y; r < b.z; r++) {
+        let st = stats(r);
+        let i = p.off + r * p.d + col;
+        let v = ld_dy(i);
+        dw += v * ((ld_x(i) - st.x) * st.y);
+        db += v;
+    }
+    partials[b.x * p.d + col] = vec2<f32>(dw, db);
 }
 
 @compute @workgroup_size(WG)

@@ -1162,3 +1162,119 @@ fn the_bound_holds_for_a_correctly_rounded_f32_backward_and_fails_a_truncating_s
     each::<f16>(102);
     each::<bf16>(103);
 }
+
+/// The half backward is the f32 backward of the widened inputs, rounded once: every kernel
+/// widens exactly and sums in the f32 path's order, so dx must equal the f32 dx rounded to
+/// nearest even bit for bit (the single rounding the contract allows), on every path, for
+/// rows (vec4 and pair kernels), GroupNorm/InstanceNorm and BatchNorm train and eval in both
+/// layouts. Column sums are compared with the f32 ones to f32 rounding (their block lengths may
+/// differ for odd half rows, which must start chunks on whole words).
+#[test]
+fn half_dx_is_the_f32_backward_of_the_widened_inputs_rounded_once() {
+    let mut rng = Rng::new(41);
+    for (path, gpu) in paths() {
+        for dt in [DType::F16, DType::BF16] {
+            let input = |rng: &mut Rng, shape: &[usize]| {
+                let n = shape.iter().product();
+                let t = Tensor::from_slice(gpu, &rng.normals(n, 0.5, 2.0), shape).unwrap();
+                let h = t.cast(gpu, dt).unwrap();
+                let w = h.cast(gpu, DType::F32).unwrap();
+                (h, w)
+            };
+            let compare = |what: &str, wide: &Gradients, half: &Gradients, terms: usize| {
+                let want: Vec<f32> = wide.dx.to_vec(gpu).unwrap();
+                let want: Vec<f32> = match dt {
+                    DType::F16 => want.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+                    _ => want.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+                };
+                assert_eq!(half.dx.dtype(), dt, "{what}");
+                assert_bits_eq(what, &half.dx.to_vec(gpu).unwrap(), &want);
+                let a: Vec<f32> = wide.dweight.as_ref().unwrap().to_vec(gpu).unwrap();
+                let b: Vec<f32> = half.dweight.as_ref().unwrap().to_vec(gpu).unwrap();
+                // The same sum split into other blocks: within f32's n * eps bound for `terms`
+                // terms of size up to about 4 (unit-scale dy times xhat).
+                let tol = 4.0 * f32::EPSILON * terms as f32 * 4.0;
+                for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+                    assert!((a - b).abs() <= tol, "{what} dweight[{i}]: {a} vs {b}");
+                }
+            };
+            for (rows, d) in [(5, 1), (4, 3), (3, 8), (2, 4097), (70000, 3)] {
+                let (x, xw) = input(&mut rng, &[rows, d]);
+                let (dy, dyw) = input(&mut rng, &[rows, d]);
+                let w = Tensor::from_slice(gpu, &rng.normals(d, 1.0, 0.5), &[d]).unwrap();
+                let b = Tensor::from_slice(gpu, &rng.normals(d, 0.0, 0.5), &[d]).unwrap();
+                let ln = LayerNorm::new(&[d]).weight(w.clone()).bias(b);
+                let o = ln.forward(gpu, &xw).unwrap();
+                let what = format!("{path} {dt} layer_norm [{rows}, {d}]");
+                let wide = ln.backward(gpu, &xw, &dyw, &o.mean, &o.rstd).unwrap();
+                compare(
+                    &what,
+                    &wide,
+                    &ln.backward(gpu, &x, &dy, &o.mean, &o.rstd).unwrap(),
+                    rows,
+                );
+                let rms = RmsNorm::new(&[d]).weight(w);
+                let o = rms.forward(gpu, &xw).unwrap();
+                let what = format!("{path} {dt} rms_norm [{rows}, {d}]");
+                let wide = rms.backward(gpu, &xw, &dyw, &o.rstd).unwrap();
+                compare(
+                    &what,
+                    &wide,
+                    &rms.backward(gpu, &x, &dy, &o.rstd).unwrap(),
+                    rows,
+                );
+            }
+            for (shape, layout) in [
+                (vec![3, 6, 5, 3], Layout::ChannelsFirst),
+                (vec![3, 5, 3, 6], Layout::ChannelsLast),
+                (vec![2, 8, 4, 4], Layout::ChannelsFirst),
+                (vec![2, 3, 3, 8], Layout::ChannelsLast),
+            ] {
+                let c = match layout {
+                    Layout::ChannelsFirst => shape[1],
+                    Layout::ChannelsLast => shape[3],
+                };
+                let (x, xw) = input(&mut rng, &shape);
+                let (dy, dyw) = input(&mut rng, &shape);
+                let terms = shape.iter().product::<usize>() / c;
+                let w = Tensor::from_slice(gpu, &rng.normals(c, 1.0, 0.5), &[c]).unwrap();
+                let b = Tensor::from_slice(gpu, &rng.normals(c, 0.0, 0.5), &[c]).unwrap();
+                let what = |n: &str| format!("{path} {dt} {n} {shape:?} {layout:?}");
+                let mut bn = BatchNorm::new(gpu, c)
+                    .unwrap()
+                    .weight(w.clone())
+                    .bias(b.clone());
+                let t = bn.forward_train(gpu, &xw, layout).unwrap();
+                let wide = bn
+                    .backward(gpu, &xw, &dyw, &t.mean, &t.invstd, layout)
+                    .unwrap();
+                let half = bn
+                    .backward(gpu, &x, &dy, &t.mean, &t.invstd, layout)
+                    .unwrap();
+                compare(&what("batch_norm"), &wide, &half, terms);
+                let wide = bn.backward_eval(gpu, &xw, &dyw, layout).unwrap();
+                let half = bn.backward_eval(gpu, &x, &dy, layout).unwrap();
+                compare(&what("batch_norm eval"), &wide, &half, terms);
+                let gn = GroupNorm::new(2, c)
+                    .unwrap()
+                    .weight(w.clone())
+                    .bias(b.clone());
+                let o = gn.forward(gpu, &xw, layout).unwrap();
+                let wide = gn
+                    .backward(gpu, &xw, &dyw, &o.mean, &o.rstd, layout)
+                    .unwrap();
+                let half = gn.backward(gpu, &x, &dy, &o.mean, &o.rstd, layout).unwrap();
+                compare(&what("group_norm(2)"), &wide, &half, terms);
+                let inn = InstanceNorm::new(c).weight(w).bias(b);
+                let o = inn.forward(gpu, &xw, layout).unwrap();
+                let wide = inn
+                    .backward(gpu, &xw, &dyw, &o.mean, &o.rstd, layout)
+                    .unwrap();
+                let half = inn
+                    .backward(gpu, &x, &dy, &o.mean, &o.rstd, layout)
+                    .unwrap();
+                compare(&what("instance_norm"), &wide, &half, terms);
+            }
+        }
+    }
+}

@@ -226,7 +226,32 @@ fn channels_and_apply_compile_in_every_storage() {
             sets
         });
         assert!(n > 50, "{storage}");
-        assert!(check_family_in("apply", storage, &|_| sized_sets(&[], false)) > 10);
+        let apply = check_family_in("apply", storage, &|_| sized_sets(&["EVAL"], false));
+        assert!(apply > 10, "{storage}");
+    }
+}
+
+/// The rows backward reads x and dy and writes dx in every element storage (the half pair
+/// kernels included), each workgroup size with every switch off and on.
+#[test]
+fn rows_bwd_compiles_in_every_storage() {
+    for storage in STORAGES {
+        let n = check_family_in("rows_bwd", storage, &|entry| {
+            let reduces = [
+                "rows_bwd",
+                "rows_bwd_scalar",
+                "rows_bwd_sums",
+                "rows_bwd_chan",
+            ]
+            .contains(&entry);
+            let mut sets = sized_sets(
+                &["VEC", "HAS_W", "HAS_B", "CENTER", "CHANNEL_AFFINE"],
+                reduces,
+            );
+            sets.truncate(WGS.len() * 2);
+            sets
+        });
+        assert!(n > 50, "{storage}");
     }
 }
 

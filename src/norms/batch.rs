@@ -498,10 +498,9 @@ impl BatchNorm {
         layout: Layout,
         eval: bool,
     ) -> Result<BwdCall<'a>> {
-        // The backward kernels are f32 (half precision is forward-only for now).
-        x.check_dtype("x (backward)", crate::DType::F32)?;
         x.check_device(gpu, "x")?;
-        let op = self.op(gpu, x.shape(), layout)?;
+        let mut op = self.op(gpu, x.shape(), layout)?;
+        op.storage = Storage::of(gpu, x.dtype());
         Ok(BwdCall {
             op: BwdOp::Channels { op, eval },
             bias: self.bias.as_ref(),
@@ -599,12 +598,7 @@ impl BatchNorm {
         dy: &Tensor,
         layout: Layout,
     ) -> Result<Gradients> {
-        let like = |t: Option<&Tensor>| t.map(|t| Tensor::empty(gpu, t.shape())).transpose();
-        let g = Gradients {
-            dx: Tensor::empty(gpu, x.shape())?,
-            dweight: like(self.weight.as_ref())?,
-            dbias: like(self.bias.as_ref())?,
-        };
+        let g = Gradients::like(gpu, x, self.weight.as_ref(), self.bias.as_ref())?;
         let mut enc = gpu.encoder();
         self.encode_backward_eval(gpu, &mut enc, x, dy, layout, &g)?;
         gpu.submit_wait(enc)?;

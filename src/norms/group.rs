@@ -222,6 +222,7 @@ impl GroupNorm {
                     center: true,
                     weight: r.weight,
                     channel: r.channel,
+                    storage: r.storage,
                 }
                 .into(),
                 r.bias,

@@ -173,6 +173,7 @@ impl Trailing {
                 center,
                 weight: self.weight.as_ref(),
                 channel: None,
+                storage: r.storage,
             }
             .into(),
             bias: self.bias.as_ref(),

@@ -77,6 +77,24 @@ pub struct Gradients {
     pub dbias: Option<Tensor>,
 }
 
+impl Gradients {
+    /// Empty gradients for x and the given parameters: dx in x's dtype, each parameter's
+    /// gradient in that parameter's dtype.
+    pub(crate) fn like(
+        gpu: &Gpu,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+    ) -> crate::Result<Gradients> {
+        let like = |t: &Tensor| Tensor::empty_dtype(gpu, t.shape(), t.dtype());
+        Ok(Gradients {
+            dx: like(x)?,
+            dweight: weight.map(like).transpose()?,
+            dbias: bias.map(like).transpose()?,
+        })
+    }
+}
+
 /// [`LayerNorm`]'s outputs: mean and rstd shaped `x.shape[..axis] ++ [1; trailing]` (ONNX's
 /// Mean and InvStdDev, PyTorch's `native_layer_norm`).
 pub type LayerNormOutput = NormOutput;
@@ -508,20 +526,13 @@ impl BwdCall<'_> {
         rstd: &Tensor,
     ) -> crate::Result<()> {
         dy.check_device(gpu, "dy")?;
-        // The backward kernels are f32 (issue 10 owns them): half inputs are refused.
-        for (name, t) in [
-            ("x", Some(x)),
-            ("dy", Some(dy)),
-            ("mean", mean),
-            ("rstd", Some(rstd)),
-        ] {
+        // x in any storage dtype, dy in x's (its gradient), the saved statistics in f32 (as the
+        // forward returns them), the parameters f32 or x's dtype.
+        crate::ops::affine::check_dtypes(x, self.op.weight(), self.bias, true, "")?;
+        dy.check_dtype("dy", x.dtype())?;
+        for (name, t) in [("mean", mean), (self.spread, Some(rstd))] {
             if let Some(t) = t {
-                if t.dtype() != crate::DType::F32 {
-                    return Err(crate::NormError::InvalidArgument(format!(
-                        "backward takes f32 tensors only for now; {name} is {}",
-                        t.dtype()
-                    )));
-                }
+                t.check_dtype(name, crate::DType::F32)?;
             }
         }
         if dy.shape() != x.shape() {
@@ -584,12 +595,14 @@ impl BwdCall<'_> {
             ("weight", self.op.weight()),
         ];
         crate::ops::affine::check_outputs(gpu, &reads, &outputs)?;
-        for (name, t, _) in &outputs {
-            t.check_dtype(name, crate::DType::F32)?;
-        }
-        for (name, t) in [("weight", self.op.weight()), ("bias", self.bias)] {
-            if let Some(t) = t {
-                t.check_dtype(name, crate::DType::F32)?;
+        // dx in x's dtype, each parameter's gradient in that parameter's.
+        g.dx.check_dtype("dx", x.dtype())?;
+        for (name, param, grad) in [
+            ("dweight", self.op.weight(), &g.dweight),
+            ("dbias", self.bias, &g.dbias),
+        ] {
+            if let (Some(p), Some(t)) = (param, grad) {
+                t.check_dtype(name, p.dtype())?;
             }
         }
         let out = BwdOut {
@@ -620,12 +633,7 @@ impl BwdCall<'_> {
         rstd: &Tensor,
     ) -> crate::Result<Gradients> {
         self.check_inputs(gpu, x, dy, mean, rstd)?;
-        let like = |t: Option<&Tensor>| t.map(|t| Tensor::empty(gpu, t.shape())).transpose();
-        let g = Gradients {
-            dx: Tensor::empty(gpu, x.shape())?,
-            dweight: like(self.op.weight())?,
-            dbias: like(self.bias)?,
-        };
+        let g = Gradients::like(gpu, x, self.op.weight(), self.bias)?;
         let mut enc = gpu.encoder();
         self.encode(gpu, &mut enc, x, dy, mean, rstd, &g)?;
         gpu.submit_wait(enc)?;

@@ -183,6 +183,8 @@ pub(crate) fn check_u32_elems(numel: usize) -> Result<()> {
 #[derive(Default)]
 pub(crate) struct Staging {
     back: Vec<(Tensor, Tensor)>,
+    /// Half outputs the kernels wrote in f32: (the caller's tensor, the f32 temporary).
+    narrow: Vec<(Tensor, Tensor)>,
 }
 
 impl Staging {
@@ -248,6 +250,17 @@ impl Staging {
         Ok(padded)
     }
 
+    /// Where the kernels write a parameter's gradient (f32 sums): `t` itself when it is f32,
+    /// else an f32 temporary that [`Staging::finish`] rounds into `t` once (to nearest even).
+    pub(crate) fn output_f32(&mut self, gpu: &Gpu, t: &Tensor) -> Result<Tensor> {
+        if t.dtype() == DType::F32 {
+            return self.output(gpu, t);
+        }
+        let wide = Tensor::empty(gpu, t.shape())?;
+        self.narrow.push((t.clone(), wide.clone()));
+        Ok(wide)
+    }
+
     /// Records the copies of staged outputs into the caller's tensors (after the kernels).
     pub(crate) fn finish(self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         gpu.scoped(|_| {
@@ -255,7 +268,11 @@ impl Staging {
                 let bytes = word_bytes(t.numel(), t.dtype());
                 encoder.copy_buffer_to_buffer(padded.buffer(), 0, t.buffer(), 0, bytes);
             }
-        })
+        })?;
+        for (t, wide) in &self.narrow {
+            crate::ops::elementwise::cast(gpu, encoder, wide, t)?;
+        }
+        Ok(())
     }
 
     fn copyable(t: &Tensor, usage: wgpu::BufferUsages, how: &str) -> Result<()> {

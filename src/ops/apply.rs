@@ -6,7 +6,7 @@
 use crate::context::Gpu;
 use crate::error::Result;
 use crate::runtime::constants::{Divisor, Flag, Overrides};
-use crate::runtime::dispatch::{chunks, view, view_of, Launch};
+use crate::runtime::dispatch::{chunks, view_of, Launch};
 use crate::runtime::pipeline::{Kernel, Shader, Storage};
 use crate::runtime::policy::Policy;
 use crate::tensor::Tensor;
@@ -56,8 +56,7 @@ impl ApplyKind {
         }
     }
 
-    /// The forward's kernel, or (`backward`) dx's. The backward is f32 only (half inputs are
-    /// refused before it), so it never runs pairs.
+    /// The forward's kernel, or (`backward`) dx's.
     pub(crate) fn kernel(self, backward: bool) -> Kernel {
         match (self, backward) {
             (ApplyKind::RunVec4, false) => Kernel::ApplyCf4,
@@ -66,7 +65,8 @@ impl ApplyKind {
             (ApplyKind::Pair, false) => Kernel::ApplyPair,
             (ApplyKind::RunVec4, true) => Kernel::ApplyBwdCf4,
             (ApplyKind::ChannelVec4, true) => Kernel::ApplyBwdCl4,
-            (ApplyKind::Scalar | ApplyKind::Pair, true) => Kernel::ApplyBwdScalar,
+            (ApplyKind::Scalar, true) => Kernel::ApplyBwdScalar,
+            (ApplyKind::Pair, true) => Kernel::ApplyBwdPair,
         }
     }
 
@@ -162,7 +162,7 @@ impl Apply {
             .buf("coef", coef.buffer());
             if let Some((dy, _)) = dy {
                 // dy is x's size: the same view (its offset depends on the chunk's start alone).
-                let dv = view(gpu, n0 * slab, n1 * slab, dy.buffer().size());
+                let dv = view_of(gpu, n0 * slab, n1 * slab, dy.buffer().size(), elem);
                 l = l.bind("dy", dv.bind(dy.buffer()));
             }
             out.push(l);

@@ -13,7 +13,7 @@ use crate::ops::affine::Staging;
 use crate::ops::apply::{Apply, ApplyKind};
 use crate::ops::rows_bwd::BwdOut;
 use crate::runtime::constants::{Flag, Overrides};
-use crate::runtime::dispatch::{chunks, record_all, units_per_binding_of, view, view_of, Launch};
+use crate::runtime::dispatch::{chunks, record_all, units_per_binding_of, view_of, Launch};
 use crate::runtime::pipeline::Storage;
 use crate::runtime::pipeline::{Kernel, Shader};
 use crate::runtime::policy::{Policy, MAX_THREAD_ITERS};
@@ -510,10 +510,13 @@ impl Channels<'_> {
         };
         let mean = st.input(gpu, encoder, mean)?;
         let spread = st.input(gpu, encoder, spread)?;
-        let w = self.weight.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let w = self
+            .weight
+            .map(|t| st.input_f32(gpu, encoder, t))
+            .transpose()?;
         let dx = st.output(gpu, out.dx)?;
-        let dw = out.dweight.map(|t| st.output(gpu, t)).transpose()?;
-        let db = out.dbias.map(|t| st.output(gpu, t)).transpose()?;
+        let dw = out.dweight.map(|t| st.output_f32(gpu, t)).transpose()?;
+        let db = out.dbias.map(|t| st.output_f32(gpu, t)).transpose()?;
         let op = Channels {
             weight: w.as_ref(),
             ..*self
@@ -743,7 +746,7 @@ impl Channels<'_> {
                 .buf("partials", partials.buffer());
             launches.push(match bwd {
                 Some(bw) => {
-                    let dv = view(gpu, r0 * slab, r1 * slab, bw.dy.buffer().size());
+                    let dv = view_of(gpu, r0 * slab, r1 * slab, bw.dy.buffer().size(), elem);
                     l.bind("dy", dv.bind(bw.dy.buffer()))
                         .buf("mean_in", bw.mean.buffer())
                         .buf("spread_in", bw.spread.buffer())

@@ -9,8 +9,8 @@ use crate::error::{NormError, Result};
 use crate::ops::affine::Staging;
 use crate::ops::rows::ChannelAffine;
 use crate::runtime::constants::{Flag, Overrides};
-use crate::runtime::dispatch::{chunks, record_all, units_per_binding, view, Launch};
-use crate::runtime::pipeline::{Kernel, Shader};
+use crate::runtime::dispatch::{chunks, record_all, units_per_binding_of, view, view_of, Launch};
+use crate::runtime::pipeline::{Kernel, Shader, Storage};
 use crate::runtime::policy::{Policy, MAX_THREAD_ITERS};
 use crate::tensor::Tensor;
 
@@ -58,6 +58,8 @@ pub(crate) struct RowsBwd<'a> {
     /// Weight per channel (GroupNorm / InstanceNorm channels-first: a row per (sample, group));
     /// dweight and dbias are then per channel.
     pub channel: Option<ChannelAffine>,
+    /// How x, dy and dx are stored (x's dtype on this device).
+    pub storage: Storage,
 }
 
 /// Where the gradients go: dx like x, dweight and dbias (when wanted) one per column.
@@ -70,6 +72,16 @@ pub(crate) struct BwdOut<'a> {
 impl RowsBwd<'_> {
     fn vec4(&self) -> bool {
         self.d.is_multiple_of(4)
+    }
+
+    /// Half dx that does not fill whole vec4s (rows, or CHANNEL_AFFINE's runs) starts
+    /// mid-word: written a whole word per thread (the `_pair` kernels).
+    fn pairs(&self) -> bool {
+        let whole = match self.channel {
+            Some(ch) => ch.run % 4 == 0,
+            None => self.vec4(),
+        };
+        self.storage.is_half() && !whole
     }
 
     /// Threads per row, from d alone (never the row count), so a row's dx is the same bits in
@@ -100,10 +112,13 @@ impl RowsBwd<'_> {
         let dy = st.input(gpu, encoder, dy)?;
         let mean = mean.map(|t| st.input(gpu, encoder, t)).transpose()?;
         let rstd = st.input(gpu, encoder, rstd)?;
-        let w = self.weight.map(|t| st.input(gpu, encoder, t)).transpose()?;
+        let w = self
+            .weight
+            .map(|t| st.input_f32(gpu, encoder, t))
+            .transpose()?;
         let dx = st.output(gpu, out.dx)?;
-        let dw = out.dweight.map(|t| st.output(gpu, t)).transpose()?;
-        let db = out.dbias.map(|t| st.output(gpu, t)).transpose()?;
+        let dw = out.dweight.map(|t| st.output_f32(gpu, t)).transpose()?;
+        let db = out.dbias.map(|t| st.output_f32(gpu, t)).transpose()?;
         let op = RowsBwd {
             weight: w.as_ref(),
             ..*self
@@ -140,10 +155,16 @@ impl RowsBwd<'_> {
                  {MAX_LOOP} times"
             )));
         }
-        let mut per_chunk = units_per_binding(gpu, d);
+        let elem = self.storage.elem_bytes();
+        let mut per_chunk = units_per_binding_of(gpu, d, elem);
+        // Half chunks start on a whole word: an even number of odd rows.
+        if elem == 2 && d % 2 == 1 {
+            per_chunk = per_chunk / 2 * 2;
+        }
         if per_chunk == 0 {
             return Err(NormError::TooLarge(format!(
-                "one row of {d} f32 values exceeds a storage binding of {} bytes",
+                "one row of {d} {} values exceeds a storage binding of {} bytes",
+                self.storage,
                 gpu.max_binding_bytes()
             )));
         }
@@ -158,6 +179,10 @@ impl RowsBwd<'_> {
         let part_budget = MAX_PARTIAL_BYTES.min(gpu.max_binding_bytes());
         let max_blocks = (part_budget / (8 * d)).clamp(1, MAX_BLOCKS);
         let mut block_rows = rows.div_ceil(max_blocks).max(min_block_rows(d).min(rows));
+        if elem == 2 && d % 2 == 1 && block_rows < rows {
+            // Chunks are whole blocks and must hold an even number of odd rows.
+            block_rows = block_rows.next_multiple_of(2);
+        }
         if per_chunk >= block_rows {
             per_chunk = per_chunk / block_rows * block_rows;
         } else {
@@ -215,16 +240,18 @@ impl RowsBwd<'_> {
             .flag(Flag::ChannelAffine, true);
         // dx with the column sums: the rows' sums first (scratch per chunk row), then dx from
         // the column walk.
-        let rowsums = match (columns, self.channel) {
-            (true, None) => Some(Tensor::empty(gpu, &[(2 * per_chunk.min(rows)) as usize])?),
-            _ => None,
+        // (Half pairs need the rows' sums before dx as the column walk does, with or without
+        // the column sums.)
+        let pairs = self.pairs();
+        let rowsums = match (columns && self.channel.is_none()) || (!columns && pairs) {
+            true => Some(Tensor::empty(gpu, &[(2 * per_chunk.min(rows)) as usize])?),
+            false => None,
         };
         let mut launches = Vec::new();
         for (k, (r0, r1)) in chunks(rows, per_chunk).enumerate() {
             let n = r1 - r0;
-            let xv = view(gpu, r0 * d, r1 * d, x.buffer().size());
-            let dyv = view(gpu, r0 * d, r1 * d, dy.buffer().size());
-            let dxv = view(gpu, r0 * d, r1 * d, out.dx.buffer().size());
+            let ev = |t: &Tensor| view_of(gpu, r0 * d, r1 * d, t.buffer().size(), elem);
+            let (xv, dyv, dxv) = (ev(x), ev(dy), ev(out.dx));
             let rv = view(gpu, r0, r1, rstd.buffer().size());
             let nb = n.div_ceil(block_rows);
             // mean and rstd views start at the same element offset (it depends on r0 alone).
@@ -245,7 +272,8 @@ impl RowsBwd<'_> {
             };
             let launch = |kernel, ov: &Overrides, groups: u64| {
                 Launch::new(gpu, shader, kernel, ov, groups as u32, params).map(|l| {
-                    l.bind("x", xv.bind(x.buffer()))
+                    l.storage(self.storage)
+                        .bind("x", xv.bind(x.buffer()))
                         .bind("dy", dyv.bind(dy.buffer()))
                         .bind("mean_in", mean_bind())
                         .bind("rstd_in", rv.bind(rstd.buffer()))
@@ -253,7 +281,22 @@ impl RowsBwd<'_> {
             };
             let dx_name = if vec { "dx" } else { "dx1" };
             let row_groups = n.div_ceil(u64::from(wg / tpr));
-            if !columns {
+            // The pair kernels: a word (two values) per thread.
+            let pair_groups = (n * d).div_ceil(2).div_ceil(u64::from(wg));
+            if !columns && pairs {
+                let sums = rowsums.as_ref().expect("row sums for pairs");
+                launches.push(
+                    launch(Kernel::RowsBwdSums, &overrides, row_groups)?
+                        .buf("gamma", gamma)
+                        .buf("rowsums", sums.buffer()),
+                );
+                launches.push(
+                    launch(Kernel::RowsBwdDxPair, &overrides, pair_groups)?
+                        .buf("gamma", gamma)
+                        .buf("rowsums", sums.buffer())
+                        .bind("dx2", dxv.bind(out.dx.buffer())),
+                );
+            } else if !columns {
                 let kernel = match vec {
                     true => Kernel::RowsBwd,
                     false => Kernel::RowsBwdScalar,
@@ -278,16 +321,17 @@ impl RowsBwd<'_> {
                 (Some(part), Some(ch)) => {
                     let runs = n * u64::from(ch.cpg);
                     let groups = runs.div_ceil(u64::from(wg / run_tpr));
-                    let (dx_kernel, dx_name) = match ch.run % 4 == 0 {
-                        true => (Kernel::RowsBwdChanDx, "dx"),
-                        false => (Kernel::RowsBwdChanDxScalar, "dx1"),
+                    let (dx_kernel, dx_name, dx_groups) = match (ch.run % 4 == 0, pairs) {
+                        (true, _) => (Kernel::RowsBwdChanDx, "dx", groups),
+                        (false, true) => (Kernel::RowsBwdChanDxPair, "dx2", pair_groups),
+                        (false, false) => (Kernel::RowsBwdChanDxScalar, "dx1", groups),
                     };
                     launches.push(
                         launch(Kernel::RowsBwdChan, &run_ov, groups)?
                             .buf("partials", part.buffer()),
                     );
                     launches.push(
-                        launch(dx_kernel, &run_ov, groups)?
+                        launch(dx_kernel, &run_ov, dx_groups)?
                             .buf("partials", part.buffer())
                             .buf("gamma", gamma)
                             .bind(dx_name, dxv.bind(out.dx.buffer())),
@@ -314,17 +358,32 @@ impl RowsBwd<'_> {
                             .buf("gamma", gamma)
                             .buf("rowsums", sums.buffer()),
                     );
-                    let cols = match vec {
-                        true => Kernel::RowsBwdCols,
-                        false => Kernel::RowsBwdColsScalar,
-                    };
-                    launches.push(
-                        launch(cols, &overrides, (nb * per).div_ceil(u64::from(wg)))?
-                            .buf("partials", part.buffer())
-                            .buf("gamma", gamma)
-                            .buf("rowsums", sums.buffer())
-                            .bind(dx_name, dxv.bind(out.dx.buffer())),
-                    );
+                    let col_groups = (nb * per).div_ceil(u64::from(wg));
+                    if pairs {
+                        // The column sums alone, then dx a word per thread.
+                        launches.push(
+                            launch(Kernel::RowsBwdColsumsScalar, &overrides, col_groups)?
+                                .buf("partials", part.buffer()),
+                        );
+                        launches.push(
+                            launch(Kernel::RowsBwdDxPair, &overrides, pair_groups)?
+                                .buf("gamma", gamma)
+                                .buf("rowsums", sums.buffer())
+                                .bind("dx2", dxv.bind(out.dx.buffer())),
+                        );
+                    } else {
+                        let cols = match vec {
+                            true => Kernel::RowsBwdCols,
+                            false => Kernel::RowsBwdColsScalar,
+                        };
+                        launches.push(
+                            launch(cols, &overrides, col_groups)?
+                                .buf("partials", part.buffer())
+                                .buf("gamma", gamma)
+                                .buf("rowsums", sums.buffer())
+                                .bind(dx_name, dxv.bind(out.dx.buffer())),
+                        );
+                    }
                     launches.push(
                         merge(params(0))?
                             .buf("partials", part.buffer())

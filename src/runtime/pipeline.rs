@@ -62,6 +62,15 @@ impl Storage {
     }
 
     /// Whether elements are 16-bit.
+    /// Bytes per element.
+    pub(crate) fn elem_bytes(self) -> u64 {
+        if self.is_half() {
+            2
+        } else {
+            4
+        }
+    }
+
     pub(crate) fn is_half(self) -> bool {
         self != Storage::F32
     }
@@ -120,6 +129,7 @@ pub(crate) enum Kernel {
     ApplyBwdCf4,
     ApplyBwdCl4,
     ApplyBwdScalar,
+    ApplyBwdPair,
     RowsBwd,
     RowsBwdScalar,
     RowsBwdSums,
@@ -128,6 +138,9 @@ pub(crate) enum Kernel {
     RowsBwdChan,
     RowsBwdChanDx,
     RowsBwdChanDxScalar,
+    RowsBwdDxPair,
+    RowsBwdChanDxPair,
+    RowsBwdColsumsScalar,
     RowsBwdMerge,
     CastWords,
     AddWords,
@@ -162,6 +175,7 @@ impl Kernel {
             Kernel::ApplyBwdCf4 => "apply_bwd_cf4",
             Kernel::ApplyBwdCl4 => "apply_bwd_cl4",
             Kernel::ApplyBwdScalar => "apply_bwd_scalar",
+            Kernel::ApplyBwdPair => "apply_bwd_pair",
             Kernel::RowsBwd => "rows_bwd",
             Kernel::RowsBwdScalar => "rows_bwd_scalar",
             Kernel::RowsBwdSums => "rows_bwd_sums",
@@ -170,6 +184,9 @@ impl Kernel {
             Kernel::RowsBwdChan => "rows_bwd_chan",
             Kernel::RowsBwdChanDx => "rows_bwd_chan_dx",
             Kernel::RowsBwdChanDxScalar => "rows_bwd_chan_dx_scalar",
+            Kernel::RowsBwdDxPair => "rows_bwd_dx_pair",
+            Kernel::RowsBwdChanDxPair => "rows_bwd_chan_dx_pair",
+            Kernel::RowsBwdColsumsScalar => "rows_bwd_colsums_scalar",
             Kernel::RowsBwdMerge => "rows_bwd_merge",
             Kernel::CastWords => "cast_words",
             Kernel::AddWords => "add_words",

@@ -245,6 +245,8 @@ impl BatchNorm {
         invstd: &Tensor,
         layout: Layout,
     ) -> Result<(u64, Tensor, Tensor)> {
+        // SyncBatchNorm is f32 only, as its forward (half precision: single-process BatchNorm).
+        x.check_dtype("x (SyncBatchNorm)", crate::DType::F32)?;
         let call = self.backward_call(gpu, x, layout, false)?;
         call.check_inputs(gpu, x, dy, Some(mean), invstd)?;
         let BwdOp::Channels { op, .. } = &call.op else {
