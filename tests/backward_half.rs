@@ -30,54 +30,16 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use common::{assert_bits_eq, Rng, TOL};
 use fused_norm::{
-    reference, BatchNorm, DType, Element, Gpu, GpuOptions, Gradients, GroupNorm, InstanceNorm,
-    LayerNorm, Layout, NormError, RmsNorm, Tensor,
+    reference, BatchNorm, DType, Element, Gpu, Gradients, GroupNorm, InstanceNorm, LayerNorm,
+    Layout, NormError, RmsNorm, Tensor,
 };
 use half::{bf16, f16};
 
 // ---- adapters ----
 
-/// The adapter with f16 packed in u32 words (also what GL runs).
-fn gpu_packed() -> &'static Gpu {
-    static G: OnceLock<Gpu> = OnceLock::new();
-    G.get_or_init(|| {
-        Gpu::with_options(GpuOptions {
-            disable_shader_f16: true,
-            ..Default::default()
-        })
-        .unwrap()
-    })
-}
-
-/// Packed, without subgroups, GPU tuning: the workgroup-barrier reductions with half loads.
-fn gpu_packed_gpu_tuned() -> &'static Gpu {
-    static G: OnceLock<Gpu> = OnceLock::new();
-    G.get_or_init(|| {
-        Gpu::with_options(GpuOptions {
-            disable_shader_f16: true,
-            disable_subgroups: true,
-            tuning: fused_norm::Tuning::Gpu,
-            ..Default::default()
-        })
-        .unwrap()
-    })
-}
-
-/// Both storage paths this adapter has (as `tests/half.rs`): native f16 when SHADER_F16, and
-/// packed, plus packed with the GPU kernel tables and workgroup-memory reductions.
-fn paths() -> Vec<(&'static str, &'static Gpu)> {
-    let mut v = Vec::new();
-    if common::gpu().capabilities().shader_f16 {
-        v.push(("native", common::gpu()));
-    }
-    v.push(("packed", gpu_packed()));
-    v.push(("packed gpu-tuned", gpu_packed_gpu_tuned()));
-    v
-}
+use common::paths;
 
 // ---- element types and the tolerance ----
 

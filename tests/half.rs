@@ -11,53 +11,14 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use common::{assert_close, Rng, TOL};
 use fused_norm::{
-    reference, DType, Element, Gpu, GpuOptions, GroupNorm, InstanceNorm, LayerNorm,
-    LayerNormAddOutput, Layout, NormError, RmsNorm, RmsNormAddOutput, Storage, Tensor,
+    reference, DType, Element, GroupNorm, InstanceNorm, LayerNorm, LayerNormAddOutput, Layout,
+    NormError, RmsNorm, RmsNormAddOutput, Storage, Tensor,
 };
 use half::{bf16, f16};
 
-/// The adapter with f16 packed in u32 words (also what GL runs).
-fn gpu_packed() -> &'static Gpu {
-    static G: OnceLock<Gpu> = OnceLock::new();
-    G.get_or_init(|| {
-        Gpu::with_options(GpuOptions {
-            disable_shader_f16: true,
-            ..Default::default()
-        })
-        .unwrap()
-    })
-}
-
-/// The same without subgroups, GPU tuning: the workgroup-barrier reductions with half loads.
-fn gpu_packed_gpu_tuned() -> &'static Gpu {
-    static G: OnceLock<Gpu> = OnceLock::new();
-    G.get_or_init(|| {
-        Gpu::with_options(GpuOptions {
-            disable_shader_f16: true,
-            disable_subgroups: true,
-            tuning: fused_norm::Tuning::Gpu,
-            ..Default::default()
-        })
-        .unwrap()
-    })
-}
-
-/// Both storage paths this adapter has: native f16 (when SHADER_F16) and packed, plus the
-/// packed path with the GPU kernel tables and workgroup-memory reductions (whole-workgroup
-/// rows, barriers, the GPU split policy).
-fn paths() -> Vec<(&'static str, &'static Gpu)> {
-    let mut v = Vec::new();
-    if common::gpu().capabilities().shader_f16 {
-        v.push(("native", common::gpu()));
-    }
-    v.push(("packed", gpu_packed()));
-    v.push(("packed gpu-tuned", gpu_packed_gpu_tuned()));
-    v
-}
+use common::{gpu_packed, gpu_packed_gpu_tuned, paths};
 
 /// Statistics within TOL of the reference; a non-finite reference (a row holding NaN or Inf)
 /// wants a non-finite value (NaN: x - pivot of an Inf row is Inf - Inf).

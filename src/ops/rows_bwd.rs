@@ -283,19 +283,27 @@ impl RowsBwd<'_> {
             let row_groups = n.div_ceil(u64::from(wg / tpr));
             // The pair kernels: a word (two values) per thread.
             let pair_groups = (n * d).div_ceil(2).div_ceil(u64::from(wg));
+            // The rows' sums (before the column walk or the pairs' dx), and the pairs' dx.
+            let sums = || {
+                rowsums
+                    .as_ref()
+                    .expect("row sums are allocated for these")
+                    .buffer()
+            };
+            let row_sums = || {
+                launch(Kernel::RowsBwdSums, &overrides, row_groups)
+                    .map(|l| l.buf("gamma", gamma).buf("rowsums", sums()))
+            };
+            let dx_pairs = || {
+                launch(Kernel::RowsBwdDxPair, &overrides, pair_groups).map(|l| {
+                    l.buf("gamma", gamma)
+                        .buf("rowsums", sums())
+                        .bind("dx2", dxv.bind(out.dx.buffer()))
+                })
+            };
             if !columns && pairs {
-                let sums = rowsums.as_ref().expect("row sums for pairs");
-                launches.push(
-                    launch(Kernel::RowsBwdSums, &overrides, row_groups)?
-                        .buf("gamma", gamma)
-                        .buf("rowsums", sums.buffer()),
-                );
-                launches.push(
-                    launch(Kernel::RowsBwdDxPair, &overrides, pair_groups)?
-                        .buf("gamma", gamma)
-                        .buf("rowsums", sums.buffer())
-                        .bind("dx2", dxv.bind(out.dx.buffer())),
-                );
+                launches.push(row_sums()?);
+                launches.push(dx_pairs()?);
             } else if !columns {
                 let kernel = match vec {
                     true => Kernel::RowsBwd,
@@ -352,12 +360,7 @@ impl RowsBwd<'_> {
                     }
                 }
                 (Some(part), None) => {
-                    let sums = rowsums.as_ref().expect("row sums with the column sums");
-                    launches.push(
-                        launch(Kernel::RowsBwdSums, &overrides, row_groups)?
-                            .buf("gamma", gamma)
-                            .buf("rowsums", sums.buffer()),
-                    );
+                    launches.push(row_sums()?);
                     let col_groups = (nb * per).div_ceil(u64::from(wg));
                     if pairs {
                         // The column sums alone, then dx a word per thread.
@@ -365,12 +368,7 @@ impl RowsBwd<'_> {
                             launch(Kernel::RowsBwdColsumsScalar, &overrides, col_groups)?
                                 .buf("partials", part.buffer()),
                         );
-                        launches.push(
-                            launch(Kernel::RowsBwdDxPair, &overrides, pair_groups)?
-                                .buf("gamma", gamma)
-                                .buf("rowsums", sums.buffer())
-                                .bind("dx2", dxv.bind(out.dx.buffer())),
-                        );
+                        launches.push(dx_pairs()?);
                     } else {
                         let cols = match vec {
                             true => Kernel::RowsBwdCols,
@@ -380,7 +378,7 @@ impl RowsBwd<'_> {
                             launch(cols, &overrides, col_groups)?
                                 .buf("partials", part.buffer())
                                 .buf("gamma", gamma)
-                                .buf("rowsums", sums.buffer())
+                                .buf("rowsums", sums())
                                 .bind(dx_name, dxv.bind(out.dx.buffer())),
                         );
                     }

@@ -315,3 +315,42 @@ pub fn assert_close_bounded(what: &str, got: &[f32], want: &[f64], bound: &[f64]
         want[worst.1]
     );
 }
+
+/// The adapter with f16 packed in u32 words (also what GL runs).
+pub fn gpu_packed() -> &'static Gpu {
+    static G: OnceLock<Gpu> = OnceLock::new();
+    G.get_or_init(|| {
+        Gpu::with_options(GpuOptions {
+            disable_shader_f16: true,
+            ..Default::default()
+        })
+        .unwrap()
+    })
+}
+
+/// The same without subgroups, GPU tuning: the workgroup-barrier reductions with half loads.
+pub fn gpu_packed_gpu_tuned() -> &'static Gpu {
+    static G: OnceLock<Gpu> = OnceLock::new();
+    G.get_or_init(|| {
+        Gpu::with_options(GpuOptions {
+            disable_shader_f16: true,
+            disable_subgroups: true,
+            tuning: Tuning::Gpu,
+            ..Default::default()
+        })
+        .unwrap()
+    })
+}
+
+/// The half-precision storage paths this adapter has: native f16 (when SHADER_F16) and packed, plus the
+/// packed path with the GPU kernel tables and workgroup-memory reductions (whole-workgroup
+/// rows, barriers, the GPU split policy).
+pub fn paths() -> Vec<(&'static str, &'static Gpu)> {
+    let mut v = Vec::new();
+    if gpu().capabilities().shader_f16 {
+        v.push(("native", gpu()));
+    }
+    v.push(("packed", gpu_packed()));
+    v.push(("packed gpu-tuned", gpu_packed_gpu_tuned()));
+    v
+}
