@@ -287,6 +287,13 @@ impl Case {
         self
     }
 
+    /// The same case without weight and bias: dx alone (no column sums).
+    fn without_params(mut self) -> Case {
+        (self.weight, self.bias) = (None, None);
+        (self.half_weight, self.half_bias) = (false, false);
+        self
+    }
+
     fn s(&self) -> usize {
         self.spatial.iter().product()
     }
@@ -685,6 +692,73 @@ fn nan_in_one_row_stays_in_that_rows_dx_and_poisons_dweight() {
     }
     each::<f16>(8);
     each::<bf16>(9);
+}
+
+#[test]
+fn without_params_dx_alone_at_odd_and_vec4_lengths() {
+    // No weight or bias: no column sums, dx from the rows' sums alone (rows_bwd for whole
+    // vec4s; half rows that start mid-word: the rows' sums, then dx a word per thread). GroupNorm
+    // channels-first [3, 8, 3] in 2 groups: rows of 12 (whole vec4s) made of runs of 3.
+    fn each<T: Elem>(seed: u64) {
+        let mut rng = Rng::new(seed);
+        for norm in [Norm::Layer, Norm::Rms] {
+            for d in [1, 3, 7, 8, 1000, 4097] {
+                let c = Case::rows::<T>(&mut rng, norm, 5, d, 0.5, 1.5);
+                check_paths::<T>(&c.without_params());
+            }
+        }
+        for (norm, n, c, spatial) in [
+            (Norm::Group(2), 3, 8, &[3][..]),
+            (Norm::Group(3), 3, 6, &[5, 3][..]),
+            (Norm::Instance, 2, 5, &[7][..]),
+            (Norm::BatchTrain, 2, 5, &[7][..]),
+            (Norm::BatchEval, 2, 5, &[7][..]),
+        ] {
+            for cl in [false, true] {
+                let c = Case::channels::<T>(&mut rng, norm, n, c, spatial, cl, 0.5);
+                check_paths::<T>(&c.without_params());
+            }
+        }
+    }
+    each::<f16>(19);
+    each::<bf16>(20);
+}
+
+#[test]
+fn chunked_on_devices_with_64_kib_bindings_as_unchunked_bit_for_bit() {
+    // Tensors several bindings long on a device that really limits bindings to 64 KiB (so a
+    // scratch buffer bound past it fails wgpu's validation): each chunk of odd half rows starts
+    // on a whole word, and the rows' sums (8 bytes a row, more than a row of 3 halves) fit their
+    // binding. dx must be the bits of the same call on the full-size device with the same
+    // features (a row's or run's dx does not depend on the chunking), and everything within the
+    // reference's bound.
+    fn each<T: Elem>(seed: u64) {
+        let mut rng = Rng::new(seed);
+        let cases = [
+            Case::rows::<T>(&mut rng, Norm::Layer, 30000, 3, 0.5, 1.5),
+            Case::rows::<T>(&mut rng, Norm::Layer, 30000, 3, 0.5, 1.5).without_params(),
+            Case::rows::<T>(&mut rng, Norm::Rms, 9000, 7, 0.5, 1.5).half_params::<T>(true, false),
+            Case::rows::<T>(&mut rng, Norm::Layer, 24, 4097, 0.5, 1.5).half_params::<T>(true, true),
+            Case::channels::<T>(&mut rng, Norm::Group(3), 800, 6, &[5, 3], false, 0.5),
+            Case::channels::<T>(&mut rng, Norm::Group(3), 3, 6, &[4097], false, 0.5),
+            Case::channels::<T>(&mut rng, Norm::Group(3), 40, 6, &[5, 35], true, 0.5),
+            Case::channels::<T>(&mut rng, Norm::Instance, 30, 7, &[25], true, 0.5),
+            Case::channels::<T>(&mut rng, Norm::BatchTrain, 700, 5, &[7], false, 0.5),
+            Case::channels::<T>(&mut rng, Norm::BatchTrain, 7000, 5, &[], true, 0.5),
+            Case::channels::<T>(&mut rng, Norm::BatchEval, 700, 5, &[7], false, 0.5),
+        ];
+        for (path, small, full) in common::small_limit_paths() {
+            for c in &cases {
+                let what = format!("{} {} {path}", T::DTYPE, c.tag());
+                let got = run::<T>(small, c, &what);
+                check(&what, c, &got, T::DTYPE);
+                let want = run::<T>(full, c, &format!("{what} (full-size)"));
+                assert_bits_eq(&format!("{what} dx"), &got.dx, &want.dx);
+            }
+        }
+    }
+    each::<f16>(21);
+    each::<bf16>(22);
 }
 
 // ---- the channels family ----

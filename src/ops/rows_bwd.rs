@@ -9,7 +9,9 @@ use crate::error::{NormError, Result};
 use crate::ops::affine::Staging;
 use crate::ops::rows::ChannelAffine;
 use crate::runtime::constants::{Flag, Overrides};
-use crate::runtime::dispatch::{chunks, record_all, units_per_binding_of, view, view_of, Launch};
+use crate::runtime::dispatch::{
+    chunks, record_all, units_per_binding, units_per_binding_of, view, view_of, Launch,
+};
 use crate::runtime::pipeline::{Kernel, Shader, Storage};
 use crate::runtime::policy::{Policy, MAX_THREAD_ITERS};
 use crate::tensor::Tensor;
@@ -156,7 +158,17 @@ impl RowsBwd<'_> {
             )));
         }
         let elem = self.storage.elem_bytes();
+        let columns = out.dweight.is_some() || out.dbias.is_some();
+        let pairs = self.pairs();
+        // The rows' sums (a vec2 per chunk row, bound whole): before the column walk, and
+        // before the pairs' dx (half rows that start mid-word) with or without the columns.
+        let with_rowsums = (columns && self.channel.is_none()) || (!columns && pairs);
         let mut per_chunk = units_per_binding_of(gpu, d, elem);
+        if with_rowsums {
+            // Short rows hold fewer bytes than their sums (8 per row): the sums' binding bounds
+            // the chunk then (half rows of 3 values: 6 bytes of x, 8 of sums).
+            per_chunk = per_chunk.min(units_per_binding(gpu, 2));
+        }
         // Half chunks start on a whole word: an even number of odd rows.
         if elem == 2 && d % 2 == 1 {
             per_chunk = per_chunk / 2 * 2;
@@ -170,8 +182,8 @@ impl RowsBwd<'_> {
         }
         // Column blocks: at least min_block_rows rows, at most MAX_BLOCKS blocks, a chunk's
         // partials within MAX_PARTIAL_BYTES and one binding; chunks hold whole blocks.
-        let columns = out.dweight.is_some() || out.dbias.is_some();
-        if columns && 8 * d > gpu.max_binding_bytes() {
+        // (CHANNEL_AFFINE sums per run instead: its partials are checked below.)
+        if columns && self.channel.is_none() && 8 * d > gpu.max_binding_bytes() {
             return Err(NormError::TooLarge(format!(
                 "rows of {d} values: one block of column partials exceeds a binding"
             )));
@@ -238,12 +250,7 @@ impl RowsBwd<'_> {
             .flag(Flag::HasWeight, self.weight.is_some())
             .flag(Flag::Center, self.center)
             .flag(Flag::ChannelAffine, true);
-        // dx with the column sums: the rows' sums first (scratch per chunk row), then dx from
-        // the column walk.
-        // (Half pairs need the rows' sums before dx as the column walk does, with or without
-        // the column sums.)
-        let pairs = self.pairs();
-        let rowsums = match (columns && self.channel.is_none()) || (!columns && pairs) {
+        let rowsums = match with_rowsums {
             true => Some(Tensor::empty(gpu, &[(2 * per_chunk.min(rows)) as usize])?),
             false => None,
         };

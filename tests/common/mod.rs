@@ -354,3 +354,45 @@ pub fn paths() -> Vec<(&'static str, &'static Gpu)> {
     v.push(("packed gpu-tuned", gpu_packed_gpu_tuned()));
     v
 }
+
+/// A device of the default adapter whose storage bindings are really limited to 64 KiB
+/// (`max_storage_buffer_binding_size`, which wgpu validates every bind group against), with the
+/// adapter's features (less SHADER_F16 when `packed`): unlike `gpu_small_bindings`, whose cap is
+/// the crate's own budget on a device that accepts more, a scratch buffer bound past the limit
+/// is an error here. Same features as `gpu()` / `gpu_packed()`, so the same reductions run.
+pub fn gpu_small_limits(packed: bool) -> &'static Gpu {
+    static NATIVE: OnceLock<Gpu> = OnceLock::new();
+    static PACKED: OnceLock<Gpu> = OnceLock::new();
+    let cell = if packed { &PACKED } else { &NATIVE };
+    cell.get_or_init(|| {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+            .expect("an adapter");
+        let mut limits = adapter.limits();
+        limits.max_storage_buffer_binding_size = 64 << 10;
+        let mut features = adapter.features();
+        if packed {
+            features = features - wgpu::Features::SHADER_F16;
+        }
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                required_limits: limits,
+                required_features: features,
+                ..Default::default()
+            }))
+            .expect("a device with 64 KiB bindings");
+        pollster::block_on(Gpu::from_wgpu_async(device, queue))
+    })
+}
+
+/// The half storage paths of [`paths`] on devices with 64 KiB bindings ([`gpu_small_limits`]),
+/// each with the full-size device it must agree with bit for bit.
+pub fn small_limit_paths() -> Vec<(&'static str, &'static Gpu, &'static Gpu)> {
+    let mut v = Vec::new();
+    if gpu().capabilities().shader_f16 {
+        v.push(("native 64 KiB", gpu_small_limits(false), gpu()));
+    }
+    v.push(("packed 64 KiB", gpu_small_limits(true), gpu_packed()));
+    v
+}
