@@ -1314,3 +1314,84 @@ fn half_dx_is_the_f32_backward_of_the_widened_inputs_rounded_once() {
         }
     }
 }
+
+/// x of `shape` in `dt` (N(0.5, 2) rounded on the GPU) and the same values widened to f32.
+fn half_and_wide(gpu: &Gpu, rng: &mut Rng, shape: &[usize], dt: DType) -> (Tensor, Tensor) {
+    let n = shape.iter().product();
+    let t = Tensor::from_slice(gpu, &rng.normals(n, 0.5, 2.0), shape).unwrap();
+    let h = t.cast(gpu, dt).unwrap();
+    let w = h.cast(gpu, DType::F32).unwrap();
+    (h, w)
+}
+
+/// `t` read back and rounded to `dt` to nearest even on the host (f32: as is).
+fn rounded(gpu: &Gpu, t: &Tensor, dt: DType) -> Vec<f32> {
+    let v: Vec<f32> = t.to_vec(gpu).unwrap();
+    match dt {
+        DType::F16 => v.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        DType::BF16 => v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+        DType::F32 => v,
+    }
+}
+
+/// `half` is `wide` (the f32 call on the widened inputs) rounded once: dx to x's dtype `dt`,
+/// each parameter's gradient to its own dtype, bit for bit.
+fn assert_rounded_once(what: &str, gpu: &Gpu, wide: &Gradients, half: &Gradients, dt: DType) {
+    assert_eq!(half.dx.dtype(), dt, "{what} dx dtype");
+    let got: Vec<f32> = half.dx.to_vec(gpu).unwrap();
+    assert_bits_eq(&format!("{what} dx"), &got, &rounded(gpu, &wide.dx, dt));
+    for (name, w, h) in [
+        ("dweight", &wide.dweight, &half.dweight),
+        ("dbias", &wide.dbias, &half.dbias),
+    ] {
+        let (w, h) = (w.as_ref().unwrap(), h.as_ref().unwrap());
+        let got: Vec<f32> = h.to_vec(gpu).unwrap();
+        let want = rounded(gpu, w, h.dtype());
+        assert_bits_eq(&format!("{what} {name} ({})", h.dtype()), &got, &want);
+    }
+}
+
+#[test]
+fn batch_norm_eval_without_running_stats_is_the_f32_one_rounded_once() {
+    // track_running_stats(false): inference normalizes with batch statistics, and
+    // backward_eval is the training backward through them, computed from x first. In half,
+    // the f32 backward of the widened inputs rounded once, with f32 and with half parameters.
+    let mut rng = Rng::new(23);
+    for (path, gpu) in paths() {
+        for dt in [DType::F16, DType::BF16] {
+            for (shape, layout) in [
+                (vec![3, 5, 7], Layout::ChannelsFirst),
+                (vec![3, 7, 5], Layout::ChannelsLast),
+                (vec![2, 4, 8], Layout::ChannelsFirst),
+            ] {
+                let c = match layout {
+                    Layout::ChannelsFirst => shape[1],
+                    Layout::ChannelsLast => shape[shape.len() - 1],
+                };
+                let (x, xw) = half_and_wide(gpu, &mut rng, &shape, dt);
+                let (dy, dyw) = half_and_wide(gpu, &mut rng, &shape, dt);
+                let (w, ww) = half_and_wide(gpu, &mut rng, &[c], dt);
+                let (b, bw) = half_and_wide(gpu, &mut rng, &[c], dt);
+                for half_params in [false, true] {
+                    let what = format!("{path} {dt} {shape:?} {layout:?} half params {half_params}");
+                    let bn = |w: &Tensor, b: &Tensor| {
+                        let bn = BatchNorm::new(gpu, c).unwrap().track_running_stats(false);
+                        bn.weight(w.clone()).bias(b.clone())
+                    };
+                    let wide = bn(&ww, &bw).backward_eval(gpu, &xw, &dyw, layout).unwrap();
+                    let half = match half_params {
+                        true => bn(&w, &b),
+                        false => bn(&ww, &bw),
+                    };
+                    let half = half.backward_eval(gpu, &x, &dy, layout).unwrap();
+                    assert_rounded_once(&what, gpu, &wide, &half, dt);
+                    // A dy of the other half type is refused before anything is recorded.
+                    let other = if dt == DType::F16 { DType::BF16 } else { DType::F16 };
+                    let bad = dy.cast(gpu, other).unwrap();
+                    let e = bn(&w, &b).backward_eval(gpu, &x, &bad, layout);
+                    assert!(matches!(e, Err(NormError::InvalidArgument(_))), "{what}: {e:?}");
+                }
+            }
+        }
+    }
+}

@@ -645,7 +645,10 @@ impl BatchNorm {
         Self::check_batch(op, x)?;
         let c = self.channels;
         let (mean, invstd) = (Tensor::empty(gpu, &[c])?, Tensor::empty(gpu, &[c])?);
-        let y = Tensor::empty(gpu, x.shape())?;
+        // Everything the backward will check, before the statistics pass is recorded.
+        call.check(gpu, x, dy, Some(&mean), &invstd, g)?;
+        // y is written in x's storage (and then dropped): a half y halves that scratch.
+        let y = Tensor::empty_dtype(gpu, x.shape(), x.dtype())?;
         let source = Source::Batch {
             mean: &mean,
             invstd: &invstd,

@@ -558,12 +558,11 @@ impl BwdCall<'_> {
         Ok(())
     }
 
-    /// Checks everything and records the backward into `encoder`, writing `g`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn encode(
+    /// Checks the inputs and the caller's gradients (sizes, buffers, dtypes) without recording
+    /// anything, so a call that records other work first can fail with the encoder untouched.
+    pub(crate) fn check(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
         x: &Tensor,
         dy: &Tensor,
         mean: Option<&Tensor>,
@@ -605,6 +604,22 @@ impl BwdCall<'_> {
                 t.check_dtype(name, p.dtype())?;
             }
         }
+        Ok(())
+    }
+
+    /// Checks everything and records the backward into `encoder`, writing `g`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: Option<&Tensor>,
+        rstd: &Tensor,
+        g: &Gradients,
+    ) -> crate::Result<()> {
+        self.check(gpu, x, dy, mean, rstd, g)?;
         let out = BwdOut {
             dx: &g.dx,
             dweight: g.dweight.as_ref(),
