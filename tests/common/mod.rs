@@ -367,21 +367,20 @@ pub fn gpu_small_limits(packed: bool) -> &'static Gpu {
     cell.get_or_init(|| {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
-            .expect("an adapter");
+        let adapter =
+            pollster::block_on(instance.request_adapter(&Default::default())).expect("an adapter");
         let mut limits = adapter.limits();
         limits.max_storage_buffer_binding_size = 64 << 10;
         let mut features = adapter.features();
         if packed {
             features = features - wgpu::Features::SHADER_F16;
         }
-        let (device, queue) =
-            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-                required_limits: limits,
-                required_features: features,
-                ..Default::default()
-            }))
-            .expect("a device with 64 KiB bindings");
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            required_limits: limits,
+            required_features: features,
+            ..Default::default()
+        }))
+        .expect("a device with 64 KiB bindings");
         pollster::block_on(Gpu::from_wgpu_async(device, queue))
     })
 }
