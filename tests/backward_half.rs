@@ -1373,7 +1373,8 @@ fn batch_norm_eval_without_running_stats_is_the_f32_one_rounded_once() {
                 let (w, ww) = half_and_wide(gpu, &mut rng, &[c], dt);
                 let (b, bw) = half_and_wide(gpu, &mut rng, &[c], dt);
                 for half_params in [false, true] {
-                    let what = format!("{path} {dt} {shape:?} {layout:?} half params {half_params}");
+                    let what =
+                        format!("{path} {dt} {shape:?} {layout:?} half params {half_params}");
                     let bn = |w: &Tensor, b: &Tensor| {
                         let bn = BatchNorm::new(gpu, c).unwrap().track_running_stats(false);
                         bn.weight(w.clone()).bias(b.clone())
@@ -1386,10 +1387,97 @@ fn batch_norm_eval_without_running_stats_is_the_f32_one_rounded_once() {
                     let half = half.backward_eval(gpu, &x, &dy, layout).unwrap();
                     assert_rounded_once(&what, gpu, &wide, &half, dt);
                     // A dy of the other half type is refused before anything is recorded.
-                    let other = if dt == DType::F16 { DType::BF16 } else { DType::F16 };
+                    let other = if dt == DType::F16 {
+                        DType::BF16
+                    } else {
+                        DType::F16
+                    };
                     let bad = dy.cast(gpu, other).unwrap();
                     let e = bn(&w, &b).backward_eval(gpu, &x, &bad, layout);
-                    assert!(matches!(e, Err(NormError::InvalidArgument(_))), "{what}: {e:?}");
+                    assert!(
+                        matches!(e, Err(NormError::InvalidArgument(_))),
+                        "{what}: {e:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn backward_sync_in_half_is_the_f32_one_rounded_once_on_every_rank() {
+    // SyncBatchNorm's backward with x and dy in half on two ranks (threads) of unequal parts,
+    // through the global statistics of an f32 forward_train_sync (statistics are f32 whatever
+    // x's dtype): each rank's dx is its f32 backward_sync of the widened inputs rounded once,
+    // and dweight / dbias (the rank's own sums) are the f32 ones, rounded once for half
+    // parameters. Odd runs (5 x 7 channels-first, 5 channels last): the dx pass writes whole
+    // words.
+    use fused_norm::{StatsReducer, ThreadReducer};
+    for (path, gpu) in paths() {
+        for dt in [DType::F16, DType::BF16] {
+            for (inner, layout, c) in [
+                (vec![5, 7], Layout::ChannelsFirst, 5),
+                (vec![3, 5], Layout::ChannelsLast, 5),
+            ] {
+                let counts = [3, 4];
+                let per: usize = inner.iter().product();
+                let total: usize = counts.iter().sum();
+                let mut rng = Rng::new(24);
+                let round = |v: Vec<f32>| -> Vec<f32> {
+                    match dt {
+                        DType::F16 => halve::<f16>(&v),
+                        _ => halve::<bf16>(&v),
+                    }
+                };
+                let x = round(rng.normals(total * per, 0.5, 2.0));
+                let dy = round(rng.normals(total * per, 0.0, 1.0));
+                let w = round(rng.normals(c, 1.0, 0.5));
+                let b = round(rng.normals(c, 0.0, 0.5));
+                let ranks = ThreadReducer::group(2).into_iter().map(|r| {
+                    let (x, dy, w, b) = (x.clone(), dy.clone(), w.clone(), b.clone());
+                    let inner = inner.clone();
+                    std::thread::spawn(move || {
+                        let start: usize = counts[..r.rank()].iter().sum();
+                        let (lo, hi) = (start * per, (start + counts[r.rank()]) * per);
+                        let shape = [&[counts[r.rank()]][..], &inner].concat();
+                        let t = |v: &[f32], d: DType, s: &[usize]| upload_as(gpu, d, v, s);
+                        let (xw, dyw) = (
+                            t(&x[lo..hi], DType::F32, &shape),
+                            t(&dy[lo..hi], DType::F32, &shape),
+                        );
+                        let (xh, dyh) = (t(&x[lo..hi], dt, &shape), t(&dy[lo..hi], dt, &shape));
+                        let bn = |d: DType| {
+                            let bn = BatchNorm::new(gpu, c).unwrap();
+                            bn.weight(t(&w, d, &[c])).bias(t(&b, d, &[c]))
+                        };
+                        let mut wide_bn = bn(DType::F32);
+                        let st = wide_bn.forward_train_sync(gpu, &xw, layout, &r).unwrap();
+                        let (m, s) = (&st.mean, &st.invstd);
+                        let wide = wide_bn
+                            .backward_sync(gpu, &xw, &dyw, m, s, layout, &r)
+                            .unwrap();
+                        let f32_params =
+                            bn(DType::F32).backward_sync(gpu, &xh, &dyh, m, s, layout, &r);
+                        let half_params = bn(dt).backward_sync(gpu, &xh, &dyh, m, s, layout, &r);
+                        let what = format!("{path} {dt} {layout:?} rank {}", r.rank());
+                        assert_rounded_once(
+                            &format!("{what} f32 params"),
+                            gpu,
+                            &wide,
+                            &f32_params.unwrap(),
+                            dt,
+                        );
+                        assert_rounded_once(
+                            &format!("{what} half params"),
+                            gpu,
+                            &wide,
+                            &half_params.unwrap(),
+                            dt,
+                        );
+                    })
+                });
+                for h in ranks.collect::<Vec<_>>() {
+                    h.join().expect("a rank failed");
                 }
             }
         }

@@ -163,6 +163,9 @@ impl BatchNorm {
     /// bits) and every rank computes dx of its part through the global batch. dweight and dbias
     /// are this rank's own sums, as in PyTorch (a data-parallel wrapper adds them across ranks).
     /// Collective, with [`forward_train_sync`](BatchNorm::forward_train_sync)'s failure rules.
+    /// Half precision as [`BatchNorm::backward`]: x and dy f16 or bf16 (the same dtype), mean
+    /// and invstd f32, dx in x's dtype, dweight / dbias in their parameter's dtype (rounded once
+    /// after the exchange, which sums in f32 per rank and f64 across ranks).
     ///
     /// ```no_run
     /// # use fused_norm::*;
@@ -217,7 +220,7 @@ impl BatchNorm {
         let BwdOp::Channels { op, .. } = &call.op else {
             unreachable!("BatchNorm is a channels call")
         };
-        let dx = Tensor::empty(gpu, x.shape())?;
+        let dx = Tensor::empty_dtype(gpu, x.shape(), x.dtype())?;
         let out = BwdOut {
             dx: &dx,
             dweight: None,
@@ -227,10 +230,20 @@ impl BatchNorm {
         let mut enc = gpu.encoder();
         op.encode_backward(gpu, &mut enc, x, dy, saved, BwdStage::Given(&given), out)?;
         gpu.submit_wait(enc)?;
+        // The local sums are f32 (the exchange reads them); a half parameter's gradient is
+        // rounded from them once, here.
+        let like = |param: Option<&Tensor>, sums: Tensor| {
+            param
+                .map(|p| match p.dtype() == sums.dtype() {
+                    true => Ok(sums),
+                    false => sums.cast(gpu, p.dtype()),
+                })
+                .transpose()
+        };
         Ok(Gradients {
             dx,
-            dweight: self.weight.is_some().then_some(dweight),
-            dbias: self.bias.is_some().then_some(dbias),
+            dweight: like(self.weight.as_ref(), dweight)?,
+            dbias: like(self.bias.as_ref(), dbias)?,
         })
     }
 
@@ -245,14 +258,13 @@ impl BatchNorm {
         invstd: &Tensor,
         layout: Layout,
     ) -> Result<(u64, Tensor, Tensor)> {
-        // SyncBatchNorm is f32 only, as its forward (half precision: single-process BatchNorm).
-        x.check_dtype("x (SyncBatchNorm)", crate::DType::F32)?;
         let call = self.backward_call(gpu, x, layout, false)?;
         call.check_inputs(gpu, x, dy, Some(mean), invstd)?;
         let BwdOp::Channels { op, .. } = &call.op else {
             unreachable!("BatchNorm is a channels call")
         };
         let c = self.channels;
+        // f32 sums whatever x's dtype: they are exchanged, and only then rounded.
         let (db, dw) = (Tensor::empty(gpu, &[c])?, Tensor::empty(gpu, &[c])?);
         // Sums only: dx is not written.
         let out = BwdOut {
