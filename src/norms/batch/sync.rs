@@ -31,7 +31,8 @@ impl BatchNorm {
     /// ```
     pub fn local_stats(&self, gpu: &Gpu, x: &Tensor, layout: Layout) -> Result<ChannelStats> {
         x.check_device(gpu, "x")?;
-        // SyncBatchNorm is f32 only (half precision: single-process BatchNorm).
+        // The sync forward is f32 only (half x: single-process BatchNorm; backward_sync takes
+        // half).
         x.check_dtype("x (SyncBatchNorm)", crate::DType::F32)?;
         let op = self.op(gpu, x.shape(), layout)?;
         let c = self.channels;
@@ -77,7 +78,8 @@ impl BatchNorm {
         stats: &ChannelStats,
     ) -> Result<BatchNormOutput> {
         x.check_device(gpu, "x")?;
-        // SyncBatchNorm is f32 only (half precision: single-process BatchNorm).
+        // The sync forward is f32 only (half x: single-process BatchNorm; backward_sync takes
+        // half).
         x.check_dtype("x (SyncBatchNorm)", crate::DType::F32)?;
         let op = self.op(gpu, x.shape(), layout)?;
         let c = self.channels;
