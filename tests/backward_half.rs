@@ -1210,21 +1210,11 @@ fn half_dx_is_the_f32_backward_of_the_widened_inputs_rounded_once() {
     let mut rng = Rng::new(41);
     for (path, gpu) in paths() {
         for dt in [DType::F16, DType::BF16] {
-            let input = |rng: &mut Rng, shape: &[usize]| {
-                let n = shape.iter().product();
-                let t = Tensor::from_slice(gpu, &rng.normals(n, 0.5, 2.0), shape).unwrap();
-                let h = t.cast(gpu, dt).unwrap();
-                let w = h.cast(gpu, DType::F32).unwrap();
-                (h, w)
-            };
+            let input = |rng: &mut Rng, shape: &[usize]| half_and_wide(gpu, rng, shape, dt);
             let compare = |what: &str, wide: &Gradients, half: &Gradients, terms: usize| {
-                let want: Vec<f32> = wide.dx.to_vec(gpu).unwrap();
-                let want: Vec<f32> = match dt {
-                    DType::F16 => want.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
-                    _ => want.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
-                };
                 assert_eq!(half.dx.dtype(), dt, "{what}");
-                assert_bits_eq(what, &half.dx.to_vec(gpu).unwrap(), &want);
+                let got: Vec<f32> = half.dx.to_vec(gpu).unwrap();
+                assert_bits_eq(what, &got, &rounded(gpu, &wide.dx, dt));
                 let a: Vec<f32> = wide.dweight.as_ref().unwrap().to_vec(gpu).unwrap();
                 let b: Vec<f32> = half.dweight.as_ref().unwrap().to_vec(gpu).unwrap();
                 // The same sum split into other blocks: within f32's n * eps bound for `terms`
