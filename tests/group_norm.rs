@@ -317,3 +317,27 @@ fn encode_refuses_wrong_sizes_and_aliasing() {
         (Norm::Group(4), (1, 4, &[])),
     );
 }
+
+/// The channels family binds its coefficient table (32 bytes per sample and channel) and its
+/// partials whole: on a device whose real binding limit is below them (64 KiB here), forward and
+/// backward are refused with `TooLarge`, not by wgpu's validation, and a shape whose table fits
+/// runs (x itself in chunks).
+#[test]
+fn channels_last_tables_beyond_a_real_binding_limit_are_too_large() {
+    let gpu = common::gpu_small_limits(false);
+    let gn = GroupNorm::new(2, 6).unwrap();
+    let mut rng = Rng::new(5);
+    let big = Tensor::from_slice(gpu, &rng.normals(4000 * 6, 0.0, 1.0), &[4000, 6]).unwrap();
+    let e = gn.forward(gpu, &big, Layout::ChannelsLast).unwrap_err();
+    assert!(matches!(e, NormError::TooLarge(_)), "{e}");
+    let stats = Tensor::from_slice(gpu, &vec![1.0f32; 4000 * 2], &[4000, 2]).unwrap();
+    let e = gn
+        .backward(gpu, &big, &big, &stats, &stats, Layout::ChannelsLast)
+        .unwrap_err();
+    assert!(matches!(e, NormError::TooLarge(_)), "{e}");
+    let v = rng.normals(200 * 6, 0.0, 1.0);
+    let small = Tensor::from_slice(gpu, &v, &[200, 6]).unwrap();
+    let out = gn.forward(gpu, &small, Layout::ChannelsLast).unwrap();
+    let (want, _) = fused_norm::reference::group_norm(&v, 6, 1, 2, true, None, None, 1e-5);
+    common::assert_close("small-limit group_norm", &out.y.to_vec(gpu).unwrap(), &want);
+}

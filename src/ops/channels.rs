@@ -118,7 +118,32 @@ struct BwdInputs<'a> {
 /// The coefficient table of a call with `plane` entries per plane: four planes, then a vec4 per
 /// entry (see apply.wgsl).
 fn coef_table(gpu: &Gpu, plane: u64) -> Result<Tensor> {
+    whole_binding(
+        gpu,
+        "coefficient table (32 bytes per sample and channel)",
+        32 * plane,
+    )?;
     Tensor::empty(gpu, &[(8 * plane) as usize])
+}
+
+/// The scratch of one call's statistics (its partials, `floats` f32 values).
+fn partials_scratch(gpu: &Gpu, floats: u64) -> Result<Tensor> {
+    whole_binding(gpu, "per-block partial statistics", 4 * floats)?;
+    Tensor::empty(gpu, &[floats.max(4) as usize])
+}
+
+/// The coefficient table and the partials are bound whole, not chunked with x: on a device
+/// whose binding limit is below them (channels-last with few positions per sample and very many
+/// samples) the call is refused here, clearly, rather than by wgpu's validation. The device's
+/// own limit decides (the context's chunking budget may be set lower, for tests).
+fn whole_binding(gpu: &Gpu, what: &str, bytes: u64) -> Result<()> {
+    let limit = gpu.limits().max_storage_buffer_binding_size;
+    if bytes > limit {
+        return Err(NormError::TooLarge(format!(
+            "this shape's {what} needs one binding of {bytes} bytes, above the device's {limit}"
+        )));
+    }
+    Ok(())
 }
 
 /// Threads merging `parts` partials per statistic: on CPU adapters one lane while it merges at
@@ -375,7 +400,7 @@ impl Channels<'_> {
         let gamma = self.weight.unwrap_or(&dummy).buffer();
         let beta = self.bias.unwrap_or(&dummy).buffer();
         let coef = coef_table(gpu, plane)?;
-        let partials = Tensor::empty(gpu, &[(2 * samples * c * b.nbt).max(4) as usize])?;
+        let partials = partials_scratch(gpu, 2 * samples * c * b.nbt)?;
         let update = match &source {
             Source::Batch { update, .. } | Source::Given { update, .. } => *update,
             _ => None,
@@ -553,7 +578,7 @@ impl Channels<'_> {
         let plane = samples * c.div_ceil(4) * 4;
         let (dummy, sink) = (gpu.placeholder()?, gpu.sink()?);
         let coef = coef_table(gpu, plane)?;
-        let partials = Tensor::empty(gpu, &[(2 * samples * c * b.nbt).max(4) as usize])?;
+        let partials = partials_scratch(gpu, 2 * samples * c * b.nbt)?;
         let base = ChannelsParams {
             n: self.n as u32,
             c: c as u32,
