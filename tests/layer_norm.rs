@@ -481,3 +481,45 @@ fn gpu_plan_sizes_the_row_cache_and_spreads_few_rows() {
         "{long}"
     );
 }
+
+/// Long rows on a CPU adapter with subgroups: [64, 65536] takes a subgroup per row (2048 vec4s
+/// per lane, no barriers) and stays within TOL of the reference with means of 1e4 and 1e6,
+/// the split path's result too; [8, 65536] (one workgroup's worth) keeps the split path.
+#[test]
+fn long_rows_take_a_subgroup_each_on_cpu_adapters() {
+    let g = gpu();
+    if g.adapter_info().device_type != wgpu::DeviceType::Cpu || !g.capabilities().subgroups {
+        return;
+    }
+    let sg = g.capabilities().subgroup_min_size;
+    let d = 65536;
+    let plan = LayerNorm::new(&[d]).plan(g, &[64, d]).unwrap();
+    assert_eq!(
+        plan.rows.as_ref().unwrap().variant,
+        LnVariant::Rows {
+            threads_per_row: sg
+        },
+        "{}",
+        plan.reason
+    );
+    let few = LayerNorm::new(&[d]).plan(g, &[8, d]).unwrap();
+    assert_eq!(few.rows.as_ref().unwrap().variant, LnVariant::SplitRow);
+    let mut rng = Rng::new(17);
+    for mean in [1e4, 1e6] {
+        let x = rng.normals(64 * d, mean, 1.0);
+        let t = Tensor::from_slice(g, &x, &[64, d]).unwrap();
+        let want = reference::layer_norm(&x, d, None, None, 1e-5);
+        let got = LayerNorm::new(&[d]).forward(g, &t).unwrap();
+        assert_close("subgroup rows y", &got.y.to_vec(g).unwrap(), &want.y);
+        assert_close(
+            "subgroup rows mean",
+            &got.mean.to_vec(g).unwrap(),
+            &want.mean,
+        );
+        assert_close(
+            "subgroup rows rstd",
+            &got.rstd.to_vec(g).unwrap(),
+            &want.rstd,
+        );
+    }
+}

@@ -22,6 +22,10 @@ const ROW_CACHE: u32 = 16;
 /// that take the split-row path.
 const CPU_MIN_WORKGROUPS: u64 = 16;
 
+/// Fewest workgroups for long rows at a subgroup each (see `Rows::plan`); fewer take the split
+/// path, which spreads a row over every core.
+const CPU_MIN_LONG_ROW_WORKGROUPS: u64 = 8;
+
 /// Most workgroups a CPU-adapter rows kernel may run when its reduction needs barriers.
 const CPU_MAX_BARRIER_WORKGROUPS: u64 = 256;
 
@@ -112,13 +116,28 @@ impl Rows<'_> {
                 // One thread per row while a thread's loop stays short: lanes never exchange
                 // data. Longer rows take the fewest threads that keep loops short; few rows
                 // split so every core gets workgroups.
-                let tpr = (iters(1).div_ceil(MAX_THREAD_ITERS).max(1) as u32).next_power_of_two();
+                let mut tpr =
+                    (iters(1).div_ceil(MAX_THREAD_ITERS).max(1) as u32).next_power_of_two();
+                // Long rows that one subgroup covers with up to 4 * MAX_THREAD_ITERS vec4s per
+                // lane take a subgroup each, as the backward does: no barriers and x read twice
+                // from a core's cache, where the split path re-reads it from memory plus the
+                // weight and bias per row (lavapipe, 2 threads, one sitting: [64, 65536] 3.27 ->
+                // 2.24x copy, [256, 65536] 5.17 -> 2.41-2.57x). Only with enough rows for the
+                // cores (8 rows: 1 workgroup, 3.6x against split's 3.1x).
+                let long_ok = sg > 1
+                    && iters(sg) <= 4 * MAX_THREAD_ITERS
+                    && rows.div_ceil(u64::from(wg / sg)) >= CPU_MIN_LONG_ROW_WORKGROUPS;
+                if tpr > sg && long_ok {
+                    tpr = sg;
+                }
+                let long = tpr == sg && iters(tpr) > MAX_THREAD_ITERS;
                 let groups = rows.div_ceil(u64::from(wg / tpr.min(wg)));
                 // Without subgroups wide enough, a row's threads meet at barriers: worth it only
                 // for a few workgroups (microseconds each) and rows that stay in a core's cache
                 // between the passes (measured: 512 x 16384 2.0x copy this way, 3.0x split).
                 let barrier_ok = groups <= CPU_MAX_BARRIER_WORKGROUPS && self.d <= 16384;
-                if (tpr <= sg || barrier_ok) && tpr <= wg && groups >= CPU_MIN_WORKGROUPS {
+                let enough = groups >= CPU_MIN_WORKGROUPS || long;
+                if (tpr <= sg || barrier_ok) && tpr <= wg && enough {
                     let how = if tpr <= sg {
                         "no barriers"
                     } else {
