@@ -557,3 +557,33 @@ fn finalize_launches_a_group_per_channel_not_a_workgroup() {
         }
     }
 }
+
+/// Half storage with an odd channel-first slab on a device with 64 KiB bindings: the blocks fit
+/// half a binding, so the even chunks half storage needs still fit one, and every shape f32
+/// runs, half runs too (review finding: [2, 21, 3] in f16 was refused).
+#[test]
+fn half_odd_slabs_on_small_bindings_run_where_f32_does() {
+    let gpu = common::gpu_small_limits(true);
+    let mut rng = Rng::new(23);
+    for c in (17..=45).step_by(2) {
+        let shape = [2, c, 3];
+        let x16 = Tensor::from_slice(gpu, &rng.normals(2 * c * 3, 0.0, 1.0), &shape)
+            .unwrap()
+            .cast(gpu, fused_norm::DType::F16)
+            .unwrap();
+        let x32 = x16.cast(gpu, fused_norm::DType::F32).unwrap();
+        let mut bn = BatchNorm::new(gpu, c).unwrap();
+        let want = bn.forward_train(gpu, &x32, Layout::ChannelsFirst).unwrap();
+        let got = bn.forward_train(gpu, &x16, Layout::ChannelsFirst);
+        let got = got.unwrap_or_else(|e| panic!("c = {c}: {e}"));
+        // The same f32 math on the same widened inputs, then one f16 rounding (half an ulp,
+        // 2^-11 relative).
+        let (a, b) = (got.y.to_vec(gpu).unwrap(), want.y.to_vec(gpu).unwrap());
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (a - b).abs() <= b.abs() * 4.9e-4 + 1e-6,
+                "c = {c} [{i}]: {a} vs {b}"
+            );
+        }
+    }
+}

@@ -202,7 +202,13 @@ impl Channels<'_> {
                 gpu.max_binding_bytes()
             )));
         }
-        let b = self.blocks(pol, u64::from(part_tpr), runs_per_binding);
+        // Half chunks of an odd slab hold an even number of runs (an odd block is doubled
+        // below): blocks of at most half a binding keep that double within one binding.
+        let block_cap = match elem == 2 && slab % 2 == 1 {
+            true => (runs_per_binding / 2).max(1),
+            false => runs_per_binding,
+        };
+        let b = self.blocks(pol, u64::from(part_tpr), block_cap);
         let mut step = if unit > 1 { unit } else { b.nbr };
         // Half chunks start on a whole word: an even number of odd runs.
         if elem == 2 && slab % 2 == 1 && step % 2 == 1 {
