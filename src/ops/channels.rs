@@ -190,7 +190,7 @@ impl Channels<'_> {
         // workgroup there); GPUs reduce a block with the whole workgroup.
         let part_tpr = if pol.cpu { pol.sg } else { wg };
         let slab = self.c * self.s;
-        let elem = if self.storage.is_half() { 2 } else { 4 };
+        let elem = self.storage.elem_bytes();
         let runs_per_binding = units_per_binding_of(gpu, slab, elem);
         // Chunks hold whole samples when statistics are per sample, else whole blocks.
         let unit = if self.spr < self.n { self.spr } else { 1 };

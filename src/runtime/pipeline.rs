@@ -61,7 +61,6 @@ impl Storage {
         }
     }
 
-    /// Whether elements are 16-bit.
     /// Bytes per element.
     pub(crate) fn elem_bytes(self) -> u64 {
         if self.is_half() {
@@ -71,6 +70,7 @@ impl Storage {
         }
     }
 
+    /// Whether elements are 16-bit.
     pub(crate) fn is_half(self) -> bool {
         self != Storage::F32
     }
