@@ -11,10 +11,10 @@
 // With dweight = sum(dy * xhat) and dbias = sum(dy) over all rows, x and dy are read twice
 // whatever the order (the column sums need every row, dx needs its row's sums), so:
 // - rows_bwd_sums:   TPR threads per row: (a, b) into rowsums[row], the reduction of rows_bwd.
-// - rows_bwd_cols:   one thread per (four columns, block of block_rows rows), d % 4 == 0,
+// - rows_bwd_cols:   one thread per (COLS vec4 columns, block of block_rows rows), d % 4 == 0,
 //                    walking its block in row order: dx of its columns from rowsums, and the
 //                    block's column sums into partials[block * d + column].
-//   rows_bwd_cols_scalar: the same, a column per thread, dx through `dx1`.
+//   rows_bwd_cols_scalar: the same, COLS single columns per thread, dx through `dx1`.
 // - rows_bwd_chan:   CHANNEL_AFFINE's stage 1: TPR threads per (sample, channel) run of `run`
 //                    values sum dy * xhat and dy into partials[sample * C + channel].
 // - rows_bwd_chan_dx: CHANNEL_AFFINE's dx: TPR threads per run (run % 4 == 0; the _scalar
@@ -265,62 +265,124 @@ fn rows_bwd_sums(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     }
 }
 
-// Block `blk` of the column walk (rows r0..r1 of the chunk), or none past the last.
-fn col_block(e: u32, lanes: u32) -> vec3<u32> {
-    let blk = e / lanes;
+// Columns (vec4s for rows_bwd_cols) each column-walk thread takes, next to each other, at most
+// MAX_COLS: CPU adapters load a row's statistics and sums once per lane, so a lane walking
+// several columns loads them once for all of them (GPUs broadcast them from cache and want a
+// warp's loads contiguous: 1). Columns `lanes` apart instead measured 1.5x slower on lavapipe
+// (rows of 65536 f32: 64 KiB apart, the same L1 sets).
+override COLS: u32 = 1u;
+const MAX_COLS: u32 = 4u;
+override NCOLS: u32 = min(COLS, MAX_COLS);
+
+// A column-walk thread: `lanes` = ceil(columns / NCOLS) threads per block, in whole
+// workgroups, so a block's rows are the same for the whole workgroup. Its columns are
+// col * NCOLS .. col * NCOLS + NCOLS - 1 below `cols`; none past the last block or lane.
+struct ColThread {
+    blk: u32,
+    col: u32,
+    lanes: u32,
+    r0: u32,
+    r1: u32,
+    valid: bool,
+}
+
+fn col_thread(wid: vec3<u32>, t: u32, cols: u32) -> ColThread {
+    let lanes = (cols + NCOLS - 1u) / NCOLS;
+    let per_block = (lanes + WG - 1u) / WG;
+    let g = group_id(wid);
+    let blk = g / per_block;
+    let col = (g % per_block) * WG + t;
     let r0 = blk * p.block_rows;
-    return vec3<u32>(blk, r0, min(r0 + p.block_rows, p.rows));
+    let valid = col < lanes && blk < p.blocks;
+    return ColThread(blk, col, lanes, r0, min(r0 + p.block_rows, p.rows), valid);
+}
+
+// Column k of thread b (k < NCOLS), or `cols` (none) past the last.
+fn col_k(b: ColThread, k: u32, cols: u32) -> u32 {
+    return min(b.col * NCOLS + k, cols);
 }
 
 @compute @workgroup_size(WG)
 fn rows_bwd_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let e = group_id(wid) * WG + t;
-    let col = e % (p.d / 4u);
-    let b = col_block(e, p.d / 4u);
-    if (b.x >= p.blocks) {
+    let nv = p.d / 4u;
+    let b = col_thread(wid, t, nv);
+    if (!b.valid) {
         return;
     }
-    var dw = vec4<f32>(0.0);
-    var db = vec4<f32>(0.0);
-    let w = weight4(0u, col);
-    for (var r = b.y; r < b.z; r++) {
+    var dw: array<vec4<f32>, MAX_COLS>;
+    var db: array<vec4<f32>, MAX_COLS>;
+    var w: array<vec4<f32>, MAX_COLS>;
+    for (var k = 0u; k < NCOLS; k++) {
+        let col = col_k(b, k, nv);
+        if (col < nv) {
+            w[k] = weight4(0u, col);
+        }
+    }
+    for (var r = b.r0; r < b.r1; r++) {
         let st = stats(r);
         let rs = rowsums[r];
-        let i = (p.off + r * p.d) / 4u + col;
-        let v = ld_dy4(i);
-        let xh = (ld_x4(i) - vec4<f32>(st.x)) * st.y;
-        dx[i] = narrow4(dx_of(v * w, xh, st.y, rs.x, rs.y));
-        dw += v * xh;
-        db += v;
+        let row = (p.off + r * p.d) / 4u;
+        for (var k = 0u; k < NCOLS; k++) {
+            let col = col_k(b, k, nv);
+            if (col < nv) {
+                let i = row + col;
+                let v = ld_dy4(i);
+                let xh = (ld_x4(i) - vec4<f32>(st.x)) * st.y;
+                dx[i] = narrow4(dx_of(v * w[k], xh, st.y, rs.x, rs.y));
+                dw[k] += v * xh;
+                db[k] += v;
+            }
+        }
     }
-    let q = b.x * p.d + 4u * col;
-    for (var k = 0u; k < 4u; k++) {
-        partials[q + k] = vec2<f32>(dw[k], db[k]);
+    for (var k = 0u; k < NCOLS; k++) {
+        let col = col_k(b, k, nv);
+        if (col < nv) {
+            let q = b.blk * p.d + 4u * col;
+            for (var c = 0u; c < 4u; c++) {
+                partials[q + c] = vec2<f32>(dw[k][c], db[k][c]);
+            }
+        }
     }
 }
 
+// rows_bwd_cols a value at a time (any d), dx through `dx1`.
 @compute @workgroup_size(WG)
 fn rows_bwd_cols_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let e = group_id(wid) * WG + t;
-    let col = e % p.d;
-    let b = col_block(e, p.d);
-    if (b.x >= p.blocks) {
+    let b = col_thread(wid, t, p.d);
+    if (!b.valid) {
         return;
     }
-    var dw = 0.0;
-    var db = 0.0;
-    let w = weight_at(col);
-    for (var r = b.y; r < b.z; r++) {
+    var dw: array<f32, MAX_COLS>;
+    var db: array<f32, MAX_COLS>;
+    var w: array<f32, MAX_COLS>;
+    for (var k = 0u; k < NCOLS; k++) {
+        let col = col_k(b, k, p.d);
+        if (col < p.d) {
+            w[k] = weight_at(col);
+        }
+    }
+    for (var r = b.r0; r < b.r1; r++) {
         let st = stats(r);
         let rs = rowsums[r];
-        let i = p.off + r * p.d + col;
-        let v = ld_dy(i);
-        let xh = (ld_x(i) - st.x) * st.y;
-        dx1[i] = dx_of(vec4<f32>(v * w), vec4<f32>(xh), st.y, rs.x, rs.y).x;
-        dw += v * xh;
-        db += v;
+        let row = p.off + r * p.d;
+        for (var k = 0u; k < NCOLS; k++) {
+            let col = col_k(b, k, p.d);
+            if (col < p.d) {
+                let i = row + col;
+                let v = ld_dy(i);
+                let xh = (ld_x(i) - st.x) * st.y;
+                dx1[i] = dx_of(vec4<f32>(v * w[k]), vec4<f32>(xh), st.y, rs.x, rs.y).x;
+                dw[k] += v * xh;
+                db[k] += v;
+            }
+        }
     }
-    partials[b.x * p.d + col] = vec2<f32>(dw, db);
+    for (var k = 0u; k < NCOLS; k++) {
+        let col = col_k(b, k, p.d);
+        if (col < p.d) {
+            partials[b.blk * p.d + col] = vec2<f32>(dw[k], db[k]);
+        }
+    }
 }
 
 // The chunk's (sample, channel) run of thread t (TPR threads per run), its group row's
@@ -468,25 +530,34 @@ fn rows_bwd_chan_dx_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
 }
 
 // The column sums of rows_bwd_cols_scalar without dx (half rows that do not fill whole vec4s,
-// whose dx rows_bwd_dx_pair writes): the same walk, so the same sums.
+// whose dx rows_bwd_dx_pair writes): the same walk, so the same sums. (A kernel of its own:
+// wgpu's derived layouts need every binding a kernel reaches bound, dx1 and rowsums included.)
 @compute @workgroup_size(WG)
 fn rows_bwd_colsums_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let e = group_id(wid) * WG + t;
-    let col = e % p.d;
-    let b = col_block(e, p.d);
-    if (b.x >= p.blocks) {
+    let b = col_thread(wid, t, p.d);
+    if (!b.valid) {
         return;
     }
-    var dw = 0.0;
-    var db = 0.0;
-    for (var r = b.y; r < b.z; r++) {
+    var dw: array<f32, MAX_COLS>;
+    var db: array<f32, MAX_COLS>;
+    for (var r = b.r0; r < b.r1; r++) {
         let st = stats(r);
-        let i = p.off + r * p.d + col;
-        let v = ld_dy(i);
-        dw += v * ((ld_x(i) - st.x) * st.y);
-        db += v;
+        let row = p.off + r * p.d;
+        for (var k = 0u; k < NCOLS; k++) {
+            let col = col_k(b, k, p.d);
+            if (col < p.d) {
+                let v = ld_dy(row + col);
+                dw[k] += v * ((ld_x(row + col) - st.x) * st.y);
+                db[k] += v;
+            }
+        }
     }
-    partials[b.x * p.d + col] = vec2<f32>(dw, db);
+    for (var k = 0u; k < NCOLS; k++) {
+        let col = col_k(b, k, p.d);
+        if (col < p.d) {
+            partials[b.blk * p.d + col] = vec2<f32>(dw[k], db[k]);
+        }
+    }
 }
 
 @compute @workgroup_size(WG)

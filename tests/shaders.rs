@@ -317,10 +317,23 @@ fn rows_bwd_module_compiles_for_every_backend() {
             "rows_bwd_chan",
         ]
         .contains(&entry);
-        sized_sets(
+        let sets = sized_sets(
             &["VEC", "HAS_W", "HAS_B", "CENTER", "CHANNEL_AFFINE"],
             reduces,
-        )
+        );
+        // The column walks: one column per lane (GPUs) and several (CPU adapters).
+        let walks = [
+            "rows_bwd_cols",
+            "rows_bwd_cols_scalar",
+            "rows_bwd_colsums_scalar",
+        ];
+        match walks.contains(&entry) {
+            true => [1.0, 2.0, 4.0]
+                .iter()
+                .flat_map(|&c| with_divisors(sets.clone(), &[("COLS", c)]))
+                .collect(),
+            false => sets,
+        }
     });
     assert!(n > 100);
 }

@@ -29,6 +29,9 @@ fn min_block_rows(d: u64) -> u64 {
 const MAX_BLOCKS: u64 = 1024;
 /// Most bytes of column partials (a vec2 per column and block).
 const MAX_PARTIAL_BYTES: u64 = 32 << 20;
+/// Columns (vec4s when d % 4 == 0) per column-walk thread on CPU adapters (rows_bwd.wgsl's
+/// MAX_COLS at most; 2 and 8 measured slower on lavapipe).
+const COLS_PER_LANE_CPU: u32 = 4;
 /// Most loop iterations of one thread: llvmpipe stops loops at 65535.
 const MAX_LOOP: u64 = 60_000;
 
@@ -206,6 +209,11 @@ impl RowsBwd<'_> {
                 "{rows} rows of {d} values: column blocks of {block_rows} rows are too long"
             )));
         }
+        // Columns per thread of the column walk: CPU adapters load a row's statistics and
+        // sums once per lane (no broadcast), which measured 0.45x a copy of LayerNorm
+        // [64, 65536]'s backward on lavapipe; four columns per lane share them (the whole
+        // backward: 2.4x -> 1.9x a copy, one lavapipe thread). GPUs keep a column per lane.
+        let col_span = if policy.cpu { COLS_PER_LANE_CPU } else { 1 };
         let shader = Shader::RowsBwd;
         let overrides = Overrides::new(wg, tpr)
             .flag(Flag::Vec, vec)
@@ -368,11 +376,14 @@ impl RowsBwd<'_> {
                 }
                 (Some(part), None) => {
                     launches.push(row_sums()?);
-                    let col_groups = (nb * per).div_ceil(u64::from(wg));
+                    // Whole workgroups per block (see col_thread in the shader).
+                    let cols_ov = overrides.clone().cols(col_span);
+                    let lanes = per.div_ceil(u64::from(col_span));
+                    let col_groups = nb * lanes.div_ceil(u64::from(wg));
                     if pairs {
                         // The column sums alone, then dx a word per thread.
                         launches.push(
-                            launch(Kernel::RowsBwdColsumsScalar, &overrides, col_groups)?
+                            launch(Kernel::RowsBwdColsumsScalar, &cols_ov, col_groups)?
                                 .buf("partials", part.buffer()),
                         );
                         launches.push(dx_pairs()?);
@@ -382,7 +393,7 @@ impl RowsBwd<'_> {
                             false => Kernel::RowsBwdColsScalar,
                         };
                         launches.push(
-                            launch(cols, &overrides, col_groups)?
+                            launch(cols, &cols_ov, col_groups)?
                                 .buf("partials", part.buffer())
                                 .buf("gamma", gamma)
                                 .buf("rowsums", sums())

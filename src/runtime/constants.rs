@@ -90,6 +90,7 @@ pub(crate) struct Overrides {
     tpr: u32,
     flags: Vec<(Flag, bool)>,
     divisors: Vec<(Divisor, u32)>,
+    cols: Option<u32>,
 }
 
 impl Overrides {
@@ -100,7 +101,14 @@ impl Overrides {
             tpr,
             flags: Vec::new(),
             divisors: Vec::new(),
+            cols: None,
         }
+    }
+
+    /// Columns per thread of a column walk (rows_bwd.wgsl's `COLS`).
+    pub(crate) fn cols(mut self, n: u32) -> Overrides {
+        self.cols = Some(n);
+        self
     }
 
     /// Fixes `d` at `value` in the pipeline when `on` (CPU adapters: see [`Divisor`]); GPUs
@@ -132,6 +140,9 @@ impl Overrides {
                 .map(|(f, on)| (f.name(), f64::from(u8::from(*on)))),
         );
         c.extend(self.divisors.iter().map(|(d, v)| (d.name(), f64::from(*v))));
+        if let Some(n) = self.cols {
+            c.push(("COLS", f64::from(n)));
+        }
         if let Some(sg) = sg_min {
             c.push(("SG_MIN", f64::from(sg)));
         }
