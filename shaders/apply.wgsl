@@ -1,8 +1,8 @@
 // The elementwise pass of the channels family: y = (x - centre) * scale + shift, with the
 // coefficients of the element's (sample, channel) from the table `channels.wgsl` fills; and the
 // backward's dx = (x - centre) * scale + shift + grad * dy (apply_bwd_*). One vec4 (or value)
-// per thread, like the copy kernel (a workgroup looping over a run measured 1.5x slower on
-// lavapipe).
+// per thread on GPUs, like the copy kernel; PER_LANE vec4s sharing one coefficient load on CPU
+// adapters (a whole workgroup looping over a run measured 1.5x slower on lavapipe).
 //
 // The coefficient table: four planes of `plane` values (centre | scale | shift | grad), entry
 // sample * cp + channel with cp = round_up(c, 4), read as vec4s of four channels by the
@@ -86,21 +86,54 @@ fn index(wid: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * p.grid_x) * WG + lid;
 }
 
-// Channels-first, s % 4 == 0: vec4 e lies in one run, of one channel. Only BatchNorm runs
-// channels-first through here: one coefficient row for every sample. Its (centre, scale, shift,
-// grad).
-fn cf4_coef(e: u32) -> vec4<f32> {
-    return coef[p.plane + ((p.e0 + 4u * e) / ns()) % nc()];
+// Vec4s each thread of the vec4 kernels takes: CPU adapters load a lane's coefficients once
+// per load instruction, not once per workgroup, so a lane with several vec4s of one run (or of
+// one channel quad) loads them once for all; GPUs keep one vec4 per lane, a warp's loads
+// contiguous.
+override PER_LANE: u32 = 1u;
+
+// A thread's vec4s: PER_LANE of them from v0 (chunk vec4 index), `stride` apart, the first
+// `n` existing; `entry` picks their coefficients.
+struct Span {
+    v0: u32,
+    stride: u32,
+    n: u32,
+    entry: u32,
 }
 
-// Channels-last, c % 4 == 0: vec4 e holds four channels of one row; their entry in the planes,
-// over 4 (entry_of without its divisions by s = 1).
-fn cl4_entry(e: u32) -> u32 {
-    var q = (p.e0 / 4u + e) % (nc() / 4u);
-    if (nspr() != 0u) {
-        q += ((p.e0 + 4u * e) / nc() / nspr()) * (cp() / 4u);
+// Channels-first, s % 4 == 0: PER_LANE consecutive vec4s of one run (its last thread may take
+// fewer), of one channel. Only BatchNorm runs channels-first through here: one coefficient row
+// for every sample; `entry` is the channel.
+fn cf4_span(e: u32) -> Span {
+    let s4 = ns() / 4u;
+    let per_run = (s4 + PER_LANE - 1u) / PER_LANE;
+    let run = e / per_run;
+    let j = (e % per_run) * PER_LANE;
+    if (run >= p.work / s4) {
+        return Span(0u, 1u, 0u, 0u);
     }
-    return q;
+    // Chunks hold whole samples: e0 is a multiple of the run length.
+    let ch = (p.e0 / ns() + run) % nc();
+    return Span(run * s4 + j, 1u, min(PER_LANE, s4 - j), ch);
+}
+
+// Channels-last, c % 4 == 0: the same four channels (vec4 column q) of PER_LANE consecutive
+// rows; `entry` is their place in the planes, over 4. With coefficients per sample the host
+// takes PER_LANE rows only when they divide a sample's rows (spr).
+fn cl4_span(e: u32) -> Span {
+    let c4 = nc() / 4u;
+    let q = e % c4;
+    let r0 = (e / c4) * PER_LANE;
+    let rows = p.work / c4;
+    if (r0 >= rows) {
+        return Span(0u, c4, 0u, 0u);
+    }
+    var entry = q;
+    if (nspr() != 0u) {
+        // Chunks hold whole samples: e0 is a multiple of c.
+        entry += ((p.e0 / nc() + r0) / nspr()) * (cp() / 4u);
+    }
+    return Span(r0 * c4 + q, c4, min(PER_LANE, rows - r0), entry);
 }
 
 // Element i of the x binding, for the scalar kernels.
@@ -115,25 +148,31 @@ fn ld_dy(i: u32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn apply_cf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = index(wid, lid);
-    if (e >= p.work) {
-        return;
+    let sp = cf4_span(index(wid, lid));
+    let k = coef[p.plane + sp.entry];
+    for (var i = 0u; i < PER_LANE; i++) {
+        if (i < sp.n) {
+            let e = sp.v0 + i;
+            let v = widen4(x[p.x_off / 4u + e]);
+            y[p.y_off / 4u + e] = narrow4(fma(v - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z)));
+        }
     }
-    let k = cf4_coef(e);
-    let v = widen4(x[p.x_off / 4u + e]);
-    y[p.y_off / 4u + e] = narrow4(fma(v - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z)));
 }
 
 @compute @workgroup_size(WG)
 fn apply_cl4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = index(wid, lid);
-    if (e >= p.work) {
-        return;
-    }
-    let q = cl4_entry(e);
+    let sp = cl4_span(index(wid, lid));
     let pv = p.plane / 4u;
-    let v = widen4(x[p.x_off / 4u + e]);
-    y[p.y_off / 4u + e] = narrow4(fma(v - coef[q], coef[pv + q], coef[2u * pv + q]));
+    let centre = coef[sp.entry];
+    let scale = coef[pv + sp.entry];
+    let shift = coef[2u * pv + sp.entry];
+    for (var i = 0u; i < PER_LANE; i++) {
+        if (i < sp.n) {
+            let e = sp.v0 + i * sp.stride;
+            let v = widen4(x[p.x_off / 4u + e]);
+            y[p.y_off / 4u + e] = narrow4(fma(v - centre, scale, shift));
+        }
+    }
 }
 
 // One value per thread, for shapes whose runs do not fill whole vec4s.
@@ -168,33 +207,45 @@ fn apply_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 
 @compute @workgroup_size(WG)
 fn apply_bwd_cf4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = index(wid, lid);
-    if (e >= p.work) {
-        return;
+    let sp = cf4_span(index(wid, lid));
+    let k = coef[p.plane + sp.entry];
+    for (var n = 0u; n < PER_LANE; n++) {
+        if (n < sp.n) {
+            let e = sp.v0 + n;
+            let i = p.x_off / 4u + e;
+            var t = vec4<f32>(0.0);
+            if (!EVAL) {
+                t = fma(widen4(x[i]) - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z));
+            }
+            y[p.y_off / 4u + e] = narrow4(fma(widen4(dy[i]), vec4<f32>(k.w), t));
+        }
     }
-    let k = cf4_coef(e);
-    let i = p.x_off / 4u + e;
-    var t = vec4<f32>(0.0);
-    if (!EVAL) {
-        t = fma(widen4(x[i]) - vec4<f32>(k.x), vec4<f32>(k.y), vec4<f32>(k.z));
-    }
-    y[p.y_off / 4u + e] = narrow4(fma(widen4(dy[i]), vec4<f32>(k.w), t));
 }
 
 @compute @workgroup_size(WG)
 fn apply_bwd_cl4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = index(wid, lid);
-    if (e >= p.work) {
-        return;
-    }
-    let q = cl4_entry(e);
+    let sp = cl4_span(index(wid, lid));
     let pv = p.plane / 4u;
-    let i = p.x_off / 4u + e;
-    var t = vec4<f32>(0.0);
+    var centre = vec4<f32>(0.0);
+    var scale = vec4<f32>(0.0);
+    var shift = vec4<f32>(0.0);
     if (!EVAL) {
-        t = fma(widen4(x[i]) - coef[q], coef[pv + q], coef[2u * pv + q]);
+        centre = coef[sp.entry];
+        scale = coef[pv + sp.entry];
+        shift = coef[2u * pv + sp.entry];
     }
-    y[p.y_off / 4u + e] = narrow4(fma(widen4(dy[i]), coef[3u * pv + q], t));
+    let grad = coef[3u * pv + sp.entry];
+    for (var n = 0u; n < PER_LANE; n++) {
+        if (n < sp.n) {
+            let e = sp.v0 + n * sp.stride;
+            let i = p.x_off / 4u + e;
+            var t = vec4<f32>(0.0);
+            if (!EVAL) {
+                t = fma(widen4(x[i]) - centre, scale, shift);
+            }
+            y[p.y_off / 4u + e] = narrow4(fma(widen4(dy[i]), grad, t));
+        }
+    }
 }
 
 @compute @workgroup_size(WG)

@@ -11,10 +11,10 @@
 // With dweight = sum(dy * xhat) and dbias = sum(dy) over all rows, x and dy are read twice
 // whatever the order (the column sums need every row, dx needs its row's sums), so:
 // - rows_bwd_sums:   TPR threads per row: (a, b) into rowsums[row], the reduction of rows_bwd.
-// - rows_bwd_cols:   one thread per (COLS vec4 columns, block of block_rows rows), d % 4 == 0,
-//                    walking its block in row order: dx of its columns from rowsums, and the
-//                    block's column sums into partials[block * d + column].
-//   rows_bwd_cols_scalar: the same, COLS single columns per thread, dx through `dx1`.
+// - rows_bwd_cols:   one thread per (PER_LANE vec4 columns, block of block_rows rows),
+//                    d % 4 == 0, walking its block in row order: dx of its columns from
+//                    rowsums, and the block's column sums into partials[block * d + column].
+//   rows_bwd_cols_scalar: the same, PER_LANE single columns per thread, dx through `dx1`.
 // - rows_bwd_chan:   CHANNEL_AFFINE's stage 1: TPR threads per (sample, channel) run of `run`
 //                    values sum dy * xhat and dy into partials[sample * C + channel].
 // - rows_bwd_chan_dx: CHANNEL_AFFINE's dx: TPR threads per run (run % 4 == 0; the _scalar
@@ -270,9 +270,9 @@ fn rows_bwd_sums(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
 // several columns loads them once for all of them (GPUs broadcast them from cache and want a
 // warp's loads contiguous: 1). Columns `lanes` apart instead measured 1.5x slower on lavapipe
 // (rows of 65536 f32: 64 KiB apart, the same L1 sets).
-override COLS: u32 = 1u;
+override PER_LANE: u32 = 1u;
 const MAX_COLS: u32 = 4u;
-override NCOLS: u32 = min(COLS, MAX_COLS);
+override NCOLS: u32 = min(PER_LANE, MAX_COLS);
 
 // A column-walk thread: `lanes` = ceil(columns / NCOLS) threads per block, in whole
 // workgroups, so a block's rows are the same for the whole workgroup. Its columns are

@@ -276,37 +276,49 @@ fn eval_uses_running_statistics() {
                 let rv: Vec<f32> = (0..c)
                     .map(|i| if i % 2 == 0 { var0 } else { 0.5 + i as f32 })
                     .collect();
-                let w = rng.normals(c, 1.0, 0.5);
-                let b = rng.normals(c, 0.0, 1.0);
-                let (cc, s) = cs(&shape, layout);
-                let want = reference::batch_norm_apply(
-                    &x,
-                    cc,
-                    s,
-                    &rm.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
-                    &rv.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
-                    Some(&w),
-                    Some(&b),
-                    1e-5,
-                );
-                for (path, g) in gpus() {
-                    let mt = Tensor::from_slice(g, &rm, &[c]).unwrap();
-                    let vt = Tensor::from_slice(g, &rv, &[c]).unwrap();
-                    let bn = BatchNorm::new(g, c)
-                        .unwrap()
-                        .weight(Tensor::from_slice(g, &w, &[c]).unwrap())
-                        .bias(Tensor::from_slice(g, &b, &[c]).unwrap())
-                        .running_stats(mt.clone(), vt.clone());
-                    let xt = Tensor::from_slice(g, &x, &shape).unwrap();
-                    let y = bn.forward_eval(g, &xt, layout).unwrap();
-                    let what = format!("{layout:?} {path} var {var0} count {count}");
-                    assert_close(&what, &y.to_vec(g).unwrap(), &want);
-                    // The caller's tensors are not modified.
-                    assert_bits_eq("running mean given", &mt.to_vec(g).unwrap(), &rm);
-                    assert_bits_eq("x", &xt.to_vec(g).unwrap(), &x);
-                }
+                let o = Opts {
+                    weight: Some(rng.normals(c, 1.0, 0.5)),
+                    bias: Some(rng.normals(c, 0.0, 1.0)),
+                    eps: 1e-5,
+                };
+                let what = format!("{layout:?} var {var0} count {count}");
+                check_eval(&what, &x, &shape, layout, (&rm, &rv), &o);
             }
         }
+    }
+}
+
+/// Inference with the given running statistics on every context, against the reference; the
+/// caller's running statistics and x are not modified.
+fn check_eval(
+    what: &str,
+    x: &[f32],
+    shape: &[usize],
+    layout: Layout,
+    (rm, rv): (&[f32], &[f32]),
+    o: &Opts,
+) {
+    let (c, s) = cs(shape, layout);
+    let f64s = |v: &[f32]| v.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
+    let want = reference::batch_norm_apply(
+        x,
+        c,
+        s,
+        &f64s(rm),
+        &f64s(rv),
+        o.weight.as_deref(),
+        o.bias.as_deref(),
+        f64::from(o.eps),
+    );
+    for (path, g) in gpus() {
+        let mt = Tensor::from_slice(g, rm, &[c]).unwrap();
+        let vt = Tensor::from_slice(g, rv, &[c]).unwrap();
+        let bn = module(g, c, o).running_stats(mt.clone(), vt.clone());
+        let xt = Tensor::from_slice(g, x, shape).unwrap();
+        let y = bn.forward_eval(g, &xt, layout).unwrap();
+        assert_close(&format!("{what} {path}"), &y.to_vec(g).unwrap(), &want);
+        assert_bits_eq("running mean given", &mt.to_vec(g).unwrap(), rm);
+        assert_bits_eq("x", &xt.to_vec(g).unwrap(), x);
     }
 }
 
@@ -585,5 +597,35 @@ fn half_odd_slabs_on_small_bindings_run_where_f32_does() {
                 "c = {c} [{i}]: {a} vs {b}"
             );
         }
+    }
+}
+
+#[test]
+fn vec4_apply_lanes_with_partial_tails() {
+    // CPU adapters give an apply lane up to 8 vec4s of one run (channels-first) or one channel
+    // quad down 8 rows (channels-last); these runs and row counts end mid-lane: runs of 9, 49
+    // and 4 vec4s; 45, 2 and 9 rows of 3, 2 and 1 channel quads.
+    let mut rng = Rng::new(31);
+    let shapes = [
+        ([3usize, 5, 6, 6], Layout::ChannelsFirst),
+        ([2, 4, 14, 14], Layout::ChannelsFirst),
+        ([2, 3, 4, 4], Layout::ChannelsFirst),
+        ([5, 3, 3, 12], Layout::ChannelsLast),
+        ([2, 1, 1, 8], Layout::ChannelsLast),
+        ([1, 3, 3, 4], Layout::ChannelsLast),
+    ];
+    for (shape, layout) in shapes {
+        let (c, _) = cs(&shape, layout);
+        let x = data(&mut rng, &shape, layout, 0.5);
+        let o = Opts {
+            weight: Some(rng.normals(c, 1.0, 0.5)),
+            bias: Some(rng.normals(c, 0.0, 1.0)),
+            eps: 1e-5,
+        };
+        check_train(&x, &shape, layout, &o);
+        let rm = rng.normals(c, 0.5, 1.0);
+        let rv: Vec<f32> = (0..c).map(|i| 0.25 + i as f32).collect();
+        let what = format!("{shape:?} {layout:?}");
+        check_eval(&what, &x, &shape, layout, (&rm, &rv), &o);
     }
 }

@@ -341,3 +341,17 @@ fn channels_last_tables_beyond_a_real_binding_limit_are_too_large() {
     let (want, _) = fused_norm::reference::group_norm(&v, 6, 1, 2, true, None, None, 1e-5);
     common::assert_close("small-limit group_norm", &out.y.to_vec(gpu).unwrap(), &want);
 }
+
+#[test]
+fn channels_last_lanes_of_several_rows_stay_in_their_sample() {
+    // CPU adapters give an apply lane up to 8 rows of one channel quad when they divide a
+    // sample's rows: 16 and 64 positions per sample (lanes of 8 rows), 12 (one row per lane),
+    // 8 channels in 2 and 4 groups, 3 and 5 samples.
+    let shapes = gn(&[
+        (3, 8, &[4, 4], 2),
+        (5, 8, &[8, 8], 4),
+        (3, 8, &[3, 4], 2),
+        (5, 16, &[2, 4], 4),
+    ]);
+    grouped::affine_cases_match_the_reference(207, &shapes, 0.5);
+}

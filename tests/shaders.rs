@@ -330,7 +330,7 @@ fn rows_bwd_module_compiles_for_every_backend() {
         match walks.contains(&entry) {
             true => [1.0, 2.0, 4.0]
                 .iter()
-                .flat_map(|&c| with_divisors(sets.clone(), &[("COLS", c)]))
+                .flat_map(|&c| with_divisors(sets.clone(), &[("PER_LANE", c)]))
                 .collect(),
             false => sets,
         }
@@ -342,7 +342,12 @@ fn rows_bwd_module_compiles_for_every_backend() {
 fn apply_module_compiles_for_every_backend() {
     let n = check_family("apply", &|_| {
         let shape = [("K_C", 64.0), ("K_RUN", 49.0), ("K_SPR", 196.0)];
-        with_divisors(sized_sets(&["EVAL"], false), &shape)
+        let sets = with_divisors(sized_sets(&["EVAL"], false), &shape);
+        // A vec4 per lane (GPUs) and several (CPU adapters).
+        [1.0, 8.0]
+            .iter()
+            .flat_map(|&k| with_divisors(sets.clone(), &[("PER_LANE", k)]))
+            .collect()
     });
     assert!(n > 10);
 }

@@ -377,7 +377,7 @@ impl RowsBwd<'_> {
                 (Some(part), None) => {
                     launches.push(row_sums()?);
                     // Whole workgroups per block (see col_thread in the shader).
-                    let cols_ov = overrides.clone().cols(col_span);
+                    let cols_ov = overrides.clone().per_lane(col_span);
                     let lanes = per.div_ceil(u64::from(col_span));
                     let col_groups = nb * lanes.div_ceil(u64::from(wg));
                     if pairs {

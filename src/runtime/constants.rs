@@ -90,7 +90,7 @@ pub(crate) struct Overrides {
     tpr: u32,
     flags: Vec<(Flag, bool)>,
     divisors: Vec<(Divisor, u32)>,
-    cols: Option<u32>,
+    per_lane: Option<u32>,
 }
 
 impl Overrides {
@@ -101,13 +101,14 @@ impl Overrides {
             tpr,
             flags: Vec::new(),
             divisors: Vec::new(),
-            cols: None,
+            per_lane: None,
         }
     }
 
-    /// Columns per thread of a column walk (rows_bwd.wgsl's `COLS`).
-    pub(crate) fn cols(mut self, n: u32) -> Overrides {
-        self.cols = Some(n);
+    /// Columns (rows_bwd.wgsl's column walk) or vec4s (apply.wgsl) each thread takes: the
+    /// kernels' `PER_LANE`, more than 1 on CPU adapters only.
+    pub(crate) fn per_lane(mut self, n: u32) -> Overrides {
+        self.per_lane = Some(n);
         self
     }
 
@@ -140,8 +141,8 @@ impl Overrides {
                 .map(|(f, on)| (f.name(), f64::from(u8::from(*on)))),
         );
         c.extend(self.divisors.iter().map(|(d, v)| (d.name(), f64::from(*v))));
-        if let Some(n) = self.cols {
-            c.push(("COLS", f64::from(n)));
+        if let Some(n) = self.per_lane {
+            c.push(("PER_LANE", f64::from(n)));
         }
         if let Some(sg) = sg_min {
             c.push(("SG_MIN", f64::from(sg)));
