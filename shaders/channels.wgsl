@@ -152,8 +152,9 @@ fn channels_pivot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 // The (channel, block) of a group of TPR threads in the channels-first stage 1, forward and
 // backward. Groups run in memory order (n-block, channel, seg): neighbours read neighbouring
 // memory. The block is walked by one flat index k < total over its runs (element
-// base + (k / per) * stride + k % per, in vec4s when VEC), so short runs (7 x 7, 14 x 14) still
-// give every lane work: with a loop per run, 256 threads over a 49-value run leave 207 idle.
+// base + (k / per) * stride + k % per, in vec4s when VEC: see CfWalk), so short runs (7 x 7,
+// 14 x 14) still give every lane work: with a loop per run, 256 threads over a 49-value run
+// leave 207 idle.
 struct CfBlock {
     lane: u32,
     valid: bool,
@@ -190,15 +191,44 @@ fn cf_block(wid: vec3<u32>, l: Lane) -> CfBlock {
     return CfBlock(t % TPR, valid, ch, gb, base, p.c * p.s, per, nruns * per);
 }
 
+// A lane's place in its block's flat walk (k = lane, lane + TPR, ...): run `run`, value (vec4
+// when VEC) j of it, stepped without a division per step (llvmpipe divides by a runtime value
+// one lane at a time, twice per value in the statistics' two passes).
+struct CfWalk {
+    k: u32,
+    run: u32,
+    j: u32,
+    // A step of TPR values: runs and values to advance.
+    dr: u32,
+    dj: u32,
+}
+
+fn cf_walk(bk: CfBlock) -> CfWalk {
+    let per = max(bk.per, 1u);
+    return CfWalk(bk.lane, bk.lane / per, bk.lane % per, TPR / per, TPR % per);
+}
+
+fn cf_step(bk: CfBlock, w: ptr<function, CfWalk>) {
+    (*w).k += TPR;
+    (*w).run += (*w).dr;
+    (*w).j += (*w).dj;
+    if ((*w).j >= bk.per) {
+        (*w).j -= bk.per;
+        (*w).run += 1u;
+    }
+}
+
+// The element index of the walk's run start (its value j follows).
+fn cf_run(bk: CfBlock, w: CfWalk) -> u32 {
+    return bk.base + w.run * bk.stride;
+}
+
 @compute @workgroup_size(WG)
 fn channels_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let bk = cf_block(wid, l);
     let lane = bk.lane;
     let valid = bk.valid;
     let ch = bk.ch;
-    let base = bk.base;
-    let stride = bk.stride;
-    let per = bk.per;
     let total = bk.total;
     var pivot = 0.0;
     if (valid) {
@@ -206,9 +236,9 @@ fn channels_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     }
     let pv = vec4<f32>(pivot);
     var s4 = vec4<f32>(0.0);
-    for (var k = lane; k < total; k += TPR) {
-        let e0 = base + (k / per) * stride;
-        let j = k % per;
+    for (var w = cf_walk(bk); w.k < total; cf_step(bk, &w)) {
+        let e0 = cf_run(bk, w);
+        let j = w.j;
         if (VEC) {
             s4 += widen4(x[e0 / 4u + j]) - pv;
         } else {
@@ -222,9 +252,9 @@ fn channels_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / max(n, 1.0);
     let mv = vec4<f32>(m);
     var q4 = vec4<f32>(0.0);
-    for (var k = lane; k < total; k += TPR) {
-        let e0 = base + (k / per) * stride;
-        let j = k % per;
+    for (var w = cf_walk(bk); w.k < total; cf_step(bk, &w)) {
+        let e0 = cf_run(bk, w);
+        let j = w.j;
         if (VEC) {
             let e = widen4(x[e0 / 4u + j]) - pv - mv;
             q4 += e * e;
@@ -500,9 +530,6 @@ fn saved(k: u32) -> vec2<f32> {
 fn channels_bwd_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let bk = cf_block(wid, l);
     let lane = bk.lane;
-    let base = bk.base;
-    let stride = bk.stride;
-    let per = bk.per;
     let total = bk.total;
     var st = vec2<f32>(0.0);
     if (bk.valid) {
@@ -511,9 +538,9 @@ fn channels_bwd_partial_cf(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let mv = vec4<f32>(st.x);
     var a4 = vec4<f32>(0.0);
     var b4 = vec4<f32>(0.0);
-    for (var k = lane; k < total; k += TPR) {
-        let e0 = base + (k / per) * stride;
-        let j = k % per;
+    for (var w = cf_walk(bk); w.k < total; cf_step(bk, &w)) {
+        let e0 = cf_run(bk, w);
+        let j = w.j;
         if (VEC) {
             let i = e0 / 4u + j;
             let d = widen4(dy[i]);

@@ -271,16 +271,17 @@ fn rows_bwd_sums(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
 // warp's loads contiguous: 1). Columns `lanes` apart instead measured 1.5x slower on lavapipe
 // (rows of 65536 f32: 64 KiB apart, the same L1 sets).
 override PER_LANE: u32 = 1u;
+// The host's column count per lane stays within it (a const assert in rows_bwd.rs), so its
+// workgroup count and this file's lanes agree.
 const MAX_COLS: u32 = 4u;
 override NCOLS: u32 = min(PER_LANE, MAX_COLS);
 
-// A column-walk thread: `lanes` = ceil(columns / NCOLS) threads per block, in whole
+// A column-walk thread: lanes = ceil(columns / NCOLS) threads per block, in whole
 // workgroups, so a block's rows are the same for the whole workgroup. Its columns are
 // col * NCOLS .. col * NCOLS + NCOLS - 1 below `cols`; none past the last block or lane.
 struct ColThread {
     blk: u32,
     col: u32,
-    lanes: u32,
     r0: u32,
     r1: u32,
     valid: bool,
@@ -294,7 +295,7 @@ fn col_thread(wid: vec3<u32>, t: u32, cols: u32) -> ColThread {
     let col = (g % per_block) * WG + t;
     let r0 = blk * p.block_rows;
     let valid = col < lanes && blk < p.blocks;
-    return ColThread(blk, col, lanes, r0, min(r0 + p.block_rows, p.rows), valid);
+    return ColThread(blk, col, r0, min(r0 + p.block_rows, p.rows), valid);
 }
 
 // Column k of thread b (k < NCOLS), or `cols` (none) past the last.

@@ -32,6 +32,9 @@ const MAX_PARTIAL_BYTES: u64 = 32 << 20;
 /// Columns (vec4s when d % 4 == 0) per column-walk thread on CPU adapters (rows_bwd.wgsl's
 /// MAX_COLS at most; 2 and 8 measured slower on lavapipe).
 const COLS_PER_LANE_CPU: u32 = 4;
+// rows_bwd.wgsl caps its columns per lane at MAX_COLS = 4: above it the shader's lanes per block
+// and this file's workgroup count would disagree.
+const _: () = assert!(COLS_PER_LANE_CPU <= 4);
 /// Most loop iterations of one thread: llvmpipe stops loops at 65535.
 const MAX_LOOP: u64 = 60_000;
 
