@@ -62,6 +62,15 @@ fn module(gpu: &Gpu, c: usize, o: &Opts) -> BatchNorm {
     bn
 }
 
+/// Random weight and bias for `c` channels, PyTorch's default eps.
+fn random_affine(rng: &mut Rng, c: usize) -> Opts {
+    Opts {
+        weight: Some(rng.normals(c, 1.0, 0.5)),
+        bias: Some(rng.normals(c, 0.0, 1.0)),
+        eps: 1e-5,
+    }
+}
+
 /// One training step on every reduction path: y, batch mean/invstd and running statistics.
 fn check_train(x: &[f32], shape: &[usize], layout: Layout, o: &Opts) {
     check_train_on(&gpus(), x, shape, layout, o);
@@ -141,11 +150,7 @@ fn training_on_every_layout_and_size() {
                 }
                 let shape = shape_for(rank, layout, c, count);
                 let x = data(&mut rng, &shape, layout, 0.5);
-                let o = Opts {
-                    weight: Some(rng.normals(c, 1.0, 0.5)),
-                    bias: Some(rng.normals(c, 0.0, 1.0)),
-                    eps: 1e-5,
-                };
+                let o = random_affine(&mut rng, c);
                 check_train(&x, &shape, layout, &o);
             }
         }
@@ -276,11 +281,7 @@ fn eval_uses_running_statistics() {
                 let rv: Vec<f32> = (0..c)
                     .map(|i| if i % 2 == 0 { var0 } else { 0.5 + i as f32 })
                     .collect();
-                let o = Opts {
-                    weight: Some(rng.normals(c, 1.0, 0.5)),
-                    bias: Some(rng.normals(c, 0.0, 1.0)),
-                    eps: 1e-5,
-                };
+                let o = random_affine(&mut rng, c);
                 let what = format!("{layout:?} var {var0} count {count}");
                 check_eval(&what, &x, &shape, layout, (&rm, &rv), &o);
             }
@@ -617,11 +618,7 @@ fn vec4_apply_lanes_with_partial_tails() {
     for (shape, layout) in shapes {
         let (c, _) = cs(&shape, layout);
         let x = data(&mut rng, &shape, layout, 0.5);
-        let o = Opts {
-            weight: Some(rng.normals(c, 1.0, 0.5)),
-            bias: Some(rng.normals(c, 0.0, 1.0)),
-            eps: 1e-5,
-        };
+        let o = random_affine(&mut rng, c);
         check_train(&x, &shape, layout, &o);
         let rm = rng.normals(c, 0.5, 1.0);
         let rv: Vec<f32> = (0..c).map(|i| 0.25 + i as f32).collect();
