@@ -91,6 +91,13 @@ override CHANNEL_AFFINE: bool = false;
 @group(0) @binding(10) var<storage, read> res: array<XV>;
 @group(0) @binding(11) var<storage, read_write> sum_out: array<XV>;
 
+// rows_norm's statistics from one read of x (CPU adapters' long rows, CENTER, no ADD): an exact
+// two-pass over each chunk of ONE_READ_CHUNK vec4s a lane holds in registers, Chan merges
+// between chunks and lanes; the normalize pass then reads x a second time, not a third. Costs a
+// division per chunk; on lavapipe the time follows loads per lane, not arithmetic.
+override ONE_READ: bool = false;
+const ONE_READ_CHUNK: u32 = 8u;
+
 // Normalize x + residual and store the sum (rows of whole vec4s).
 override ADD: bool = false;
 // ADD: the residual is read from sum_out and the sum written over it.
@@ -215,6 +222,35 @@ fn put_stats(row: u32, mean: f32, rstd: f32) {
     rstd_out[p.stat_off + row] = rstd;
 }
 
+// ONE_READ: Welford statistics of this lane's vec4s of the row (x - pivot), chunk by chunk.
+fn one_read_stats(xb: u32, lane: u32, valid: bool, nv: u32, pv: vec4<f32>) -> Welford {
+    var acc = welford_empty();
+    for (var j0 = lane; valid && j0 < nv; j0 += ONE_READ_CHUNK * TPR) {
+        var v: array<vec4<f32>, ONE_READ_CHUNK>;
+        var s4 = vec4<f32>(0.0);
+        var n = 0.0;
+        for (var c = 0u; c < ONE_READ_CHUNK; c++) {
+            let j = j0 + c * TPR;
+            v[c] = vec4<f32>(0.0);
+            if (j < nv) {
+                v[c] = load_in(xb + j) - pv;
+                s4 += v[c];
+                n += 4.0;
+            }
+        }
+        let m = (s4.x + s4.y + s4.z + s4.w) / n;
+        var q4 = vec4<f32>(0.0);
+        for (var c = 0u; c < ONE_READ_CHUNK; c++) {
+            if (j0 + c * TPR < nv) {
+                let e = v[c] - vec4<f32>(m);
+                q4 += e * e;
+            }
+        }
+        acc = welford_merge(acc, Welford(n, m, q4.x + q4.y + q4.z + q4.w));
+    }
+    return acc;
+}
+
 @compute @workgroup_size(WG)
 fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let t = thread_index(l);
@@ -232,48 +268,56 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     // Exact two-pass over the row: the sum of x - pivot gives the mean, then the sum of squared
     // deviations from it. The first ROW_CACHE vec4s of each thread stay in registers (as
     // loaded: with ADD, the sum to store); the rest are read again (from cache: the row was
-    // just read).
+    // just read). ONE_READ: exact two-pass per chunk instead, merged (see one_read_stats).
     var cache: array<vec4<f32>, ROW_CACHE>;
-    var s4 = vec4<f32>(0.0);
-    for (var c = 0u; c < ROW_CACHE; c++) {
-        // Every slot is written (zero past the row), so the compiler can drop the array's
-        // zero-initialisation: measurable on CPU adapters.
-        let j = lane + c * TPR;
-        var v = vec4<f32>(0.0);
-        if (valid && j < nv) {
-            v = load_in(xb + j);
-            s4 += v - pv;
-        }
-        cache[c] = v;
-    }
     var m = 0.0;
-    if (CENTER) {
-        for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
-            s4 += load_in(xb + j) - pv;
+    var q = 0.0;
+    if (ONE_READ) {
+        let w = reduce_welford(one_read_stats(xb, lane, valid, nv, pv), l);
+        m = w.mean;
+        q = w.m2;
+    } else {
+        var s4 = vec4<f32>(0.0);
+        for (var c = 0u; c < ROW_CACHE; c++) {
+            // Every slot is written (zero past the row), so the compiler can drop the array's
+            // zero-initialisation: measurable on CPU adapters.
+            let j = lane + c * TPR;
+            var v = vec4<f32>(0.0);
+            if (valid && j < nv) {
+                v = load_in(xb + j);
+                s4 += v - pv;
+            }
+            cache[c] = v;
         }
-        m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / f32(p.d);
-    }
-    let mv = vec4<f32>(m);
-    var q4 = vec4<f32>(0.0);
-    for (var c = 0u; c < ROW_CACHE; c++) {
-        let j = lane + c * TPR;
-        if (valid && j < nv) {
-            let e = cache[c] - pv - mv;
+        if (CENTER) {
+            for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
+                s4 += load_in(xb + j) - pv;
+            }
+            m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / f32(p.d);
+        }
+        let mv0 = vec4<f32>(m);
+        var q4 = vec4<f32>(0.0);
+        for (var c = 0u; c < ROW_CACHE; c++) {
+            let j = lane + c * TPR;
+            if (valid && j < nv) {
+                let e = cache[c] - pv - mv0;
+                q4 += e * e;
+            }
+        }
+        for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
+            // ADD: the sum is stored here, so the last pass reads one tensor instead of two. Not
+            // earlier with CENTER: in place, the other lanes may still be reading the row's first
+            // value (the pivot) from the residual, which every lane has passed at the reduction.
+            let a = load_in(xb + j);
+            if (ADD) {
+                put_sum(xb + j, a);
+            }
+            let e = a - pv - mv0;
             q4 += e * e;
         }
+        q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
     }
-    for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
-        // ADD: the sum is stored here, so the last pass reads one tensor instead of two. Not
-        // earlier with CENTER: in place, the other lanes may still be reading the row's first
-        // value (the pivot) from the residual, which every lane has passed at the reduction.
-        let a = load_in(xb + j);
-        if (ADD) {
-            put_sum(xb + j, a);
-        }
-        let e = a - pv - mv;
-        q4 += e * e;
-    }
-    let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
+    let mv = vec4<f32>(m);
     if (!valid) {
         return;
     }
@@ -281,7 +325,9 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     if (lane == 0u) {
         put_stats(row, pivot + m, rstd);
     }
-    for (var c = 0u; c < ROW_CACHE; c++) {
+    // ONE_READ keeps nothing in registers: every vec4 is read again here.
+    let cached = select(ROW_CACHE, 0u, ONE_READ);
+    for (var c = 0u; c < cached; c++) {
         let j = lane + c * TPR;
         if (j < nv) {
             y[yb + j] = narrow4(affine4((cache[c] - pv - mv) * rstd, row, j));
@@ -290,7 +336,7 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
             }
         }
     }
-    for (var j = lane + ROW_CACHE * TPR; j < nv; j += TPR) {
+    for (var j = lane + cached * TPR; j < nv; j += TPR) {
         // ADD: this thread's own store above, read back exactly (rounded to storage already).
         var a: vec4<f32>;
         if (ADD) {

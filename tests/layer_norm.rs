@@ -483,8 +483,9 @@ fn gpu_plan_sizes_the_row_cache_and_spreads_few_rows() {
 }
 
 /// Long rows on a CPU adapter with subgroups: [64, 65536] takes a subgroup per row (2048 vec4s
-/// per lane, no barriers) and stays within TOL of the reference with means of 1e4 and 1e6,
-/// the split path's result too; [8, 65536] (one workgroup's worth) keeps the split path.
+/// per lane, no barriers, statistics from one read of x) and stays within TOL of the reference
+/// with means of 1e4 and 1e6, the split path's result too; [8, 65536] (one workgroup's worth)
+/// keeps the split path.
 #[test]
 fn long_rows_take_a_subgroup_each_on_cpu_adapters() {
     let g = gpu();
@@ -502,6 +503,7 @@ fn long_rows_take_a_subgroup_each_on_cpu_adapters() {
         "{}",
         plan.reason
     );
+    assert!(plan.rows.as_ref().unwrap().one_read, "{plan}");
     let few = LayerNorm::new(&[d]).plan(g, &[8, d]).unwrap();
     assert_eq!(few.rows.as_ref().unwrap().variant, LnVariant::SplitRow);
     let mut rng = Rng::new(17);

@@ -192,10 +192,23 @@ fn rows_module_compiles_in_every_storage_with_the_residual_add() {
                 "CHANNEL_AFFINE",
                 "ADD",
                 "IN_PLACE",
+                "ONE_READ",
             ],
             false,
         );
         sets.truncate(WGS.len() * 2);
+        // The one-read statistics, as CPU adapters' long rows take them.
+        for tpr in [1.0, 8.0] {
+            sets.push(vec![
+                ("WG", 64.0),
+                ("TPR", tpr),
+                ("HAS_W", 1.0),
+                ("HAS_B", 1.0),
+                ("VEC", 1.0),
+                ("CENTER", 1.0),
+                ("ONE_READ", 1.0),
+            ]);
+        }
         for mask in 0..8u32 {
             let mut s = vec![
                 ("WG", 64.0),

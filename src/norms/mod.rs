@@ -135,6 +135,10 @@ pub struct RowsPlan {
     /// Rows kernel: vec4s of its row each thread keeps in registers (a power of two up to 16,
     /// the fewest that hold its share of the row; 0 for split-row).
     pub row_cache: u32,
+    /// Rows kernel: statistics from one read of x (exact two-pass per chunk of 8 vec4s per
+    /// thread, Chan merges), then the output from a second; else x is read up to three times
+    /// (the two-pass, then the output), re-reads from cache.
+    pub one_read: bool,
 }
 
 /// The channels family's choice (BatchNorm, GroupNorm/InstanceNorm channels-last).
@@ -244,7 +248,10 @@ impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Some(r) = &self.rows {
             match r.variant {
-                LnVariant::Rows { threads_per_row } => write!(f, "rows(tpr={threads_per_row})")?,
+                LnVariant::Rows { threads_per_row } => {
+                    let one = if r.one_read { ", one read" } else { "" };
+                    write!(f, "rows(tpr={threads_per_row}{one})")?
+                }
                 _ => write!(
                     f,
                     "split-row(segs={}, tps={})",

@@ -105,6 +105,11 @@ impl Rows<'_> {
 
     /// Which kernel runs, and why.
     pub(crate) fn plan(&self, gpu: &Gpu) -> Plan {
+        self.plan_for(gpu, false)
+    }
+
+    /// [`Rows::plan`], for a call with a residual (`add`: forward_add) or without.
+    fn plan_for(&self, gpu: &Gpu, add: bool) -> Plan {
         let Policy { cpu, wg, sg } = Policy::of(gpu);
         let d4 = self.d.div_ceil(4) as u32;
         // Loop iterations of one thread over a row of `tpr` threads.
@@ -239,10 +244,23 @@ impl Rows<'_> {
             ),
             _ => (variant, reason),
         };
-        let (group_threads, segments, row_cache) = match variant {
+        // CPU adapters, centred rows too long for a lane's registers: the statistics from one
+        // read of x (lavapipe's time follows the loads per lane: three reads of x, the weight,
+        // the bias and y were 6 per vec4, now 5). Not with a residual (its sum is stored while
+        // the statistics read it) nor rows that are not whole vec4s.
+        let one_read = |tpr: u32| {
+            cpu && self.center
+                && self.vec4()
+                && !add
+                && u64::from(d4.div_ceil(tpr)) > u64::from(ROW_CACHE)
+        };
+        let (group_threads, segments, row_cache, one_read) = match variant {
+            LnVariant::Rows { threads_per_row } if one_read(threads_per_row) => {
+                (threads_per_row, (0, 0), 1, true)
+            }
             LnVariant::Rows { threads_per_row } => {
                 let cache = d4.div_ceil(threads_per_row).next_power_of_two();
-                (threads_per_row, (0, 0), cache.clamp(1, ROW_CACHE))
+                (threads_per_row, (0, 0), cache.clamp(1, ROW_CACHE), false)
             }
             _ => {
                 // A segment per group of `tps` threads, read twice (two-pass) while it is in
@@ -258,7 +276,7 @@ impl Rows<'_> {
                 };
                 let seg_v4 = seg_v4.clamp(lo, hi).min(u64::from(d4).max(1));
                 let segs = u64::from(d4).div_ceil(seg_v4) as u32;
-                (tps, (segs, seg_v4 as u32), 0)
+                (tps, (segs, seg_v4 as u32), 0, false)
             }
         };
         let vec = self.vec4();
@@ -285,6 +303,7 @@ impl Rows<'_> {
                 group_threads,
                 segments,
                 row_cache,
+                one_read,
             }),
             None,
         );
@@ -365,7 +384,7 @@ impl Rows<'_> {
         mean: Option<&Tensor>,
         rstd: &Tensor,
     ) -> Result<()> {
-        let plan = self.plan(gpu);
+        let plan = self.plan_for(gpu, add.is_some());
         let rp = plan.rows.expect("a rows plan");
         let (rows, d) = (self.rows as u64, self.d as u64);
         let wg = plan.workgroup_size;
@@ -397,6 +416,7 @@ impl Rows<'_> {
             .flag(Flag::Center, self.center)
             .flag(Flag::ChannelAffine, self.channel.is_some())
             .flag(Flag::Add, add.is_some())
+            .flag(Flag::OneRead, rp.one_read)
             .flag(Flag::InPlace, add.is_some_and(|a| a.sum.is_none()))
             .divisor(
                 Divisor::Run,

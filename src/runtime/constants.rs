@@ -31,6 +31,8 @@ pub(crate) enum Flag {
     Add,
     /// Backward through constant statistics (BatchNorm inference).
     Eval,
+    /// The rows kernel's statistics from one read of x (chunked two-pass, Chan merges).
+    OneRead,
 }
 
 impl Flag {
@@ -50,6 +52,7 @@ impl Flag {
             Flag::InPlace => "IN_PLACE",
             Flag::Add => "ADD",
             Flag::Eval => "EVAL",
+            Flag::OneRead => "ONE_READ",
         }
     }
 }
