@@ -91,10 +91,11 @@ override CHANNEL_AFFINE: bool = false;
 @group(0) @binding(10) var<storage, read> res: array<XV>;
 @group(0) @binding(11) var<storage, read_write> sum_out: array<XV>;
 
-// rows_norm's statistics from one read of x (CPU adapters' long rows, CENTER, no ADD): an exact
-// two-pass over each chunk of ONE_READ_CHUNK vec4s a lane holds in registers, Chan merges
-// between chunks and lanes; the normalize pass then reads x a second time, not a third. Costs a
-// division per chunk; on lavapipe the time follows loads per lane, not arithmetic.
+// rows_norm's statistics from one read of x (CPU adapters, CENTER, no ADD, rows longer than
+// ROW_CACHE vec4s per lane): an exact two-pass over each chunk of ONE_READ_CHUNK vec4s a lane
+// holds in registers, Chan merges between chunks and lanes; the normalize pass then reads x a
+// second time, not a third. Costs a division per chunk; on lavapipe the time follows loads per
+// lane, not arithmetic.
 override ONE_READ: bool = false;
 const ONE_READ_CHUNK: u32 = 8u;
 

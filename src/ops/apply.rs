@@ -175,9 +175,7 @@ impl Apply {
         }
         Ok(out)
     }
-}
 
-impl Apply {
     /// Vec4s per thread (apply.wgsl's PER_LANE): on CPU adapters, APPLY_PER_LANE_CPU of one run
     /// (channels-first) or of one channel quad down as many rows (channels-last, when they
     /// stay in one sample's coefficients); GPUs and the scalar kernels: 1.
