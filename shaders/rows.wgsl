@@ -337,16 +337,49 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
             }
         }
     }
-    for (var j = lane + cached * TPR; j < nv; j += TPR) {
-        // ADD: this thread's own store above, read back exactly (rounded to storage already).
-        var a: vec4<f32>;
-        if (ADD) {
-            a = widen4(sum_out[xb + j]);
-        } else {
-            a = load_in(xb + j);
+    // Per-channel weight and bias with whole vec4s per channel: a channel's run at a time, its
+    // weight and bias loaded once (CPU adapters load a value once per lane even when all lanes
+    // read the same address); the same arithmetic as affine4. (A loop over one "run" for every
+    // row was measurably slower for LayerNorm on lavapipe, hence two loops.)
+    if (CHANNEL_AFFINE && run_len() % 4u == 0u) {
+        let rv = run_len() / 4u;
+        var j = lane + cached * TPR;
+        while (j < nv) {
+            let end = min(nv, (j / rv + 1u) * rv);
+            let c = affine_index(row, 4u * j);
+            var w = vec4<f32>(1.0);
+            var b = vec4<f32>(0.0);
+            if (HAS_W) {
+                w = vec4<f32>(param1(c, false));
+            }
+            if (HAS_B) {
+                b = vec4<f32>(param1(c, true));
+            }
+            for (; j < end; j += TPR) {
+                var o = (norm_input(xb + j) - pv - mv) * rstd;
+                if (HAS_W) {
+                    o = o * w;
+                }
+                if (HAS_B) {
+                    o = o + b;
+                }
+                y[yb + j] = narrow4(o);
+            }
         }
-        y[yb + j] = narrow4(affine4((a - pv - mv) * rstd, row, j));
+        return;
     }
+    for (var j = lane + cached * TPR; j < nv; j += TPR) {
+        y[yb + j] = narrow4(affine4((norm_input(xb + j) - pv - mv) * rstd, row, j));
+    }
+}
+
+// rows_norm's input for its last pass at vec4 index k: x, or with ADD this thread's own stored
+// sum, read back exactly (rounded to storage already).
+fn norm_input(k: u32) -> vec4<f32> {
+    if (ADD) {
+        return widen4(sum_out[k]);
+    }
+    return load_in(k);
 }
 
 @compute @workgroup_size(WG)

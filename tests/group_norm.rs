@@ -124,6 +124,9 @@ fn diffusion_and_detection_shapes() {
         (1, 512, &[8, 8], 32),
         (2, 640, &[7, 7], 32),
         (1, 256, &[13, 19], 32),
+        // 8 groups of 40 channels of 1024 positions: on CPU adapters, long rows at a subgroup
+        // each, whose output loop takes a channel's weight and bias once per run.
+        (2, 160, &[32, 32], 4),
     ]);
     grouped::affine_cases_match_the_reference(214, &shapes, 0.3);
 }

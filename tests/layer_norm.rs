@@ -484,8 +484,8 @@ fn gpu_plan_sizes_the_row_cache_and_spreads_few_rows() {
 
 /// Long rows on a CPU adapter with subgroups: [64, 65536] takes a subgroup per row (2048 vec4s
 /// per lane, no barriers, statistics from one read of x) and stays within TOL of the reference
-/// with means of 1e4 and 1e6, the split path's result too; [8, 65536] (one workgroup's worth)
-/// keeps the split path.
+/// with means of 1e4 and 1e6, the split path's result too; so does [8, 65536] (workgroups of one
+/// subgroup, so 8 rows still make 8 workgroups); [7, 65536] keeps the split path.
 #[test]
 fn long_rows_take_a_subgroup_each_on_cpu_adapters() {
     let g = gpu();
@@ -504,12 +504,18 @@ fn long_rows_take_a_subgroup_each_on_cpu_adapters() {
         plan.reason
     );
     assert!(plan.rows.as_ref().unwrap().one_read, "{plan}");
-    let few = LayerNorm::new(&[d]).plan(g, &[8, d]).unwrap();
+    let eight = LayerNorm::new(&[d]).plan(g, &[8, d]).unwrap();
+    assert_eq!(
+        eight.rows.as_ref().unwrap().variant,
+        plan.rows.unwrap().variant
+    );
+    assert_eq!(eight.workgroup_size, g.capabilities().subgroup_max_size);
+    let few = LayerNorm::new(&[d]).plan(g, &[7, d]).unwrap();
     assert_eq!(few.rows.as_ref().unwrap().variant, LnVariant::SplitRow);
     let mut rng = Rng::new(17);
-    for mean in [1e4, 1e6] {
-        let x = rng.normals(64 * d, mean, 1.0);
-        let t = Tensor::from_slice(g, &x, &[64, d]).unwrap();
+    for (rows, mean) in [(64, 1e4), (64, 1e6), (8, 1e5)] {
+        let x = rng.normals(rows * d, mean, 1.0);
+        let t = Tensor::from_slice(g, &x, &[rows, d]).unwrap();
         let want = reference::layer_norm(&x, d, None, None, 1e-5);
         let got = LayerNorm::new(&[d]).forward(g, &t).unwrap();
         assert_close("subgroup rows y", &got.y.to_vec(g).unwrap(), &want.y);

@@ -22,9 +22,9 @@ const ROW_CACHE: u32 = 16;
 /// that take the split-row path.
 const CPU_MIN_WORKGROUPS: u64 = 16;
 
-/// Fewest workgroups for long rows at a subgroup each (see `Rows::plan`); fewer take the split
-/// path, which spreads a row over every core.
-const CPU_MIN_LONG_ROW_WORKGROUPS: u64 = 8;
+/// Fewest rows for long rows at a subgroup each, a workgroup per row (see `Rows::plan`); fewer
+/// take the split path, which spreads a row over every core.
+const CPU_MIN_LONG_ROWS: u64 = 8;
 
 /// Most workgroups a CPU-adapter rows kernel may run when its reduction needs barriers.
 const CPU_MAX_BARRIER_WORKGROUPS: u64 = 256;
@@ -110,7 +110,7 @@ impl Rows<'_> {
 
     /// [`Rows::plan`], for a call with a residual (`add`: forward_add) or without.
     fn plan_for(&self, gpu: &Gpu, add: bool) -> Plan {
-        let Policy { cpu, wg, sg } = Policy::of(gpu);
+        let Policy { cpu, mut wg, sg } = Policy::of(gpu);
         let d4 = self.d.div_ceil(4) as u32;
         // Loop iterations of one thread over a row of `tpr` threads.
         let per = if self.vec4() { d4 } else { self.d as u32 };
@@ -127,15 +127,20 @@ impl Rows<'_> {
                 // lane take a subgroup each, as the backward does: no barriers and x read twice
                 // from a core's cache, where the split path re-reads it from memory plus the
                 // weight and bias per row (lavapipe, 2 threads, one sitting: [64, 65536] 3.27 ->
-                // 2.24x copy, [256, 65536] 5.17 -> 2.41-2.57x). Only with enough rows for the
-                // cores (8 rows: 1 workgroup, 3.6x against split's 3.1x).
-                let long_ok = sg > 1
-                    && iters(sg) <= 4 * MAX_THREAD_ITERS
-                    && rows.div_ceil(u64::from(wg / sg)) >= CPU_MIN_LONG_ROW_WORKGROUPS;
+                // 2.24x copy, [256, 65536] 5.17 -> 2.41-2.57x). Workgroups shrink to as few as
+                // one (the widest) subgroup so 8 rows make 8 workgroups and reach every core (8
+                // rows in one workgroup of 64 ran 3.6x, the split path 3.1x).
+                let long_ok =
+                    sg > 1 && iters(sg) <= 4 * MAX_THREAD_ITERS && rows >= CPU_MIN_LONG_ROWS;
                 if tpr > sg && long_ok {
                     tpr = sg;
                 }
                 let long = tpr == sg && iters(tpr) > MAX_THREAD_ITERS;
+                if long {
+                    let per_wg = (rows / CPU_MIN_LONG_ROWS).clamp(1, u64::from(wg / sg)) as u32;
+                    let widest = gpu.capabilities().subgroup_max_size.max(sg);
+                    wg = wg.min((1 << per_wg.ilog2()) * sg).max(widest.min(wg));
+                }
                 let groups = rows.div_ceil(u64::from(wg / tpr.min(wg)));
                 // Without subgroups wide enough, a row's threads meet at barriers: worth it only
                 // for a few workgroups (microseconds each) and rows that stay in a core's cache
