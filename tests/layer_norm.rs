@@ -484,8 +484,10 @@ fn gpu_plan_sizes_the_row_cache_and_spreads_few_rows() {
 
 /// Long rows on a CPU adapter with subgroups: [64, 65536] takes a subgroup per row (2048 vec4s
 /// per lane, no barriers, statistics from one read of x) and stays within TOL of the reference
-/// with means of 1e4 and 1e6, the split path's result too; so does [8, 65536] (workgroups of one
-/// subgroup, so 8 rows still make 8 workgroups); [7, 65536] keeps the split path.
+/// with means of 1e4 and 1e6, the split path's result too; so do [8, 65536] (workgroups of one
+/// subgroup, so 8 rows still make 8 workgroups) and [8, 262144] (8192 vec4s per lane: allowed
+/// because one-read statistics merge chunks rather than sum 8192 terms); [7, 65536] keeps the
+/// split path.
 #[test]
 fn long_rows_take_a_subgroup_each_on_cpu_adapters() {
     let g = gpu();
@@ -512,8 +514,16 @@ fn long_rows_take_a_subgroup_each_on_cpu_adapters() {
     assert_eq!(eight.workgroup_size, g.capabilities().subgroup_max_size);
     let few = LayerNorm::new(&[d]).plan(g, &[7, d]).unwrap();
     assert_eq!(few.rows.as_ref().unwrap().variant, LnVariant::SplitRow);
+    let longest = LayerNorm::new(&[4 * d]).plan(g, &[8, 4 * d]).unwrap();
+    assert_eq!(
+        longest.rows.as_ref().unwrap().variant,
+        LnVariant::Rows {
+            threads_per_row: sg
+        }
+    );
+    assert!(longest.rows.as_ref().unwrap().one_read, "{longest}");
     let mut rng = Rng::new(17);
-    for (rows, mean) in [(64, 1e4), (64, 1e6), (8, 1e5)] {
+    for (rows, d, mean) in [(64, d, 1e4), (64, d, 1e6), (8, d, 1e5), (8, 4 * d, 1e4)] {
         let x = rng.normals(rows * d, mean, 1.0);
         let t = Tensor::from_slice(g, &x, &[rows, d]).unwrap();
         let want = reference::layer_norm(&x, d, None, None, 1e-5);

@@ -129,9 +129,13 @@ impl Rows<'_> {
                 // weight and bias per row (lavapipe, 2 threads, one sitting: [64, 65536] 3.27 ->
                 // 2.24x copy, [256, 65536] 5.17 -> 2.41-2.57x). Workgroups shrink to as few as
                 // one (the widest) subgroup so 8 rows make 8 workgroups and reach every core (8
-                // rows in one workgroup of 64 ran 3.6x, the split path 3.1x).
-                let long_ok =
-                    sg > 1 && iters(sg) <= 4 * MAX_THREAD_ITERS && rows >= CPU_MIN_LONG_ROWS;
+                // rows in one workgroup of 64 ran 3.6x, the split path 3.1x). Rows whose
+                // statistics come from one read (below) sum chunks of 32 values and merge them
+                // (Chan), not one long sequential sum, so they may be 4x longer: InstanceNorm
+                // [1, 64, 512, 512] NCHW, 64 rows of 65536 vec4s.
+                let one_read_rows = self.center && self.vec4() && !add;
+                let most = if one_read_rows { 16 } else { 4 } * MAX_THREAD_ITERS;
+                let long_ok = sg > 1 && iters(sg) <= most && rows >= CPU_MIN_LONG_ROWS;
                 if tpr > sg && long_ok {
                     tpr = sg;
                 }
