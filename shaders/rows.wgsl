@@ -98,6 +98,11 @@ override CHANNEL_AFFINE: bool = false;
 // lane, not arithmetic.
 override ONE_READ: bool = false;
 const ONE_READ_CHUNK: u32 = 8u;
+// ONE_READ: rows each group of TPR threads normalizes (up to MAX_PER_LANE). With a weight or
+// bias per element, each of their vec4s is then loaded once for all of them: on lavapipe those
+// were 2 of the 5 loads and stores per vec4.
+override PER_LANE: u32 = 1u;
+const MAX_PER_LANE: u32 = 4u;
 
 // Normalize x + residual and store the sum (rows of whole vec4s).
 override ADD: bool = false;
@@ -252,8 +257,72 @@ fn one_read_stats(xb: u32, lane: u32, valid: bool, nv: u32, pv: vec4<f32>) -> We
     return acc;
 }
 
+// ONE_READ: statistics of each of the group's PER_LANE rows from one read (one_read_stats),
+// then the output from a second read.
+fn rows_norm_one_read(wid: vec3<u32>, l: Lane) {
+    let t = thread_index(l);
+    let lane = t % TPR;
+    let first = row_of(wid, t) * PER_LANE;
+    let nv = p.d / 4u;
+    // Per row: x and y bases (vec4s), and (pivot, mean of x - pivot, rstd).
+    var xbs: array<u32, MAX_PER_LANE>;
+    var ybs: array<u32, MAX_PER_LANE>;
+    var st: array<vec3<f32>, MAX_PER_LANE>;
+    for (var r = 0u; r < PER_LANE; r++) {
+        let row = first + r;
+        let valid = row < p.rows;
+        xbs[r] = (p.x_off + row * p.d) / 4u;
+        ybs[r] = (p.y_off + row * p.d) / 4u;
+        var pivot = 0.0;
+        if (valid && CENTER) {
+            pivot = load_in(xbs[r]).x;
+        }
+        let w = reduce_welford(one_read_stats(xbs[r], lane, valid, nv, vec4<f32>(pivot)), l);
+        let rstd = inverseSqrt(w.m2 / f32(p.d) + p.eps);
+        if (valid && lane == 0u) {
+            put_stats(row, pivot + w.mean, rstd);
+        }
+        st[r] = vec3<f32>(pivot, w.mean, rstd);
+    }
+    if (PER_LANE == 1u) {
+        if (first < p.rows) {
+            let s = st[0];
+            norm_tail(first, lane, 0u, xbs[0], ybs[0], vec4<f32>(s.x), vec4<f32>(s.y), s.z);
+        }
+        return;
+    }
+    // The same arithmetic as affine4 (no CHANNEL_AFFINE here: the host gives those one row).
+    for (var j = lane; j < nv; j += TPR) {
+        var g = vec4<f32>(1.0);
+        var b = vec4<f32>(0.0);
+        if (HAS_W) {
+            g = gamma[j];
+        }
+        if (HAS_B) {
+            b = beta[j];
+        }
+        for (var r = 0u; r < PER_LANE; r++) {
+            if (first + r < p.rows) {
+                let s = st[r];
+                var o = (load_in(xbs[r] + j) - vec4<f32>(s.x) - vec4<f32>(s.y)) * s.z;
+                if (HAS_W) {
+                    o = o * g;
+                }
+                if (HAS_B) {
+                    o = o + b;
+                }
+                y[ybs[r] + j] = narrow4(o);
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
+    if (ONE_READ) {
+        rows_norm_one_read(wid, l);
+        return;
+    }
     let t = thread_index(l);
     let lane = t % TPR;
     let row = row_of(wid, t);
@@ -269,56 +338,48 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     // Exact two-pass over the row: the sum of x - pivot gives the mean, then the sum of squared
     // deviations from it. The first ROW_CACHE vec4s of each thread stay in registers (as
     // loaded: with ADD, the sum to store); the rest are read again (from cache: the row was
-    // just read). ONE_READ: exact two-pass per chunk instead, merged (see one_read_stats).
+    // just read).
     var cache: array<vec4<f32>, ROW_CACHE>;
     var m = 0.0;
-    var q = 0.0;
-    if (ONE_READ) {
-        let w = reduce_welford(one_read_stats(xb, lane, valid, nv, pv), l);
-        m = w.mean;
-        q = w.m2;
-    } else {
-        var s4 = vec4<f32>(0.0);
-        for (var c = 0u; c < ROW_CACHE; c++) {
-            // Every slot is written (zero past the row), so the compiler can drop the array's
-            // zero-initialisation: measurable on CPU adapters.
-            let j = lane + c * TPR;
-            var v = vec4<f32>(0.0);
-            if (valid && j < nv) {
-                v = load_in(xb + j);
-                s4 += v - pv;
-            }
-            cache[c] = v;
+    var s4 = vec4<f32>(0.0);
+    for (var c = 0u; c < ROW_CACHE; c++) {
+        // Every slot is written (zero past the row), so the compiler can drop the array's
+        // zero-initialisation: measurable on CPU adapters.
+        let j = lane + c * TPR;
+        var v = vec4<f32>(0.0);
+        if (valid && j < nv) {
+            v = load_in(xb + j);
+            s4 += v - pv;
         }
-        if (CENTER) {
-            for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
-                s4 += load_in(xb + j) - pv;
-            }
-            m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / f32(p.d);
-        }
-        let mv0 = vec4<f32>(m);
-        var q4 = vec4<f32>(0.0);
-        for (var c = 0u; c < ROW_CACHE; c++) {
-            let j = lane + c * TPR;
-            if (valid && j < nv) {
-                let e = cache[c] - pv - mv0;
-                q4 += e * e;
-            }
-        }
+        cache[c] = v;
+    }
+    if (CENTER) {
         for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
-            // ADD: the sum is stored here, so the last pass reads one tensor instead of two. Not
-            // earlier with CENTER: in place, the other lanes may still be reading the row's first
-            // value (the pivot) from the residual, which every lane has passed at the reduction.
-            let a = load_in(xb + j);
-            if (ADD) {
-                put_sum(xb + j, a);
-            }
-            let e = a - pv - mv0;
-            q4 += e * e;
+            s4 += load_in(xb + j) - pv;
         }
-        q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
+        m = reduce_sum(s4.x + s4.y + s4.z + s4.w, l) / f32(p.d);
     }
     let mv = vec4<f32>(m);
+    var q4 = vec4<f32>(0.0);
+    for (var c = 0u; c < ROW_CACHE; c++) {
+        let j = lane + c * TPR;
+        if (valid && j < nv) {
+            let e = cache[c] - pv - mv;
+            q4 += e * e;
+        }
+    }
+    for (var j = lane + ROW_CACHE * TPR; valid && j < nv; j += TPR) {
+        // ADD: the sum is stored here, so the last pass reads one tensor instead of two. Not
+        // earlier with CENTER: in place, the other lanes may still be reading the row's first
+        // value (the pivot) from the residual, which every lane has passed at the reduction.
+        let a = load_in(xb + j);
+        if (ADD) {
+            put_sum(xb + j, a);
+        }
+        let e = a - pv - mv;
+        q4 += e * e;
+    }
+    let q = reduce_sum(q4.x + q4.y + q4.z + q4.w, l);
     if (!valid) {
         return;
     }
@@ -326,9 +387,7 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     if (lane == 0u) {
         put_stats(row, pivot + m, rstd);
     }
-    // ONE_READ keeps nothing in registers: every vec4 is read again here.
-    let cached = select(ROW_CACHE, 0u, ONE_READ);
-    for (var c = 0u; c < cached; c++) {
+    for (var c = 0u; c < ROW_CACHE; c++) {
         let j = lane + c * TPR;
         if (j < nv) {
             y[yb + j] = narrow4(affine4((cache[c] - pv - mv) * rstd, row, j));
@@ -337,6 +396,22 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
             }
         }
     }
+    norm_tail(row, lane, ROW_CACHE, xb, yb, pv, mv, rstd);
+}
+
+// rows_norm's output from the lane's `cached`-th vec4 of the row on, read again from x (or,
+// with ADD, from this thread's stored sum).
+fn norm_tail(
+    row: u32,
+    lane: u32,
+    cached: u32,
+    xb: u32,
+    yb: u32,
+    pv: vec4<f32>,
+    mv: vec4<f32>,
+    rstd: f32,
+) {
+    let nv = p.d / 4u;
     // Per-channel weight and bias with whole vec4s per channel: a channel's run at a time, its
     // weight and bias loaded once (CPU adapters load a value once per lane even when all lanes
     // read the same address); the same arithmetic as affine4. (A loop over one "run" for every

@@ -3,7 +3,9 @@
 mod common;
 
 use common::{assert_bits_eq, assert_close, gpu, gpu_small_bindings, gpus, Rng};
-use fused_norm::{gpu_layer_norm, reference, Gpu, LayerNorm, LayerNormOutput, LnVariant, Tensor};
+use fused_norm::{
+    gpu_layer_norm, reference, DType, Gpu, LayerNorm, LayerNormOutput, LnVariant, Tensor,
+};
 
 /// Every kernel variant, plus the policy's own choice.
 fn variants() -> Vec<LnVariant> {
@@ -514,6 +516,12 @@ fn long_rows_take_a_subgroup_each_on_cpu_adapters() {
     assert_eq!(eight.workgroup_size, g.capabilities().subgroup_max_size);
     let few = LayerNorm::new(&[d]).plan(g, &[7, d]).unwrap();
     assert_eq!(few.rows.as_ref().unwrap().variant, LnVariant::SplitRow);
+    // Half rows that start mid-word take the split path, in full-size workgroups.
+    let mid_word = LayerNorm::new(&[10002])
+        .plan_dtype(g, &[8, 10002], DType::F16)
+        .unwrap();
+    assert_eq!(mid_word.rows.as_ref().unwrap().variant, LnVariant::SplitRow);
+    assert_eq!(mid_word.workgroup_size, few.workgroup_size);
     let longest = LayerNorm::new(&[4 * d]).plan(g, &[8, 4 * d]).unwrap();
     assert_eq!(
         longest.rows.as_ref().unwrap().variant,
@@ -539,5 +547,54 @@ fn long_rows_take_a_subgroup_each_on_cpu_adapters() {
             &got.rstd.to_vec(g).unwrap(),
             &want.rstd,
         );
+    }
+}
+
+/// One-read rows with a weight or bias per element: on CPU adapters a group of threads
+/// normalizes several rows, loading each vec4 of the weight and bias once for all of them; row
+/// counts that leave the last group partly empty, short rows (a row per lane) and long ones (a
+/// subgroup per row), means of 1e4, weight and bias alone and together, on every context.
+#[test]
+fn rows_of_a_group_share_their_weight_and_bias() {
+    let g = gpu();
+    let cpu_subgroups =
+        g.adapter_info().device_type == wgpu::DeviceType::Cpu && g.capabilities().subgroups;
+    let mut rng = Rng::new(23);
+    for (rows, d) in [(4099usize, 256usize), (2051, 256), (42, 65536)] {
+        let x = rng.normals(rows * d, 1e4, 3.0);
+        let w = rng.normals(d, 1.0, 0.5);
+        let b = rng.normals(d, 0.0, 1.0);
+        if cpu_subgroups {
+            let plan = LayerNorm::new(&[d])
+                .weight(Tensor::from_slice(g, &w, &[d]).unwrap())
+                .plan(g, &[rows, d])
+                .unwrap();
+            let rp = plan.rows.as_ref().unwrap();
+            assert!(rp.one_read && rp.rows_per_group > 1, "{plan}");
+            assert!(rows % rp.rows_per_group as usize != 0, "{plan}");
+        }
+        for (wo, bo) in [
+            (Some(w.clone()), Some(b.clone())),
+            (Some(w.clone()), None),
+            (None, Some(b.clone())),
+        ] {
+            let mut c = plain(&x, &[rows, d]);
+            c.weight = wo;
+            c.bias = bo;
+            let r = reference::layer_norm(
+                c.x,
+                d,
+                c.weight.as_deref(),
+                c.bias.as_deref(),
+                f64::from(c.eps),
+            );
+            for (path, g) in gpus() {
+                let (y, mean, rstd) = run(g, &c, LnVariant::Auto);
+                let what = format!("[{rows}, {d}] {path}");
+                assert_close(&format!("{what} y"), &y, &r.y);
+                assert_close(&format!("{what} mean"), &mean, &r.mean);
+                assert_close(&format!("{what} rstd"), &rstd, &r.rstd);
+            }
+        }
     }
 }

@@ -197,15 +197,28 @@ fn rows_module_compiles_in_every_storage_with_the_residual_add() {
             false,
         );
         sets.truncate(WGS.len() * 2);
-        // The one-read statistics, as CPU adapters' long rows take them.
-        for tpr in [1.0, 8.0] {
+        // The one-read statistics, as CPU adapters' long rows take them, with 1, 2 and 4 rows
+        // per group of threads, and per-channel affine (one row per group).
+        for (tpr, wg) in [(1.0, 64.0), (8.0, 64.0), (8.0, 8.0)] {
+            for rows in [1.0, 2.0, 4.0] {
+                sets.push(vec![
+                    ("WG", wg),
+                    ("TPR", tpr),
+                    ("HAS_W", 1.0),
+                    ("HAS_B", 1.0),
+                    ("VEC", 1.0),
+                    ("CENTER", 1.0),
+                    ("ONE_READ", 1.0),
+                    ("PER_LANE", rows),
+                ]);
+            }
             sets.push(vec![
-                ("WG", 64.0),
+                ("WG", wg),
                 ("TPR", tpr),
                 ("HAS_W", 1.0),
-                ("HAS_B", 1.0),
                 ("VEC", 1.0),
                 ("CENTER", 1.0),
+                ("CHANNEL_AFFINE", 1.0),
                 ("ONE_READ", 1.0),
             ]);
         }

@@ -139,6 +139,9 @@ pub struct RowsPlan {
     /// thread, Chan merges), then the output from a second; else x is read up to three times
     /// (the two-pass, then the output), re-reads from cache.
     pub one_read: bool,
+    /// Rows kernel with one read: rows each group of threads normalizes, loading each vec4 of a
+    /// per-element weight and bias once for all of them (1 otherwise).
+    pub rows_per_group: u32,
 }
 
 /// The channels family's choice (BatchNorm, GroupNorm/InstanceNorm channels-last).
@@ -249,7 +252,11 @@ impl std::fmt::Display for Plan {
         if let Some(r) = &self.rows {
             match r.variant {
                 LnVariant::Rows { threads_per_row } => {
-                    let one = if r.one_read { ", one read" } else { "" };
+                    let one = match (r.one_read, r.rows_per_group) {
+                        (false, _) => String::new(),
+                        (true, 1) => ", one read".to_string(),
+                        (true, k) => format!(", one read, {k} rows per group"),
+                    };
                     write!(f, "rows(tpr={threads_per_row}{one})")?
                 }
                 _ => write!(

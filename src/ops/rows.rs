@@ -18,6 +18,10 @@ use crate::tensor::Tensor;
 /// the row length up to this).
 const ROW_CACHE: u32 = 16;
 
+/// Most rows a group of threads normalizes in `rows_norm` with one-read statistics (its
+/// MAX_PER_LANE).
+const MAX_ROWS_PER_LANE: u32 = 4;
+
 /// Fewest workgroups the rows kernel may leave a CPU adapter (a few per core); fewer rows than
 /// that take the split-row path.
 const CPU_MIN_WORKGROUPS: u64 = 16;
@@ -116,6 +120,8 @@ impl Rows<'_> {
         let per = if self.vec4() { d4 } else { self.d as u32 };
         let iters = |tpr: u32| u64::from(per.div_ceil(tpr));
         let rows = self.rows as u64;
+        // CPU adapters' long rows at a subgroup each (their workgroups shrink below).
+        let mut long_rows = false;
         let (variant, reason) = match self.variant {
             LnVariant::Auto if cpu => {
                 // One thread per row while a thread's loop stays short: lanes never exchange
@@ -127,9 +133,7 @@ impl Rows<'_> {
                 // lane take a subgroup each, as the backward does: no barriers and x read twice
                 // from a core's cache, where the split path re-reads it from memory plus the
                 // weight and bias per row (lavapipe, 2 threads, one sitting: [64, 65536] 3.27 ->
-                // 2.24x copy, [256, 65536] 5.17 -> 2.41-2.57x). Workgroups shrink to as few as
-                // one (the widest) subgroup so 8 rows make 8 workgroups and reach every core (8
-                // rows in one workgroup of 64 ran 3.6x, the split path 3.1x). Rows whose
+                // 2.24x copy, [256, 65536] 5.17 -> 2.41-2.57x). Rows whose
                 // statistics come from one read (below) sum chunks of 32 values and merge them
                 // (Chan), not one long sequential sum, so they may be 4x longer: InstanceNorm
                 // [1, 64, 512, 512] NCHW, 64 rows of 65536 vec4s.
@@ -140,11 +144,7 @@ impl Rows<'_> {
                     tpr = sg;
                 }
                 let long = tpr == sg && iters(tpr) > MAX_THREAD_ITERS;
-                if long {
-                    let per_wg = (rows / CPU_MIN_LONG_ROWS).clamp(1, u64::from(wg / sg)) as u32;
-                    let widest = gpu.capabilities().subgroup_max_size.max(sg);
-                    wg = wg.min((1 << per_wg.ilog2()) * sg).max(widest.min(wg));
-                }
+                long_rows = long;
                 let groups = rows.div_ceil(u64::from(wg / tpr.min(wg)));
                 // Without subgroups wide enough, a row's threads meet at barriers: worth it only
                 // for a few workgroups (microseconds each) and rows that stay in a core's cache
@@ -263,13 +263,29 @@ impl Rows<'_> {
                 && !add
                 && u64::from(d4.div_ceil(tpr)) > u64::from(ROW_CACHE)
         };
+        // One-read rows with a weight or bias per element: several rows per group of threads,
+        // which load each vec4 of them once (lavapipe, 2 threads: 2 of the 5 loads and stores
+        // per vec4). As many as leave CPU_MIN_WORKGROUPS workgroups (long rows:
+        // CPU_MIN_LONG_ROWS groups, each may get a workgroup below).
+        let per_lane = |tpr: u32| {
+            let shared = self.channel.is_none() && (self.weight.is_some() || self.bias.is_some());
+            let mut r = if shared { MAX_ROWS_PER_LANE } else { 1 };
+            let enough = |r: u32| match long_rows {
+                true => rows.div_ceil(u64::from(r)) >= CPU_MIN_LONG_ROWS,
+                false => rows.div_ceil(u64::from(wg / tpr * r)) >= CPU_MIN_WORKGROUPS,
+            };
+            while r > 1 && !enough(r) {
+                r /= 2;
+            }
+            r
+        };
         let (group_threads, segments, row_cache, one_read) = match variant {
             LnVariant::Rows { threads_per_row } if one_read(threads_per_row) => {
-                (threads_per_row, (0, 0), 1, true)
+                (threads_per_row, (0, 0), 1, Some(per_lane(threads_per_row)))
             }
             LnVariant::Rows { threads_per_row } => {
                 let cache = d4.div_ceil(threads_per_row).next_power_of_two();
-                (threads_per_row, (0, 0), cache.clamp(1, ROW_CACHE), false)
+                (threads_per_row, (0, 0), cache.clamp(1, ROW_CACHE), None)
             }
             _ => {
                 // A segment per group of `tps` threads, read twice (two-pass) while it is in
@@ -285,9 +301,19 @@ impl Rows<'_> {
                 };
                 let seg_v4 = seg_v4.clamp(lo, hi).min(u64::from(d4).max(1));
                 let segs = u64::from(d4).div_ceil(seg_v4) as u32;
-                (tps, (segs, seg_v4 as u32), 0, false)
+                (tps, (segs, seg_v4 as u32), 0, None)
             }
         };
+        // Long rows still at a subgroup each (not half rows that start mid-word, split above):
+        // workgroups of as few as one (the widest) subgroup, so 8 groups of rows make 8
+        // workgroups where subgroups are all one width, and reach every core (8 rows in one workgroup of 64 ran 3.6x copy on
+        // lavapipe, the split path 3.1x, a workgroup per row 1.8-1.9x).
+        if long_rows && matches!(variant, LnVariant::Rows { .. }) {
+            let groups = rows.div_ceil(u64::from(one_read.unwrap_or(1)));
+            let per_wg = (groups / CPU_MIN_LONG_ROWS).clamp(1, u64::from(wg / sg)) as u32;
+            let widest = gpu.capabilities().subgroup_max_size.max(sg);
+            wg = wg.min((1 << per_wg.ilog2()) * sg).max(widest.min(wg));
+        }
         let vec = self.vec4();
         let kernels = match (variant, vec) {
             (LnVariant::Rows { .. }, true) => vec![Kernel::RowsNorm],
@@ -312,7 +338,8 @@ impl Rows<'_> {
                 group_threads,
                 segments,
                 row_cache,
-                one_read,
+                one_read: one_read.is_some(),
+                rows_per_group: one_read.unwrap_or(1),
             }),
             None,
         );
@@ -426,6 +453,7 @@ impl Rows<'_> {
             .flag(Flag::ChannelAffine, self.channel.is_some())
             .flag(Flag::Add, add.is_some())
             .flag(Flag::OneRead, rp.one_read)
+            .per_lane(rp.rows_per_group)
             .flag(Flag::InPlace, add.is_some_and(|a| a.sum.is_none()))
             .divisor(
                 Divisor::Run,
@@ -543,8 +571,9 @@ impl Rows<'_> {
                 } else {
                     Kernel::RowsNormScalar
                 };
+                let per_wg = u64::from(wg / rp.group_threads * rp.rows_per_group);
                 launches.push(
-                    launch(kernel, n.div_ceil(u64::from(wg / rp.group_threads)))?
+                    launch(kernel, n.div_ceil(per_wg))?
                         .bind(y_name, yv.bind(y.buffer()))
                         .buf("gamma", gamma)
                         .buf("beta", beta)
