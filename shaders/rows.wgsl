@@ -91,7 +91,7 @@ override CHANNEL_AFFINE: bool = false;
 @group(0) @binding(10) var<storage, read> res: array<XV>;
 @group(0) @binding(11) var<storage, read_write> sum_out: array<XV>;
 
-// rows_norm's statistics from one read of x (CPU adapters, CENTER, no ADD, rows longer than
+// rows_norm's statistics from one read of x (CPU adapters, no ADD, rows longer than
 // ROW_CACHE vec4s per lane): an exact two-pass over each chunk of ONE_READ_CHUNK vec4s a lane
 // holds in registers, Chan merges between chunks and lanes; the normalize pass then reads x a
 // second time, not a third. Costs a division per chunk; on lavapipe the time follows loads per
@@ -244,7 +244,8 @@ fn one_read_stats(xb: u32, lane: u32, valid: bool, nv: u32, pv: vec4<f32>) -> We
                 n += 4.0;
             }
         }
-        let m = (s4.x + s4.y + s4.z + s4.w) / n;
+        // Without CENTER (RMSNorm) every chunk's mean is 0: the merges sum the squares.
+        let m = select(0.0, (s4.x + s4.y + s4.z + s4.w) / n, CENTER);
         var q4 = vec4<f32>(0.0);
         for (var c = 0u; c < ONE_READ_CHUNK; c++) {
             if (j0 + c * TPR < nv) {

@@ -698,3 +698,32 @@ fn encode_refuses_wrong_sizes_and_aliasing() {
         (0..32).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<_>>()
     );
 }
+
+/// Long rows on a CPU adapter with subgroups take a subgroup each and their sum of squares from
+/// one read of x (chunks of 32 values, merged), groups of 4 rows sharing each vec4 of the weight;
+/// 42 rows leave the last group half empty. Shorter rows keep the plain sum of squares. Large
+/// and tiny scales against the f64 reference, on every context.
+#[test]
+fn long_rows_take_their_sum_of_squares_from_one_read() {
+    let g = gpu();
+    let d = 65536;
+    if g.adapter_info().device_type == wgpu::DeviceType::Cpu && g.capabilities().subgroups {
+        let w = Tensor::from_slice(g, &vec![1.0; d], &[d]).unwrap();
+        let plan = RmsNorm::new(&[d]).weight(w).plan(g, &[42, d]).unwrap();
+        let rp = plan.rows.as_ref().unwrap();
+        assert!(rp.one_read && rp.rows_per_group == 4, "{plan}");
+        let short = RmsNorm::new(&[1024]).plan(g, &[4096, 1024]).unwrap();
+        assert!(!short.rows.as_ref().unwrap().one_read, "{short}");
+    }
+    let mut rng = Rng::new(31);
+    for (rows, scale) in [(42usize, 1e4f32), (8, 1e-3)] {
+        let x: Vec<f32> = rng
+            .normals(rows * d, 0.5, 1.0)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        let mut c = Case::new(x, &[rows, d]);
+        c.weight = Some(rng.normals(d, 1.0, 0.5));
+        check_variants(&c, &[LnVariant::Auto]);
+    }
+}

@@ -137,7 +137,7 @@ impl Rows<'_> {
                 // statistics come from one read (below) sum chunks of 32 values and merge them
                 // (Chan), not one long sequential sum, so they may be 4x longer: InstanceNorm
                 // [1, 64, 512, 512] NCHW, 64 rows of 65536 vec4s.
-                let one_read_rows = self.center && self.vec4() && !add;
+                let one_read_rows = self.vec4() && !add;
                 let most = if one_read_rows { 16 } else { 4 } * MAX_THREAD_ITERS;
                 let long_ok = sg > 1 && iters(sg) <= most && rows >= CPU_MIN_LONG_ROWS;
                 if tpr > sg && long_ok {
@@ -255,10 +255,14 @@ impl Rows<'_> {
         };
         // CPU adapters, centred rows too long for a lane's registers: the statistics from one
         // read of x (lavapipe's time follows the loads per lane: three reads of x, the weight,
-        // the bias and y were 6 per vec4, now 5). Not with a residual (its sum is stored while
-        // the statistics read it) nor rows that are not whole vec4s.
+        // the bias and y were 6 per vec4, now 5). RMSNorm's sum of squares only for long rows
+        // at a subgroup each (lavapipe, 2 threads, one sitting: [256, 65536] 1.84-1.91 ->
+        // 1.63-1.71x copy, [64, 65536] 1.44-1.50 -> 1.35x; shorter rows were up to 16% slower,
+        // [4096, 1024] 1.46 -> 1.70x: the chunked two-pass costs more than its plain sum). Not
+        // with a residual (its sum is stored while the statistics read it) nor rows that are not
+        // whole vec4s.
         let one_read = |tpr: u32| {
-            cpu && self.center
+            cpu && (self.center || long_rows)
                 && self.vec4()
                 && !add
                 && u64::from(d4.div_ceil(tpr)) > u64::from(ROW_CACHE)
