@@ -15,8 +15,11 @@
 //                     exact two-pass from cache), a per-row Chan merge, then an elementwise pass.
 //                     Every workgroup has work even with one row.
 //
-// Statistics are of x - pivot, with pivot = the row's first element: for rows with a large mean
-// (1e6 with std 1) x - pivot is exact, so the normalized output keeps full precision. RMSNorm
+// Statistics are of x - pivot, with pivot = the median of the row's first three elements: for
+// rows with a large mean (1e6 with std 1) x - pivot is exact, so the normalized output keeps
+// full precision, and one outlier among those three (a 1e5 among values near 1) does not make
+// every term of the sums near -1e5, whose rounding would cost the mean and the output 4-5
+// digits (measured: LayerNorm [64, 65536] with x[0] = 1e5, mean off by 1e-2). RMSNorm
 // has no mean: its statistic is the sum of squares of x itself (a sum of positive terms, no
 // cancellation), and its pivot is 0.
 //
@@ -133,6 +136,26 @@ fn put_sum(k: u32, v: vec4<f32>) {
 
 fn ld(i: u32) -> f32 {
     return load_in(i >> 2u)[i & 3u];
+}
+
+fn med3(a: f32, b: f32, c: f32) -> f32 {
+    return max(min(a, b), min(max(a, b), c));
+}
+
+// The pivot of a row of whole vec4s, from its first vec4 (see the header).
+fn pivot4(v: vec4<f32>) -> f32 {
+    return med3(v.x, v.y, v.z);
+}
+
+// The pivot of the row starting at element xb, any length: rows of whole vec4s start on one.
+fn pivot_at(xb: u32) -> f32 {
+    if (VEC) {
+        return pivot4(load_in(xb >> 2u));
+    }
+    if (p.d < 3u) {
+        return ld(xb);
+    }
+    return med3(ld(xb), ld(xb + 1u), ld(xb + 2u));
 }
 
 fn param1(i: u32, bias: bool) -> f32 {
@@ -276,7 +299,7 @@ fn rows_norm_one_read(wid: vec3<u32>, l: Lane) {
         ybs[r] = (p.y_off + row * p.d) / 4u;
         var pivot = 0.0;
         if (valid && CENTER) {
-            pivot = load_in(xbs[r]).x;
+            pivot = pivot4(load_in(xbs[r]));
         }
         let w = reduce_welford(one_read_stats(xbs[r], lane, valid, nv, vec4<f32>(pivot)), l);
         let rstd = inverseSqrt(w.m2 / f32(p.d) + p.eps);
@@ -332,7 +355,7 @@ fn rows_norm(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let yb = (p.y_off + row * p.d) / 4u;
     var pivot = 0.0;
     if (valid && CENTER) {
-        pivot = load_in(xb).x;
+        pivot = pivot4(load_in(xb));
     }
     let nv = p.d / 4u;
     let pv = vec4<f32>(pivot);
@@ -468,7 +491,7 @@ fn rows_norm_scalar(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let yb = p.y_off + row * p.d;
     var pivot = 0.0;
     if (valid && CENTER) {
-        pivot = ld(xb);
+        pivot = pivot_at(xb);
     }
     var m = 0.0;
     if (CENTER) {
@@ -511,7 +534,7 @@ fn rows_partial(@builtin(workgroup_id) wid: vec3<u32>, l: Lane) {
     let xb = p.x_off + row * p.d;
     var pivot = 0.0;
     if (valid && CENTER) {
-        pivot = ld(xb);
+        pivot = pivot_at(xb);
     }
     let pv = vec4<f32>(pivot);
     // Element range [i0, i1) of the segment; vec4 range [i0 / 4, i1 / 4) when VEC.
@@ -570,7 +593,7 @@ fn rows_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let rstd = inverseSqrt(acc.m2 / f32(p.d) + p.eps);
     var pivot = 0.0;
     if (CENTER) {
-        pivot = ld(p.x_off + row * p.d);
+        pivot = pivot_at(p.x_off + row * p.d);
     }
     put_stats(row, pivot + acc.mean, rstd);
     // Stored after the partials of all rows, read by rows_apply with the pivot.

@@ -598,3 +598,23 @@ fn rows_of_a_group_share_their_weight_and_bias() {
         }
     }
 }
+
+/// One outlier among a row's first values (a 1e5 or -3e4 among N(0, 1), at position 0, 1 or 2)
+/// keeps TOL on every variant and context: the pivot is the median of the first three values.
+/// With the first value as pivot every term of the sums was near -1e5 and [64, 65536] lost the
+/// mean to 1e-2 and y to 5e-5. (Larger outliers reach f32's limit elsewhere: added first to a
+/// lane's sum of squares, a 1e7 makes every later term round to its ulp, 1.6e-5 of rstd at
+/// [6, 4097]; a Welford update rounds the same way.)
+#[test]
+fn an_outlier_among_the_first_values_keeps_full_precision() {
+    let mut rng = Rng::new(29);
+    for (rows, d) in [(6usize, 1000usize), (6, 4097), (16, 65536), (3, 3)] {
+        let mut x = rng.normals(rows * d, 0.0, 1.0);
+        for r in 0..rows {
+            x[r * d + r % 3] = if r % 2 == 0 { 1e5 } else { -3e4 };
+        }
+        let mut c = plain(&x, &[rows, d]);
+        c.bias = Some(rng.normals(d, 0.0, 1.0));
+        check(&c);
+    }
+}
