@@ -9,7 +9,8 @@
 // rows (BatchNorm: one sample of all M rows). A statistic slot is k = sample * groups + group.
 //
 // Training BatchNorm, or GroupNorm (four dispatches, no atomics):
-//   channels_pivot      per slot, the first value of its first channel in its sample:
+//   channels_pivot      per slot, the median of the first three values of its first channel
+//                       in its sample (channels-first; channels-last: the first value):
 //                       statistics are of x - pivot, so means of 1e4 and more keep full
 //                       precision.
 //   channels_partial_cf / channels_partial_cl
@@ -133,7 +134,10 @@ fn block_count(b: u32) -> f32 {
     return f32(runs) * f32(len);
 }
 
-// One thread per slot of this chunk: its pivot, the slot's first channel's first value.
+// One thread per slot of this chunk: its pivot, the median of the first three values of the
+// slot's first channel in its sample where its run holds three (channels-first), else the first
+// value (channels-last: the next values are rows away, maybe in the next chunk's binding). One
+// outlier there then does not put every term of the slot's sums near it.
 @compute @workgroup_size(WG)
 fn channels_pivot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = p.k0 + group_id(wid) * WG + lid;
@@ -144,7 +148,12 @@ fn channels_pivot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let ch = (k % p.groups) * p.cpg;
     // Offset of the sample's first run inside this chunk's binding.
     let run = sample * p.spr - p.run0;
-    coef_w[coef_index(sample, ch)] = ld(p.x_off + (run * p.c + ch) * p.s);
+    let e = p.x_off + (run * p.c + ch) * p.s;
+    var pivot = ld(e);
+    if (p.s >= 3u) {
+        pivot = med3(pivot, ld(e + 1u), ld(e + 2u));
+    }
+    coef_w[coef_index(sample, ch)] = pivot;
 }
 
 // Channels-first (BatchNorm): a group of TPR threads per (channel, block); a block is nbr runs

@@ -16,6 +16,11 @@ struct Welford {
     m2: f32,
 }
 
+// The median of three values: a pivot that one outlier among them does not move.
+fn med3(a: f32, b: f32, c: f32) -> f32 {
+    return max(min(a, b), min(max(a, b), c));
+}
+
 fn welford_empty() -> Welford {
     return Welford(0.0, 0.0, 0.0);
 }

@@ -138,10 +138,6 @@ fn ld(i: u32) -> f32 {
     return load_in(i >> 2u)[i & 3u];
 }
 
-fn med3(a: f32, b: f32, c: f32) -> f32 {
-    return max(min(a, b), min(max(a, b), c));
-}
-
 // The pivot of a row of whole vec4s, from its first vec4 (see the header).
 fn pivot4(v: vec4<f32>) -> f32 {
     return med3(v.x, v.y, v.z);

@@ -626,3 +626,25 @@ fn vec4_apply_lanes_with_partial_tails() {
         check_eval(&what, &x, &shape, layout, (&rm, &rv), &o);
     }
 }
+
+/// Channels-first: an outlier among a channel's first values (1e5 among N(0, 1) at sample 0,
+/// position 0, 1 or 2) keeps TOL: the channel's pivot is the median of its first three values.
+/// With the first value as pivot every term of the channel's sums sat near -1e5. (Channels-last
+/// keeps the first value: its next values are rows away.)
+#[test]
+fn an_outlier_among_a_channels_first_values_keeps_full_precision() {
+    let mut rng = Rng::new(41);
+    for shape in [[16usize, 3, 64, 64], [4, 5, 1, 3]] {
+        let (c, s) = cs(&shape, Layout::ChannelsFirst);
+        let mut x = rng.normals(shape.iter().product(), 0.0, 1.0);
+        for ch in 0..c {
+            x[ch * s + ch % 3] = if ch % 2 == 0 { 1e5 } else { -3e4 };
+        }
+        check_train(
+            &x,
+            &shape,
+            Layout::ChannelsFirst,
+            &random_affine(&mut rng, c),
+        );
+    }
+}

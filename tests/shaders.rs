@@ -198,7 +198,7 @@ fn rows_module_compiles_in_every_storage_with_the_residual_add() {
         );
         sets.truncate(WGS.len() * 2);
         // The one-read statistics, as CPU adapters' long rows take them, with 1, 2 and 4 rows
-        // per group of threads, and per-channel affine (one row per group).
+        // per group of threads, per-channel affine (one row per group), and without centring.
         for (tpr, wg) in [(1.0, 64.0), (8.0, 64.0), (8.0, 8.0)] {
             for rows in [1.0, 2.0, 4.0] {
                 sets.push(vec![
@@ -220,6 +220,16 @@ fn rows_module_compiles_in_every_storage_with_the_residual_add() {
                 ("CENTER", 1.0),
                 ("CHANNEL_AFFINE", 1.0),
                 ("ONE_READ", 1.0),
+            ]);
+            // RMSNorm's long rows: no centring, rows sharing the weight.
+            sets.push(vec![
+                ("WG", wg),
+                ("TPR", tpr),
+                ("HAS_W", 1.0),
+                ("VEC", 1.0),
+                ("CENTER", 0.0),
+                ("ONE_READ", 1.0),
+                ("PER_LANE", 4.0),
             ]);
         }
         for mask in 0..8u32 {
