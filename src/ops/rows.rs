@@ -26,8 +26,9 @@ const MAX_ROWS_PER_LANE: u32 = 4;
 /// that take the split-row path.
 const CPU_MIN_WORKGROUPS: u64 = 16;
 
-/// Fewest rows for long rows at a subgroup each, a workgroup per row (see `Rows::plan`); fewer
-/// take the split path, which spreads a row over every core.
+/// Fewest rows (or groups of rows) for long rows at a subgroup each, in workgroups shrunk to
+/// keep that many (see `Rows::plan`); fewer take the split path, which spreads a row over
+/// every core.
 const CPU_MIN_LONG_ROWS: u64 = 8;
 
 /// Most workgroups a CPU-adapter rows kernel may run when its reduction needs barriers.
@@ -133,10 +134,10 @@ impl Rows<'_> {
                 // lane take a subgroup each, as the backward does: no barriers and x read twice
                 // from a core's cache, where the split path re-reads it from memory plus the
                 // weight and bias per row (lavapipe, 2 threads, one sitting: [64, 65536] 3.27 ->
-                // 2.24x copy, [256, 65536] 5.17 -> 2.41-2.57x). Rows whose
-                // statistics come from one read (below) sum chunks of 32 values and merge them
-                // (Chan), not one long sequential sum, so they may be 4x longer: InstanceNorm
-                // [1, 64, 512, 512] NCHW, 64 rows of 65536 vec4s.
+                // 2.24x copy, [256, 65536] 5.17 -> 2.41-2.57x). Rows whose statistics come from
+                // one read (below) sum chunks of 32 values and merge them (Chan), not one long
+                // sequential sum, so they may be 4x longer: InstanceNorm [1, 64, 512, 512] NCHW,
+                // 64 rows of 65536 vec4s.
                 let one_read_rows = self.vec4() && !add;
                 let most = if one_read_rows { 16 } else { 4 } * MAX_THREAD_ITERS;
                 let long_ok = sg > 1 && iters(sg) <= most && rows >= CPU_MIN_LONG_ROWS;
@@ -310,8 +311,9 @@ impl Rows<'_> {
         };
         // Long rows still at a subgroup each (not half rows that start mid-word, split above):
         // workgroups of as few as one (the widest) subgroup, so 8 groups of rows make 8
-        // workgroups where subgroups are all one width, and reach every core (8 rows in one workgroup of 64 ran 3.6x copy on
-        // lavapipe, the split path 3.1x, a workgroup per row 1.8-1.9x).
+        // workgroups where subgroups are all one width, and reach every core (lavapipe: 8 rows
+        // in one workgroup of 64 ran 3.6x copy, the split path 3.1x, a workgroup per row
+        // 1.8-1.9x).
         if long_rows && matches!(variant, LnVariant::Rows { .. }) {
             let groups = rows.div_ceil(u64::from(one_read.unwrap_or(1)));
             let per_wg = (groups / CPU_MIN_LONG_ROWS).clamp(1, u64::from(wg / sg)) as u32;
